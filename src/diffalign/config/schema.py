@@ -1,0 +1,154 @@
+"""The typed schema of a training run: model, LoRA, data, objective and optimisation settings.
+
+One dataclass per concern, one per objective (selected by `objective.name`), a default and a help
+text on every field. `diffalign config show FILE key=value ...` prints the resolved tree with the
+help texts; the defaults alone are the embedded demo (Diffusion-DPO on the tiny shapes model).
+
+The beta convention, the same for every model family and resolution (see `objectives/dpo.py`):
+
+    err(x) = mean over C,H,W of (net(x_t, t, c) - target)^2
+    loss   = -log sigmoid(-0.5 * beta * [(err_θ(w) - err_θ(l)) - (err_ref(w) - err_ref(l))])
+
+This is the official Diffusion-DPO code's `beta_dpo` (5000 for SDXL in its launchers, 2000 in the
+paper for SD1.5). The diffusers SD research script's `beta_dpo` of 2500 equals 5000 here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .core import Variant, cfg_field, register_variant, variants
+
+DEMO_MODEL = "assets/tiny-sd"
+DEMO_TRAIN_PAIRS = "assets/demo/pairs_train.parquet"
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load and how."""
+
+    pretrained: str = cfg_field(
+        DEMO_MODEL,
+        "Base pipeline: a hub id (runwayml/stable-diffusion-v1-5, stabilityai/stable-diffusion-2-1, "
+        "stabilityai/stable-diffusion-xl-base-1.0) or a local diffusers folder.",
+    )
+    revision: str | None = cfg_field(None, "Hub revision (branch, tag or commit) of `pretrained`.")
+    variant: str | None = cfg_field(None, "Weight file variant to load, e.g. 'fp16' (None: the default files).")
+    vae: str | None = cfg_field(
+        None, "A different VAE (hub id or folder), e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16."
+    )
+    frozen_dtype: Literal["float32", "float16", "bfloat16"] = cfg_field(
+        "float32", "Dtype of the frozen parts (VAE, text encoders, frozen reference UNet)."
+    )
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = cfg_field(
+        "auto", "What the UNet predicts; 'auto' reads the scheduler config (SD2.1-768 is v_prediction)."
+    )
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the UNet's attention projections; disabled means full fine-tuning."""
+
+    enabled: bool = cfg_field(True, "Train LoRA adapters (true) or every UNet weight (false, full fine-tuning).")
+    rank: int = cfg_field(8, "LoRA rank r.", min=1)
+    alpha: float = cfg_field(8.0, "LoRA alpha; the update is scaled by alpha / rank.", min=0.0)
+    dropout: float = cfg_field(0.0, "Dropout on the LoRA branch.", min=0.0, max=1.0)
+    target_modules: list[str] = cfg_field(
+        ["to_q", "to_k", "to_v", "to_out.0"], "UNet module names (suffixes) that receive adapters."
+    )
+    init: Literal["default", "gaussian"] = cfg_field(
+        "default",
+        "peft init: 'default' zeroes B so the tuned model starts equal to the reference (DPO loss = ln 2 "
+        "at step 0); 'gaussian' is the diffusers research script's choice.",
+    )
+
+
+@dataclass
+class DataConfig:
+    """Preference pairs in the Pick-a-Pic v2 schema (caption, jpg_0, jpg_1, label_0, label_1)."""
+
+    path: str = cfg_field(
+        DEMO_TRAIN_PAIRS,
+        "Parquet file, folder of parquet shards or glob, or a hub dataset id (yuvalkirstain/pickapic_v2).",
+    )
+    split: str = cfg_field("train", "Dataset split to read.")
+    resolution: int = cfg_field(32, "Training resolution: shorter side resized to it, then cropped square.", min=8)
+    random_crop: bool = cfg_field(False, "Random instead of centre crop.")
+    random_flip: bool = cfg_field(True, "Flip each image horizontally with probability 0.5 (independently).")
+    empty_prompt_prob: float = cfg_field(
+        0.2, "Probability of training a pair on the empty caption (Diffusion-DPO's default 0.2).", min=0.0, max=1.0
+    )
+    max_pairs: int | None = cfg_field(None, "Use only the first N decided pairs (debugging).", min=1)
+    num_workers: int = cfg_field(0, "DataLoader worker processes.", min=0)
+
+
+@variants("name")
+@dataclass
+class ObjectiveConfig(Variant):
+    """The training objective; `name` picks one of the registered objectives."""
+
+    name: str = cfg_field("dpo", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
+
+
+@register_variant(ObjectiveConfig, "dpo")
+@dataclass
+class DPOObjectiveConfig(ObjectiveConfig):
+    """Diffusion-DPO (Wallace et al. 2024), Eq. 14 in the official code's form."""
+
+    name: str = cfg_field("dpo", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
+    beta: float = cfg_field(
+        5000.0,
+        "KL strength beta in -log sigmoid(-0.5*beta*[(err_θ(w)-err_θ(l))-(err_ref(w)-err_ref(l))]), errors "
+        "averaged over latent elements: the official code's beta_dpo (SD1.5 paper: 2000, SDXL: 5000).",
+        min=0.0,
+    )
+
+
+@register_variant(ObjectiveConfig, "sft")
+@dataclass
+class SFTObjectiveConfig(ObjectiveConfig):
+    """Supervised fine-tuning on the preferred image of each pair (Diffusion-DPO's SFT baseline)."""
+
+    name: str = cfg_field("sft", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision and bookkeeping."""
+
+    output_dir: str = cfg_field("runs/demo-dpo", "Where the LoRA/UNet weights, the resolved config and logs go.")
+    max_steps: int = cfg_field(300, "Number of optimizer steps.", min=1)
+    batch_size: int = cfg_field(8, "Pairs per device per micro-step (the UNet sees 2x this for pair objectives).", min=1)
+    grad_accum: int = cfg_field(1, "Micro-steps accumulated per optimizer step.", min=1)
+    learning_rate: float = cfg_field(1e-3, "Peak learning rate (after scale_lr, if set).", min=0.0)
+    scale_lr: bool = cfg_field(
+        False, "Multiply learning_rate by batch_size * grad_accum * processes (the official DPO launchers' --scale_lr)."
+    )
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = cfg_field(
+        "constant_with_warmup", "Learning-rate schedule (diffusers.optimization.get_scheduler)."
+    )
+    warmup_steps: int = cfg_field(20, "Linear warm-up steps of the schedule.", min=0)
+    optimizer: Literal["adamw", "adafactor"] = cfg_field("adamw", "Optimizer: AdamW (SD1.5/2.1) or Adafactor (SDXL).")
+    adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0)
+    adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0)
+    adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0)
+    weight_decay: float = cfg_field(1e-2, "Decoupled weight decay.", min=0.0)
+    max_grad_norm: float | None = cfg_field(1.0, "Clip the gradient norm to this (None: no clipping).", min=0.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = cfg_field(
+        "no", "Mixed precision of the trained UNet (accelerate); trainable parameters stay float32."
+    )
+    seed: int = cfg_field(0, "Seed of data order, noise and timesteps.")
+    log_every: int = cfg_field(10, "Update the progress bar metrics every N optimizer steps.", min=1)
+    cpu: bool = cfg_field(False, "Train on the CPU even if a GPU is available.")
+
+
+@dataclass
+class RunConfig:
+    """A training run: `diffalign train [CONFIG.yaml] [key=value ...]`."""
+
+    model: ModelConfig = cfg_field(ModelConfig, "Base model.")
+    lora: LoraConfig = cfg_field(LoraConfig, "LoRA adapters.")
+    data: DataConfig = cfg_field(DataConfig, "Preference data.")
+    objective: ObjectiveConfig = cfg_field(ObjectiveConfig, "Training objective.")
+    train: TrainConfig = cfg_field(TrainConfig, "Optimisation and bookkeeping.")

@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from diffalign.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config
+from diffalign.config.schema import DPOObjectiveConfig, SFTObjectiveConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_demo_config_is_the_default():
+    assert load_config(RunConfig, CONFIGS / "demo" / "dpo.yaml") == RunConfig()
+
+
+def test_sft_demo_composes_from_dpo():
+    cfg = load_config(RunConfig, CONFIGS / "demo" / "sft.yaml")
+    assert isinstance(cfg.objective, SFTObjectiveConfig)
+    assert cfg.train.output_dir == "runs/demo-sft" and cfg.train.max_steps == RunConfig().train.max_steps
+
+
+def test_every_shipped_config_loads():
+    files = sorted(CONFIGS.rglob("*.yaml"))
+    assert files
+    for path in files:
+        load_config(RunConfig, path)
+
+
+def test_overrides_and_errors():
+    cfg = load_config(RunConfig, None, ["objective.beta=2000", "train.learning_rate=1e-4", "lora.target_modules=[to_q]"])
+    assert isinstance(cfg.objective, DPOObjectiveConfig) and cfg.objective.beta == 2000.0
+    assert cfg.train.learning_rate == 1e-4 and cfg.lora.target_modules == ["to_q"]
+    with pytest.raises(ConfigError, match=r"unknown key 'objective.bta'; did you mean 'objective.beta'"):
+        load_config(RunConfig, None, ["objective.bta=1"])
+    with pytest.raises(ConfigError, match=r"'train.max_steps': expected an integer"):
+        load_config(RunConfig, None, ["train.max_steps=many"])
+    with pytest.raises(ConfigError, match="beta"):
+        load_config(RunConfig, None, ["objective.name=sft", "objective.beta=3"])
+
+
+def test_dump_round_trip():
+    import yaml
+
+    cfg = load_config(RunConfig, None, ["objective.name=sft", "train.mixed_precision=bf16"])
+    assert from_dict(RunConfig, yaml.safe_load(dump_yaml(cfg))) == cfg

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny SD1.5-, SD2.1-v- and SDXL-shaped pipelines and a small Pick-a-Pic-schema table."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from diffalign.synthetic.domain import random_spec
+from diffalign.synthetic.render import render
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "assets" / "tiny-sd"
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizers():
+    """The CLIP BPE tokenizer (eos padding) and its SDXL tokenizer_2 twin ('!' padding), built once."""
+    from diffalign.models.tiny import clip_bpe_tokenizer
+
+    return clip_bpe_tokenizer(), clip_bpe_tokenizer(pad_token="!")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, clip_tokenizers) -> dict[str, Path]:
+    """Random-weight pipeline folders of each family: {'sd15': path, 'sd21-v': path, 'sdxl': path}."""
+    from diffalign.models.tiny import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    tok, tok2 = clip_tokenizers
+    return {
+        family: save_tiny_pipeline(root / family, family, tokenizer=tok, tokenizer_2=tok2)
+        for family in ("sd15", "sd21-v", "sdxl")
+    }
+
+
+def png_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_pairs(path: Path, n: int = 12, ties: int = 0, seed: int = 0) -> Path:
+    """A Pick-a-Pic-schema parquet file of rendered shapes-world pairs (labels alternate sides)."""
+    rng = random.Random(seed)
+    rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": []}
+    for i in range(n + ties):
+        spec = random_spec(rng)
+        rows["caption"].append(spec.caption)
+        rows["jpg_0"].append(png_bytes(render(spec, rng)[0]))
+        rows["jpg_1"].append(png_bytes(render(spec, rng)[0]))
+        label = 0.5 if i >= n else float(i % 2)
+        rows["label_0"].append(label)
+        rows["label_1"].append(1 - label)
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pair_file(tmp_path_factory) -> Path:
+    """12 decided pairs and 2 ties in the Pick-a-Pic v2 schema."""
+    return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.parquet", n=12, ties=2)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    torch.set_num_threads(2)
+    yield
