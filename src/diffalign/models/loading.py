@@ -1,0 +1,99 @@
+"""Loading the parts of SD1.5, SD2.1 and SDXL pipelines from a hub id or a local diffusers folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from ..config.schema import ModelConfig
+from ..paths import looks_local, resolve_local
+
+Family = Literal["sd", "sdxl"]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class DiffusionParts:
+    """The components a trainer needs, plus what kind of model they form."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[CLIPTokenizer]
+    noise_scheduler: DDPMScheduler
+    family: Family
+    prediction_type: str
+    source: str
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_source(pretrained: str) -> str:
+    """A local folder (as given or under the project root) or the hub id unchanged.
+
+    A string that can only be a path (starts with ./ or /, has several slashes...) and does not
+    exist is an error here rather than a confusing hub lookup later.
+    """
+    local = resolve_local(pretrained)
+    if local is not None:
+        if not (local / "model_index.json").exists() and not (local / "unet").is_dir():
+            raise FileNotFoundError(
+                f"model folder {local} is not a diffusers pipeline folder (no model_index.json or unet/)"
+            )
+        return str(local)
+    if looks_local(pretrained):
+        raise FileNotFoundError(
+            f"model {pretrained!r} not found: no such folder (a hub id looks like 'org/name')"
+        )
+    return pretrained
+
+
+def model_family(unet: UNet2DConditionModel) -> Family:
+    """'sdxl' for UNets with SDXL's text_time micro-conditioning, else 'sd' (SD1.x/2.x)."""
+    return "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd"
+
+
+def load_parts(cfg: ModelConfig, *, trainable_dtype: torch.dtype = torch.float32) -> DiffusionParts:
+    """Load UNet, VAE, text encoder(s), tokenizer(s) and the training noise scheduler of a pipeline.
+
+    The UNet is loaded in `trainable_dtype` (the caller casts it for LoRA), the VAE and text
+    encoders in `cfg.frozen_dtype`, frozen and in eval mode. SDXL gets both text encoders.
+    """
+    source = resolve_source(cfg.pretrained)
+    common = dict(revision=cfg.revision, variant=cfg.variant)
+    frozen = DTYPES[cfg.frozen_dtype]
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=trainable_dtype, **common)
+    family = model_family(unet)
+    if cfg.vae:
+        vae_source = resolve_source(cfg.vae) if resolve_local(cfg.vae) is None else str(resolve_local(cfg.vae))
+        vae = AutoencoderKL.from_pretrained(vae_source, dtype=frozen)
+    else:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=frozen, **common)
+    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=cfg.revision)]
+    text_encoders: list[torch.nn.Module] = [
+        CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=frozen, **common)
+    ]
+    if family == "sdxl":
+        tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=cfg.revision))
+        text_encoders.append(
+            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen, **common)
+        )
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=cfg.revision)
+    prediction_type = scheduler.config.prediction_type if cfg.prediction_type == "auto" else cfg.prediction_type
+    if prediction_type != scheduler.config.prediction_type:
+        scheduler.register_to_config(prediction_type=prediction_type)
+    for module in (vae, *text_encoders):
+        module.requires_grad_(False).eval()
+    return DiffusionParts(
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        tokenizers=tokenizers,
+        noise_scheduler=scheduler,
+        family=family,
+        prediction_type=prediction_type,
+        source=source,
+    )

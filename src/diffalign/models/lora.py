@@ -1,0 +1,43 @@
+"""LoRA adapters (peft) on the UNet: attach, collect the trainable parameters, save in diffusers' format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from ..config.schema import LoraConfig
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
+    """Freeze the UNet, add a LoRA adapter on `cfg.target_modules`, return its (float32) parameters."""
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        PeftLoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=list(cfg.target_modules),
+            init_lora_weights=True if cfg.init == "default" else "gaussian",
+        )
+    )
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"lora.target_modules {cfg.target_modules} matched no module of the UNet")
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def save_lora(unet: UNet2DConditionModel, out_dir: str | Path, family: str) -> Path:
+    """Write the adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights(out_dir)`."""
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
+    return Path(out_dir) / LORA_WEIGHTS
