@@ -195,6 +195,18 @@ def test_switch_variant_via_override(tmp_path):
     assert "unknown key 'objective.beta'" in msg and "objective.name=dpo" in msg and "exp2.yaml" in msg
 
 
+def test_switching_variant_drops_lower_layer_keys(tmp_path):
+    base = write(tmp_path / "dpo.yaml", "objective:\n  name: dpo\n  beta: 100\n")
+    cfg = load_config(Config, base, ["objective.name=sft"])  # the file's beta belonged to dpo
+    assert type(cfg.objective) is SFTConfig
+    child = write(tmp_path / "sft.yaml", "base: dpo.yaml\nobjective:\n  name: sft\n")
+    assert type(load_config(Config, child).objective) is SFTConfig
+    same = write(tmp_path / "same.yaml", "base: dpo.yaml\nobjective:\n  name: dpo\n")
+    assert load_config(Config, same).objective.beta == 100
+    with pytest.raises(ConfigError, match="objective.beta"):
+        load_config(Config, base, ["objective.name=sft", "objective.beta=3"])
+
+
 def test_parse_override():
     assert parse_override("train.max_steps=3") == (["train", "max_steps"], 3)
     assert parse_override("train.target_modules=[a, b]") == (["train", "target_modules"], ["a", "b"])

@@ -52,7 +52,7 @@ import yaml
 
 __all__ = ["ConfigError", "FieldDoc", "Variant", "apply_overrides", "cfg_field", "describe",
            "dump_yaml", "from_dict", "load_config", "load_yaml_tree", "parse_override",
-           "register_variant", "to_dict", "variants"]
+           "register_variant", "to_dict", "variant_switches", "variants"]
 
 T = TypeVar("T")
 _INVALID: Any = object()
@@ -347,19 +347,56 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return path, value
 
 
-def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
-        out[k] = _deep_merge(out[k], v) if both else copy.deepcopy(v)
+Switches = Mapping[tuple[str, ...], str]  # path of a variant field -> its discriminator key
+
+
+def variant_switches(cls: type, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], str]:
+    """Where the config tree of ``cls`` holds variant fields, and the discriminator key of each."""
+    out: dict[tuple[str, ...], str] = {}
+    for name, tp in _hints(cls).items():
+        if _is_variant_base(tp):
+            out[(*prefix, name)] = tp.__variant_key__
+        elif _is_dataclass_type(tp):
+            out.update(variant_switches(tp, (*prefix, name)))
     return out
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``a.b=value`` override set (mappings merge, rest replaces)."""
+def _switched(old: Any, new: Any, key: str | None) -> bool:
+    """Whether a higher layer picks another variant than the lower one did (then the lower one's keys go)."""
+    return (key is not None and isinstance(old, Mapping) and isinstance(new, Mapping)
+            and key in old and key in new and old[key] != new[key])
+
+
+def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any], switches: Switches | None = None,
+                prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        path = (*prefix, k)
+        if _switched(out.get(k), v, (switches or {}).get(path)):
+            out[k] = {}
+        both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = _deep_merge(out[k], v, switches, path) if both else copy.deepcopy(v)
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str],
+                    switches: Switches | None = None) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b=value`` override set (mappings merge, rest replaces).
+
+    With ``switches`` (from :func:`variant_switches`), an override that picks another variant
+    (``objective.name=sft``) first drops the keys that lower layers set for the old variant.
+    """
+    switches = switches or {}
     out = copy.deepcopy(dict(data))
     for text in overrides:
         path, value = parse_override(text)
+        parent = tuple(path[:-1])
+        if parent and switches.get(parent) == path[-1]:
+            node = out
+            for p in parent[:-1]:
+                node = node.get(p) if isinstance(node.get(p), dict) else {}
+            if _switched(node.get(parent[-1]), {path[-1]: value}, path[-1]):
+                node[parent[-1]] = {}
         node = out
         for i, p in enumerate(path[:-1]):
             if node.get(p) is None:
@@ -369,7 +406,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
                                   f"is {_show(node[p])}, not a mapping")
             node = node[p]
         both = isinstance(value, dict) and isinstance(node.get(path[-1]), dict)
-        node[path[-1]] = _deep_merge(node[path[-1]], value) if both else value
+        node[path[-1]] = _deep_merge(node[path[-1]], value, switches, tuple(path)) if both else value
     return out
 
 
@@ -380,7 +417,8 @@ def _record(origins: dict[str, str], key: str, value: Any, label: str) -> None:
             _record(origins, f"{key}.{k}", v, label)
 
 
-def _load_tree(path: Path, stack: tuple[Path, ...], origins: dict[str, str]) -> dict[str, Any]:
+def _load_tree(path: Path, stack: tuple[Path, ...], origins: dict[str, str],
+               switches: Switches | None = None) -> dict[str, Any]:
     resolved = path.resolve()
     if resolved in stack:
         raise ConfigError(f"{path}: cyclic 'base' chain: " + " -> ".join(map(str, [*stack, resolved])))
@@ -401,10 +439,11 @@ def _load_tree(path: Path, stack: tuple[Path, ...], origins: dict[str, str]) -> 
         raise ConfigError(f"{path}: 'base' must be a path or a list of paths, got {_show(bases)}")
     merged: dict[str, Any] = {}
     for b in bases:
-        merged = _deep_merge(merged, _load_tree(path.parent / Path(b).expanduser(), (*stack, resolved), origins))
+        merged = _deep_merge(merged, _load_tree(path.parent / Path(b).expanduser(), (*stack, resolved), origins,
+                                                switches), switches)
     for k, v in data.items():
         _record(origins, str(k), v, str(path))
-    return _deep_merge(merged, data)
+    return _deep_merge(merged, data, switches)
 
 
 def load_yaml_tree(path: str | Path) -> dict[str, Any]:
@@ -415,8 +454,9 @@ def load_yaml_tree(path: str | Path) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
     """Load ``path`` (or nothing), apply ``overrides`` and validate into ``cls``."""
     origins: dict[str, str] = {}
-    data = {} if path is None else _load_tree(Path(path), (), origins)
-    data = apply_overrides(data, overrides)
+    switches = variant_switches(cls)
+    data = {} if path is None else _load_tree(Path(path), (), origins, switches)
+    data = apply_overrides(data, overrides, switches)
     for text in overrides:
         keys, value = parse_override(text)
         _record(origins, ".".join(keys), value, f"command line ({text})")

@@ -150,5 +150,5 @@ class RunConfig:
     model: ModelConfig = cfg_field(ModelConfig, "Base model.")
     lora: LoraConfig = cfg_field(LoraConfig, "LoRA adapters.")
     data: DataConfig = cfg_field(DataConfig, "Preference data.")
-    objective: ObjectiveConfig = cfg_field(ObjectiveConfig, "Training objective.")
+    objective: ObjectiveConfig = cfg_field(DPOObjectiveConfig, "Training objective.")
     train: TrainConfig = cfg_field(TrainConfig, "Optimisation and bookkeeping.")
