@@ -1,0 +1,191 @@
+"""Preference pairs in the Pick-a-Pic v2 schema, from local parquet files or the hub, as torch datasets.
+
+Schema (https://huggingface.co/datasets/yuvalkirstain/pickapic_v2): `caption`, `jpg_0`, `jpg_1`
+(encoded image bytes: JPEG or PNG), `label_0`, `label_1` (1/0 for a decided pair, 0.5/0.5 for a tie).
+Ties are dropped, as in Diffusion-DPO; the preferred image becomes the pair's winner.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from PIL import Image
+
+from ..paths import resolve_local
+from .transforms import prepare_image
+
+REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
+
+
+def parquet_files(path: str) -> list[str] | None:
+    """The parquet files a local file, folder (searched recursively) or glob names; None if it is not local."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(glob.glob(path, recursive=True))
+        if not files:
+            raise FileNotFoundError(f"no files match {path!r}")
+        return files
+    local = resolve_local(path)
+    if local is None:
+        return None
+    if local.is_dir():
+        files = sorted(str(p) for p in local.rglob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"no .parquet files in folder {local}")
+        return files
+    return [str(local)]
+
+
+def load_pair_table(path: str, split: str = "train") -> datasets.Dataset:
+    """Load a Pick-a-Pic-schema table (local parquet or hub id) and check its columns."""
+    files = parquet_files(path)
+    if files is not None:
+        table = datasets.load_dataset("parquet", data_files=files, split="train")
+    elif path.startswith((".", "/", "~")) or Path(path).suffix:
+        raise FileNotFoundError(f"data.path {path!r} not found")
+    else:
+        table = datasets.load_dataset(path, split=split)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; expected the Pick-a-Pic v2 schema {list(REQUIRED_COLUMNS)} "
+            f"(+ label_1), found {table.column_names}"
+        )
+    return table
+
+
+def decided_pairs(table: datasets.Dataset) -> tuple[datasets.Dataset, int]:
+    """Rows with a decided label (label_0 in {0, 1}); also return how many ties/undecided were dropped."""
+    labels = table["label_0"]
+    keep = [i for i, label in enumerate(labels) if label in (0, 1, 0.0, 1.0)]
+    return table.select(keep), len(labels) - len(keep)
+
+
+def decode_image(data: bytes | dict, where: str) -> Image.Image:
+    """Decode encoded image bytes (or a datasets Image dict); a clear error names the row and column."""
+    if isinstance(data, dict):
+        data = data.get("bytes")  # type: ignore[assignment]
+    try:
+        image = Image.open(io.BytesIO(data))  # type: ignore[arg-type]
+        image.load()
+        return image
+    except Exception as error:  # PIL raises several types for corrupt data
+        raise ValueError(f"{where}: cannot decode image bytes ({error})") from error
+
+
+@dataclass
+class PairBatch:
+    """A batch of preference pairs: winner/loser images in [-1, 1] and their conditioning inputs.
+
+    `captions` condition both images (Diffusion-DPO); `captions_w`/`captions_l` are each image's
+    own caption when the data has them (DCPO), else equal to `captions`. `weight` is an optional
+    per-pair loss weight (SmPO's smoothed labels). Sizes/crops are SDXL's micro-conditioning.
+    """
+
+    pixels_w: torch.Tensor
+    pixels_l: torch.Tensor
+    captions: list[str]
+    captions_w: list[str]
+    captions_l: list[str]
+    original_sizes_w: torch.Tensor
+    original_sizes_l: torch.Tensor
+    crops_w: torch.Tensor
+    crops_l: torch.Tensor
+    weight: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+class PreferencePairs(torch.utils.data.Dataset):
+    """Decided pairs of a Pick-a-Pic-schema table, winner first, preprocessed for training."""
+
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        resolution: int = 512,
+        random_crop: bool = False,
+        random_flip: bool = False,
+        max_pairs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.path = path
+        table, self.dropped = decided_pairs(load_pair_table(path, split))
+        if max_pairs is not None:
+            table = table.select(range(min(max_pairs, len(table))))
+        if len(table) == 0:
+            raise ValueError(f"{path}: no decided pairs (label_0 in {{0, 1}}) among its rows")
+        self.table = table
+        self.resolution = resolution
+        self.random_crop = random_crop
+        self.random_flip = random_flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.table[index]
+        first = 0 if row["label_0"] == 1 else 1
+        images = [decode_image(row[f"jpg_{k}"], f"{self.path} row {index} jpg_{k}") for k in (first, 1 - first)]
+        prepared = [
+            prepare_image(im, self.resolution, self.random_crop, self.random_flip, self.generator) for im in images
+        ]
+        caption = row["caption"] or ""
+        own = [row.get(f"caption_{k}") or caption for k in (first, 1 - first)]
+        return {"prepared": prepared, "caption": caption, "own_captions": own}
+
+
+def collate_pairs(items: Sequence[dict]) -> PairBatch:
+    """Stack dataset items into a `PairBatch`."""
+    w = [it["prepared"][0] for it in items]
+    l_ = [it["prepared"][1] for it in items]
+    return PairBatch(
+        pixels_w=torch.stack([p.pixels for p in w]),
+        pixels_l=torch.stack([p.pixels for p in l_]),
+        captions=[it["caption"] for it in items],
+        captions_w=[it["own_captions"][0] for it in items],
+        captions_l=[it["own_captions"][1] for it in items],
+        original_sizes_w=torch.tensor([p.original_size for p in w]),
+        original_sizes_l=torch.tensor([p.original_size for p in l_]),
+        crops_w=torch.tensor([p.crop_top_left for p in w]),
+        crops_l=torch.tensor([p.crop_top_left for p in l_]),
+    )
+
+
+def encode_png(image) -> bytes:
+    """PNG bytes of a uint8 (H, W, 3) array or a PIL image."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_pair_table(path: str | Path, rows: dict[str, list]) -> Path:
+    """Write pairs as parquet in the Pick-a-Pic v2 schema; `rows` maps column names to equal-length lists.
+
+    Image columns (`jpg_0`, `jpg_1`) may hold arrays or PIL images (stored as PNG bytes) or bytes.
+    Extra columns (scores, seeds, models...) are kept as they are.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    missing = [c for c in (*REQUIRED_COLUMNS, "label_1") if c not in rows]
+    if missing:
+        raise ValueError(f"cannot write {path}: missing column(s) {missing}")
+    columns = dict(rows)
+    for key in ("jpg_0", "jpg_1"):
+        columns[key] = [im if isinstance(im, bytes) else encode_png(im) for im in columns[key]]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.table(columns), tmp)
+    tmp.replace(path)
+    return path

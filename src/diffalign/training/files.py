@@ -1,0 +1,40 @@
+"""Writing outputs atomically: a crash never leaves a half-written file where a finished one should be."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temporary file next to `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def atomic_save(out_dir: Path, write: Callable[[Path], Path]) -> Path:
+    """Let `write(tmp_dir)` save into a temporary folder inside `out_dir`, then move its result into place.
+
+    `write` returns the file or folder it wrote (inside tmp_dir); the same name in `out_dir` is
+    replaced by a rename, so readers see either the old or the new version, never a partial one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir, prefix=".saving-"))
+    try:
+        written = write(tmp_dir)
+        final = out_dir / written.relative_to(tmp_dir)
+        if final.is_dir():
+            old = out_dir / f".old-{final.name}"
+            os.replace(final, old)
+            os.replace(written, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(written, final)
+        return final
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

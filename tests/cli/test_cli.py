@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from diffalign.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_show_prints_resolved_yaml_with_help(capsys):
+    assert main(["config", "show", str(ROOT / "configs/demo/dpo.yaml"), "objective.beta=2000"]) == 0
+    out = capsys.readouterr().out
+    assert "beta: 2000.0" in out and "# KL strength beta" in out
+
+
+def test_config_keys_lists_every_key(capsys):
+    assert main(["config", "keys"]) == 0
+    out = capsys.readouterr().out
+    assert "objective.beta (dpo)" in out and "train.learning_rate" in out and "lora.rank" in out
+
+
+def test_bad_key_is_a_clear_error(capsys):
+    assert main(["train", "train.lerning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.lerning_rate'; did you mean 'train.learning_rate'?" in err
+
+
+def test_missing_config_file(capsys):
+    assert main(["config", "show", "no/such.yaml"]) == 2
+    assert "no/such.yaml" in capsys.readouterr().err
+
+
+def test_help_of_every_subcommand():
+    for command in ("train", "config", "eval"):
+        out = subprocess.run(
+            [sys.executable, "-m", "diffalign.cli.main", command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        assert "usage: diffalign" in out
+
+
+@pytest.mark.slow
+def test_demo_train_and_eval_end_to_end(tmp_path, capsys):
+    run = tmp_path / "demo"
+    assert main(["train", f"train.output_dir={run}", "train.max_steps=3", "train.log_every=1"]) == 0
+    out = capsys.readouterr().out
+    assert "effective batch: 8 pairs/device x 1 accumulation x 1 process(es) = 8 pairs" in out
+    assert (run / "pytorch_lora_weights.safetensors").exists()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\na small green square on a white background, at the top\n")
+    assert main(["eval", str(run), "--prompts", str(prompts), "--seeds", "2", "--steps", "4", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "4 prompt-seed pairs (2 prompts), scorer shapes" in out
+    results = json.loads((run / "eval" / "results.json").read_text())
+    wtl = results["win_tie_loss"]
+    assert wtl["wins"] + wtl["ties"] + wtl["losses"] == 4
+    assert len(list((run / "eval" / "tuned").glob("*.png"))) == 4
