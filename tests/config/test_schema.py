@@ -37,6 +37,11 @@ def test_overrides_and_errors():
         load_config(RunConfig, None, ["objective.name=sft", "objective.beta=3"])
 
 
+def test_yaml_12_scalars_in_overrides():
+    cfg = load_config(RunConfig, None, ["train.mixed_precision=no", "train.learning_rate=3e-5", "train.cpu=true"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.learning_rate == 3e-5 and cfg.train.cpu is True
+
+
 def test_dump_round_trip():
     import yaml
 

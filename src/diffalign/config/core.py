@@ -56,6 +56,24 @@ __all__ = ["ConfigError", "FieldDoc", "Variant", "apply_overrides", "cfg_field",
 
 T = TypeVar("T")
 _INVALID: Any = object()
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with 1.2 scalars: only true/false are booleans (`no`, `off` stay strings), and `1e-4` is a float."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
 _FLOAT_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -338,7 +356,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
         raise ConfigError(f"command line: bad override {text!r}; expected KEY=VALUE with a dotted key, "
                           "e.g. train.lr=1e-4 or objective.name=sft")
     try:
-        value = yaml.safe_load(raw)
+        value = _yaml_load(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"command line: cannot parse the value of {text!r} as YAML "
                           f"({getattr(e, 'problem', e)}); quote it, e.g. {key}='...'") from None
@@ -425,7 +443,7 @@ def _load_tree(path: Path, stack: tuple[Path, ...], origins: dict[str, str],
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}" + (f" (base of {stack[-1]})" if stack else ""))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
