@@ -139,7 +139,8 @@ def train(cfg: RunConfig) -> TrainResult:
     device = accelerator.device
     out_dir = Path(t.output_dir)
 
-    parts = load_parts(cfg.model)
+    # LoRA leaves the UNet frozen: load it straight in the frozen dtype (no float32 copy of SDXL in memory)
+    parts = load_parts(cfg.model, trainable_dtype=DTYPES[cfg.model.frozen_dtype] if cfg.lora.enabled else torch.float32)
     method = build_method(cfg.objective)
     params, reference = prepare_unet(cfg, parts, method.needs_reference, device)
     for frozen in (parts.vae, *parts.text_encoders):
