@@ -49,7 +49,7 @@ def test_demo_train_and_eval_end_to_end(tmp_path, capsys):
     assert "effective batch: 8 pairs/device x 1 accumulation x 1 process(es) = 8 pairs" in out
     assert (run / "pytorch_lora_weights.safetensors").exists()
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle on a blue background\na small green square on a white background, at the top\n")
+    prompts.write_text("a red circle on a blue background\na small green square on a white background\n")
     assert main(["eval", str(run), "--prompts", str(prompts), "--seeds", "2", "--steps", "4", "--json"]) == 0
     out = capsys.readouterr().out
     assert "4 prompt-seed pairs (2 prompts), scorer shapes" in out

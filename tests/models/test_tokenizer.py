@@ -3,7 +3,7 @@ import pytest
 
 PROMPTS = [
     "a red circle on a blue background",
-    "a small yellow triangle on a black background, on the left",
+    "a small yellow triangle on a black background, on the left",  # punctuation
     "A photo of an astronaut riding a horse on Mars!",
     "portrait, (masterpiece:1.2), 8k, highly detailed; trending on artstation",
     "Café crème brûlée — über naïve façade",

@@ -9,8 +9,7 @@ the caption names gets a graded score in [0, 1]:
   palette (how surely the colour reads as the target, times how close it is);
 * shape: `p(target) * IoU(target)`, with IoU between the shape's mask and each ideal shape drawn in
   its bounding box, and `p` the softmax of `IoU / 0.05` over the three shapes;
-* size: `exp(-(d / 1.5)^2)`, `d` the distance (pixels) of the half-extent from the size's range;
-* position: `exp(-(d / 2)^2)`, `d` the distance of the bounding-box centre from the position's region.
+* size: `exp(-(d / 1.5)^2)`, `d` the distance (pixels) of the half-extent from the size's range.
 
 The reward is the mean over the attributes the caption names, so two images rarely tie.
 """
@@ -29,7 +28,6 @@ from ..synthetic.domain import (
     COLOURS,
     IMAGE_SIZE,
     PALETTE,
-    POSITION_REGIONS,
     SHAPES,
     SIZE_RANGES,
     SceneSpec,
@@ -42,7 +40,6 @@ COLOUR_SIGMA = 0.15
 COLOUR_WIDTH = 0.3
 SHAPE_TEMPERATURE = 0.05
 SIZE_WIDTH = 1.5
-POSITION_WIDTH = 2.0
 MIN_CONTRAST = 0.1  # below this RGB distance from the background there is no shape
 
 
@@ -54,11 +51,6 @@ class Measurement:
     foreground: np.ndarray | None
     mask: np.ndarray
     bbox: tuple[float, float, float, float] | None  # x0, x1, y0, y1
-
-    @property
-    def center(self) -> tuple[float, float]:
-        x0, x1, y0, y1 = self.bbox or (0, 0, 0, 0)
-        return (x0 + x1) / 2, (y0 + y1) / 2
 
     @property
     def half_extent(self) -> float:
@@ -163,36 +155,24 @@ def attribute_scores(m: Measurement, spec: SceneSpec) -> dict[str, float]:
         lo, hi = SIZE_RANGES[spec.size]
         d = _interval_distance(m.half_extent, lo - 0.5, hi + 0.5)
         scores["size"] = float(np.exp(-((d / SIZE_WIDTH) ** 2))) if m.bbox else 0.0
-    if spec.position:
-        (x0, x1), (y0, y1) = POSITION_REGIONS[spec.position]
-        cx, cy = m.center
-        d = np.hypot(_interval_distance(cx, x0 - 0.5, x1 + 0.5), _interval_distance(cy, y0 - 0.5, y1 + 0.5))
-        scores["position"] = float(np.exp(-((d / POSITION_WIDTH) ** 2))) if m.bbox else 0.0
     return scores
 
 
 def classify(m: Measurement) -> dict[str, str | None]:
-    """The attributes the image shows: nearest palette colours, best-fitting shape, size, position."""
+    """The attributes the image shows: nearest palette colours, best-fitting shape, size."""
 
     def nearest(rgb: np.ndarray | None) -> str | None:
         return None if rgb is None else COLOURS[int(np.argmin(np.linalg.norm(_PALETTE_ARRAY - rgb, axis=-1)))]
 
     if m.bbox is None:
-        return {"background": nearest(m.background), "colour": None, "shape": None, "size": None, "position": None}
+        return {"background": nearest(m.background), "colour": None, "shape": None, "size": None}
     ious = shape_ious(m)
     (s_lo, s_hi), (l_lo, _) = SIZE_RANGES["small"], SIZE_RANGES["large"]
-    cx, cy = m.center
-
-    def region_distance(name: str) -> float:
-        (x0, x1), (y0, y1) = POSITION_REGIONS[name]
-        return float(np.hypot(_interval_distance(cx, x0, x1), _interval_distance(cy, y0, y1)))
-
     return {
         "background": nearest(m.background),
         "colour": nearest(m.foreground),
         "shape": max(ious, key=ious.get),  # type: ignore[arg-type]
         "size": "small" if m.half_extent < (s_hi + l_lo) / 2 else "large",
-        "position": min(POSITION_REGIONS, key=region_distance),
     }
 
 

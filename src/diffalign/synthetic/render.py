@@ -12,7 +12,6 @@ from .domain import (
     IMAGE_SIZE,
     MARGIN,
     PALETTE,
-    POSITION_REGIONS,
     SIZE_RANGES,
     SceneSpec,
 )
@@ -56,20 +55,11 @@ def shape_coverage(shape: str, cx: float, cy: float, half: float, size: int, sup
 
 
 def draw_layout(spec: SceneSpec, rng: random.Random) -> Layout:
-    """Choose the shape's size, position and the image tint as the spec (or chance) dictates."""
+    """Choose the shape's size (as the spec says, else at random), a random position and the image tint."""
     lo, hi = SIZE_RANGES[spec.size] if spec.size else ANY_SIZE_RANGE
     half = rng.uniform(lo, hi)
     low, high = half + MARGIN, IMAGE_SIZE - half - MARGIN
-    if spec.position:
-        (x0, x1), (y0, y1) = POSITION_REGIONS[spec.position]
-    else:
-        (x0, x1), (y0, y1) = (low, high), (low, high)
-
-    def pick(a: float, b: float) -> float:
-        a, b = max(a, low), min(b, high)
-        return rng.uniform(a, b) if a <= b else (low + high) / 2
-
-    cx, cy = pick(x0, x1), pick(y0, y1)
+    cx, cy = rng.uniform(low, high), rng.uniform(low, high)
     tint = tuple(rng.uniform(-0.04, 0.04) for _ in range(3))
     return Layout(cx=cx, cy=cy, half=half, tint=tint)  # type: ignore[arg-type]
 
