@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="output_dir of a training run (or a folder with pytorch_lora_weights.safetensors)")
     p.add_argument("--base", default=None, help="base model (default: model.pretrained of the run's config.yaml)")
     p.add_argument("--prompts", default=DEMO_HELD_OUT_PROMPTS, help="prompt file (.txt, .csv, .jsonl)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (0..N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per prompt (0..N-1)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--size", type=int, default=None, help="image size (default: the model's native size)")
@@ -138,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
-        print(f"diffalign {args.command}: error: {error}", file=sys.stderr)
+        if os.environ.get("DIFFALIGN_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"diffalign {args.command}: error: {message}\n(set DIFFALIGN_DEBUG=1 for a traceback)", file=sys.stderr)
         return 2
 
 

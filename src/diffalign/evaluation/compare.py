@@ -59,6 +59,13 @@ def compare_with_base(c: Comparison) -> dict:
     scorer = build_scorer(c.scorer, device=c.device)
     base_scores = scorer.score(base_images, texts).numpy()
     tuned_scores = scorer.score(tuned_images, texts).numpy()
+    criteria: dict[str, dict[str, float]] = {}
+    if hasattr(scorer, "details"):  # scorers made of several criteria report each one's mean
+        for side, images in (("base", base_images), ("tuned", tuned_images)):
+            per_image = scorer.details(images, texts)
+            for key in per_image[0]:
+                values = [d[key] for d in per_image if key in d]
+                criteria.setdefault(key, {})[side] = float(np.mean(values))
     wtl = win_tie_loss(tuned_scores, base_scores, c.tie_tolerance)
     results = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in c.__dict__.items()},
@@ -68,6 +75,7 @@ def compare_with_base(c: Comparison) -> dict:
         "base": {"mean": float(base_scores.mean()), "median": float(np.median(base_scores))},
         "tuned": {"mean": float(tuned_scores.mean()), "median": float(np.median(tuned_scores))},
         "win_tie_loss": wtl.as_dict(),
+        "criteria": criteria,
     }
     out = Path(c.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,10 +93,16 @@ def compare_with_base(c: Comparison) -> dict:
 def format_results(results: dict) -> str:
     """A short human-readable summary of `compare_with_base` results."""
     w = results["win_tie_loss"]
+    criteria = [
+        f"  {name:12s} base {v['base']:.4f}   tuned {v['tuned']:.4f}"
+        for name, v in results.get("criteria", {}).items()
+        if name != "reward"
+    ]
     return "\n".join(
         [
             f"{results['pairs']} prompt-seed pairs ({results['prompts']} prompts), scorer {results['scorer']}",
             f"  mean score   base {results['base']['mean']:.4f}   tuned {results['tuned']['mean']:.4f}",
+            *criteria,
             f"  tuned vs base: {w['wins']} wins, {w['ties']} ties (|diff| <= {w['tie_tolerance']:g}), {w['losses']} losses",
             f"  win rate among non-tied: {100 * w['win_rate']:.1f} % "
             f"(95 % CI {100 * w['ci_low']:.1f}-{100 * w['ci_high']:.1f} %)",

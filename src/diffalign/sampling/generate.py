@@ -1,9 +1,8 @@
-"""Generating images with a base pipeline and optional LoRAs, with one fixed seed per image."""
+"""Generating images with a pipeline, one fixed seed per image."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,18 +11,10 @@ from diffusers import DiffusionPipeline
 from ..models.loading import DTYPES, resolve_source
 
 
-def load_pipeline(
-    model: str, loras: Sequence[tuple[str | Path, float]] = (), device: str | None = None, dtype: str = "float32"
-) -> DiffusionPipeline:
-    """Load a text-to-image pipeline (hub id or folder) and fuse-free load each LoRA with its scale."""
+def load_pipeline(model: str, device: str | None = None, dtype: str = "float32") -> DiffusionPipeline:
+    """Load a text-to-image pipeline (hub id or local folder) on `device` (default: CUDA if available)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = DiffusionPipeline.from_pretrained(resolve_source(model), dtype=DTYPES[dtype])
-    if loras:
-        names = []
-        for i, (path, _) in enumerate(loras):
-            pipe.load_lora_weights(str(path), adapter_name=f"lora{i}")
-            names.append(f"lora{i}")
-        pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
