@@ -62,10 +62,8 @@ def compare_with_base(c: Comparison) -> dict:
     criteria: dict[str, dict[str, float]] = {}
     if hasattr(scorer, "details"):  # scorers made of several criteria report each one's mean
         for side, images in (("base", base_images), ("tuned", tuned_images)):
-            per_image = scorer.details(images, texts)
-            for key in per_image[0]:
-                values = [d[key] for d in per_image if key in d]
-                criteria.setdefault(key, {})[side] = float(np.mean(values))
+            for key, mean in criterion_means(scorer.details(images, texts)).items():
+                criteria.setdefault(key, {})[side] = mean
     wtl = win_tie_loss(tuned_scores, base_scores, c.tie_tolerance)
     results = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in c.__dict__.items()},
@@ -88,6 +86,13 @@ def compare_with_base(c: Comparison) -> dict:
     _save_images(base_images, out / "base")
     _save_images(tuned_images, out / "tuned")
     return results
+
+
+def criterion_means(per_image: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each criterion over the images whose prompt names it (prompts name different criteria:
+    only some captions give a size), in order of first appearance."""
+    keys = list(dict.fromkeys(key for d in per_image for key in d))
+    return {key: float(np.mean([d[key] for d in per_image if key in d])) for key in keys}
 
 
 def format_results(results: dict) -> str:
