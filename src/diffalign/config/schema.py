@@ -77,7 +77,11 @@ class DataConfig:
     random_crop: bool = cfg_field(False, "Random instead of centre crop.")
     random_flip: bool = cfg_field(True, "Flip each image horizontally with probability 0.5 (independently).")
     empty_prompt_prob: float = cfg_field(
-        0.2, "Probability of training a pair on the empty caption (Diffusion-DPO's default 0.2).", min=0.0, max=1.0
+        0.0,
+        "Probability of training a pair on the empty caption (Diffusion-DPO uses 0.2 on real models; the tiny "
+        "demo, 0).",
+        min=0.0,
+        max=1.0,
     )
     max_pairs: int | None = cfg_field(None, "Use only the first N decided pairs (debugging).", min=1)
     num_workers: int = cfg_field(0, "DataLoader worker processes.", min=0)
@@ -98,7 +102,7 @@ class DPOObjectiveConfig(ObjectiveConfig):
 
     name: str = cfg_field("dpo", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
     beta: float = cfg_field(
-        5000.0,
+        500.0,
         "KL strength beta in -log sigmoid(-0.5*beta*[(err_θ(w)-err_θ(l))-(err_ref(w)-err_ref(l))]), errors "
         "averaged over latent elements: the official code's beta_dpo (SD1.5 paper: 2000, SDXL: 5000).",
         min=0.0,
@@ -118,8 +122,8 @@ class TrainConfig:
     """Optimisation, precision and bookkeeping."""
 
     output_dir: str = cfg_field("runs/demo-dpo", "Where the LoRA/UNet weights, the resolved config and logs go.")
-    max_steps: int = cfg_field(300, "Number of optimizer steps.", min=1)
-    batch_size: int = cfg_field(8, "Pairs per device per micro-step (the UNet sees 2x this for pair objectives).", min=1)
+    max_steps: int = cfg_field(400, "Number of optimizer steps.", min=1)
+    batch_size: int = cfg_field(16, "Pairs per device per micro-step (the UNet sees 2x this for pair objectives).", min=1)
     grad_accum: int = cfg_field(1, "Micro-steps accumulated per optimizer step.", min=1)
     learning_rate: float = cfg_field(1e-3, "Peak learning rate (after scale_lr, if set).", min=0.0)
     scale_lr: bool = cfg_field(
