@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from diffalign.cli.main import main
+from diffalign.config.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,8 @@ def test_demo_train_and_eval_end_to_end(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["train", f"train.output_dir={run}", "train.max_steps=3", "train.log_every=1"]) == 0
     out = capsys.readouterr().out
-    assert "effective batch: 8 pairs/device x 1 accumulation x 1 process(es) = 8 pairs" in out
+    b = RunConfig().train.batch_size
+    assert f"effective batch: {b} pairs/device x 1 accumulation x 1 process(es) = {b} pairs" in out
     assert (run / "pytorch_lora_weights.safetensors").exists()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on a blue background\na small green square on a white background\n")
