@@ -23,8 +23,9 @@ from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
 from diffalign.training.encode import encode_pairs
-from diffalign.training.loop import build_loader, build_optimizer, prepare_unet
+from diffalign.training.loop import build_dataset, build_loader, build_optimizer, prepare_unet
 from diffalign.training.methods import TrainableModel, build_method
+from diffalign.training.randomness import BatchRandom
 
 
 def main() -> None:
@@ -44,10 +45,9 @@ def main() -> None:
     params, reference = prepare_unet(cfg, parts, method.needs_reference, device)
     for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device)
-    _, loader = build_loader(cfg)
+    loader = build_loader(cfg, build_dataset(cfg))
     optimizer = build_optimizer(params, cfg, cfg.train.learning_rate)
     model = TrainableModel(parts.unet, reference, parts.noise_scheduler, parts.prediction_type)
-    generator = torch.Generator(device=device).manual_seed(0)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -57,16 +57,13 @@ def main() -> None:
     batches = iter(loader)
     for step in range(args.warmup + args.steps):
         marks = [time.perf_counter()]
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
+        batch = next(batches)
+        rand = BatchRandom(cfg.train.seed, step, len(batch), device=device)
         marks.append(time.perf_counter())
-        pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, generator, cfg.data.resolution, device)
+        pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
         sync()
         marks.append(time.perf_counter())
-        out = method(model, pairs, generator)
+        out = method(model, pairs, rand)
         sync()
         marks.append(time.perf_counter())
         out.loss.backward()

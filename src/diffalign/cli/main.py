@@ -34,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     path, overrides = _split_args(args.items)
     cfg = load_config(RunConfig, path, overrides)
     result = train(cfg)
-    print(f"done: weights in {result.weights}; evaluate with `diffalign eval {result.output_dir}`")
+    if result.is_main_process:
+        print(f"done: weights in {result.weights}; evaluate with `diffalign eval {result.output_dir}`")
     return 0
 
 

@@ -84,6 +84,17 @@ class DataConfig:
         max=1.0,
     )
     max_pairs: int | None = cfg_field(None, "Use only the first N decided pairs (debugging).", min=1)
+    cache_dir: str = cfg_field(
+        "cache", "Folder for what is computed once from the data and reused by later runs (AI-feedback scores)."
+    )
+    relabel_with: str | None = cfg_field(
+        None,
+        "AI feedback: a registered scorer (e.g. shapes; `diffalign.rewards.available_scorers()`) re-decides the winner of every pair from the "
+        "images (Diffusion-DPO's AI-feedback variant); the scores are computed once and kept in cache_dir/relabel.",
+    )
+    relabel_tie_tolerance: float = cfg_field(
+        0.0, "With relabel_with: pairs whose two scores differ by at most this are ties and dropped.", min=0.0
+    )
     num_workers: int = cfg_field(0, "DataLoader worker processes.", min=0)
 
 
@@ -133,7 +144,9 @@ class TrainConfig:
         "constant_with_warmup", "Learning-rate schedule (diffusers.optimization.get_scheduler)."
     )
     warmup_steps: int = cfg_field(20, "Linear warm-up steps of the schedule.", min=0)
-    optimizer: Literal["adamw", "adafactor"] = cfg_field("adamw", "Optimizer: AdamW (SD1.5/2.1) or Adafactor (SDXL).")
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = cfg_field(
+        "adamw", "Optimizer: AdamW (SD1.5/2.1), 8-bit AdamW (needs bitsandbytes) or Adafactor (SDXL)."
+    )
     adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0)
     adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0)
     adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0)
@@ -142,9 +155,28 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = cfg_field(
         "no", "Mixed precision of the trained UNet (accelerate); trainable parameters stay float32."
     )
+    gradient_checkpointing: bool = cfg_field(False, "Recompute UNet activations in the backward pass (less memory, ~30 % slower).")
+    attention: Literal["sdpa", "xformers"] = cfg_field(
+        "sdpa", "Attention backend: PyTorch SDPA, or xformers (pip install 'diffalign[gpu]'; CUDA only)."
+    )
+    allow_tf32: bool = cfg_field(True, "Use TF32 matmuls on Ampere and newer GPUs.")
+    offload_reference: bool = cfg_field(
+        False, "Full fine-tuning: keep the frozen reference UNet on the CPU and stream it to the GPU per call."
+    )
+    trackers: list[str] = cfg_field(
+        ["tensorboard"], "accelerate trackers for the metrics (tensorboard, wandb, ...; [] for none); logs in OUTPUT_DIR/logs."
+    )
     seed: int = cfg_field(0, "Seed of data order, noise and timesteps.")
     log_every: int = cfg_field(10, "Update the progress bar metrics every N optimizer steps.", min=1)
     cpu: bool = cfg_field(False, "Train on the CPU even if a GPU is available.")
+    checkpoint_every: int = cfg_field(
+        100, "Write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps (0: never).",
+        min=0,
+    )
+    keep_checkpoints: int = cfg_field(2, "Keep only the newest K checkpoints under OUTPUT_DIR/checkpoints.", min=1)
+    resume: str | None = cfg_field(
+        None, "Continue a run: 'latest' (the newest checkpoint in output_dir, or a fresh start if none) or a checkpoint folder."
+    )
 
 
 @dataclass

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import glob
 import io
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..paths import resolve_local
+from .order import derive_seed
 from .transforms import prepare_image
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -78,6 +80,20 @@ def decode_image(data: bytes | dict, where: str) -> Image.Image:
         raise ValueError(f"{where}: cannot decode image bytes ({error})") from error
 
 
+def source_key(path: str, split: str, max_pairs: int | None) -> str:
+    """A string identifying a pair table's content: path, split, max_pairs and, for local parquet
+    files, each file's size and modification time (so a rewritten file gets a new key)."""
+    parts = [f"path={path}", f"split={split}", f"max_pairs={max_pairs}"]
+    try:
+        files = parquet_files(path)
+    except FileNotFoundError:
+        files = None
+    for file in files or ():
+        info = os.stat(file)
+        parts.append(f"{os.path.abspath(file)}:{info.st_size}:{info.st_mtime_ns}")
+    return "|".join(parts)
+
+
 @dataclass
 class PairBatch:
     """A batch of preference pairs: winner/loser images in [-1, 1] and their conditioning inputs.
@@ -103,7 +119,13 @@ class PairBatch:
 
 
 class PreferencePairs(torch.utils.data.Dataset):
-    """Decided pairs of a Pick-a-Pic-schema table, winner first, preprocessed for training."""
+    """Decided pairs of a Pick-a-Pic-schema table, winner first, preprocessed for training.
+
+    `relabel(table, source_key)`, if given (see `diffalign.data.relabel.make_relabeller`), re-decides
+    the labels before ties are dropped, so a scorer can decide source ties and its own ties are
+    dropped (counted in `dropped`). With `max_pairs`, only the first `max_pairs` rows are relabelled,
+    so there may be fewer pairs than `max_pairs` once the scorer's ties are dropped.
+    """
 
     def __init__(
         self,
@@ -114,9 +136,16 @@ class PreferencePairs(torch.utils.data.Dataset):
         random_flip: bool = False,
         max_pairs: int | None = None,
         seed: int = 0,
+        *,
+        relabel: Callable[[datasets.Dataset, str], datasets.Dataset] | None = None,
     ) -> None:
         self.path = path
-        table, self.dropped = decided_pairs(load_pair_table(path, split))
+        table = load_pair_table(path, split)
+        if relabel is not None:
+            if max_pairs is not None:
+                table = table.select(range(min(max_pairs, len(table))))
+            table = relabel(table, source_key(path, split, max_pairs))
+        table, self.dropped = decided_pairs(table)
         if max_pairs is not None:
             table = table.select(range(min(max_pairs, len(table))))
         if len(table) == 0:
@@ -125,17 +154,23 @@ class PreferencePairs(torch.utils.data.Dataset):
         self.resolution = resolution
         self.random_crop = random_crop
         self.random_flip = random_flip
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """The pair at `index`, winner first; with an `(epoch, index)` key (see `data.order`), crop and
+        flip are drawn from a generator seeded by (seed, epoch, index), so any worker or resumed run
+        prepares the same pixels."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        generator = self.generator if epoch is None else torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
         row = self.table[index]
         first = 0 if row["label_0"] == 1 else 1
         images = [decode_image(row[f"jpg_{k}"], f"{self.path} row {index} jpg_{k}") for k in (first, 1 - first)]
         prepared = [
-            prepare_image(im, self.resolution, self.random_crop, self.random_flip, self.generator) for im in images
+            prepare_image(im, self.resolution, self.random_crop, self.random_flip, generator) for im in images
         ]
         caption = row["caption"] or ""
         own = [row.get(f"caption_{k}") or caption for k in (first, 1 - first)]

@@ -30,6 +30,11 @@ class DiffusionParts:
     source: str
     extras: dict = field(default_factory=dict)
 
+    @property
+    def vae_config(self) -> dict:
+        """The VAE's config (scaling and shift factors), also when a latent cache stands in for the VAE."""
+        return dict(self.vae.config) if self.vae is not None else self.extras["vae_config"]
+
 
 def resolve_source(pretrained: str) -> str:
     """A local folder (as given or under the project root) or the hub id unchanged.

@@ -9,6 +9,7 @@ import torch
 from ..data.pairs import PairBatch
 from ..models.conditioning import TextConditioning, encode_prompts, sdxl_time_ids
 from ..models.loading import DiffusionParts
+from .randomness import BatchRandom
 
 
 @dataclass
@@ -27,15 +28,19 @@ class EncodedPairs:
         return len(self.latents_w)
 
 
-@torch.no_grad()
-def encode_latents(parts: DiffusionParts, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample the VAE posterior for images in [-1, 1] and scale (and shift, if the VAE has one) it."""
+def latent_moments(parts: DiffusionParts, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE posterior for images in [-1, 1], float32 (what the latent cache stores)."""
     vae = parts.vae
-    posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=generator, device=generator.device if generator else None)
-    latents = posterior.mean + posterior.std * noise.to(posterior.mean.device, posterior.mean.dtype)
-    shift = vae.config.get("shift_factor") or 0.0
-    return ((latents - shift) * vae.config.scaling_factor).float()
+    with torch.no_grad():
+        posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return posterior.mean.float(), posterior.std.float()
+
+
+def sample_latents(parts: DiffusionParts, mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A posterior sample `mean + std * noise`, shifted (if the VAE has a shift) and scaled as SD expects."""
+    config = parts.vae_config
+    shift = config.get("shift_factor") or 0.0
+    return ((mean + std * noise.to(mean.device, mean.dtype)) - shift) * config["scaling_factor"]
 
 
 def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
@@ -48,14 +53,20 @@ def encode_pairs(
     parts: DiffusionParts,
     batch: PairBatch,
     empty_prompt_prob: float,
-    generator: torch.Generator,
+    rand: BatchRandom,
     resolution: int,
     device: torch.device,
 ) -> EncodedPairs:
-    """VAE-encode both images and the captions; one empty-caption draw per pair (both images share it)."""
-    drop = torch.rand(len(batch), generator=generator, device=generator.device) < empty_prompt_prob
-    latents = encode_latents(parts, torch.cat([batch.pixels_w, batch.pixels_l]), generator).to(device)
-    latents_w, latents_l = latents.chunk(2)
+    """VAE-encode both images and the captions; one empty-caption draw per pair (both images share it).
+
+    The draws, in order: the empty-caption coin, the winner's and the loser's posterior noise.
+    """
+    drop = rand.rand() < empty_prompt_prob
+    mean, std = latent_moments(parts, torch.cat([batch.pixels_w, batch.pixels_l]))
+    mean_w, mean_l = mean.chunk(2)
+    std_w, std_l = std.chunk(2)
+    latents_w = sample_latents(parts, mean_w, std_w, rand.randn(*mean_w.shape[1:])).to(device)
+    latents_l = sample_latents(parts, mean_l, std_l, rand.randn(*mean_l.shape[1:])).to(device)
     captions_w, captions_l = drop_captions(batch.captions_w, drop), drop_captions(batch.captions_l, drop)
     if captions_w == captions_l:
         cond_w = encode_prompts(parts, captions_w)

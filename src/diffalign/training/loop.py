@@ -21,13 +21,18 @@ from tqdm.auto import tqdm
 
 from ..config.core import dump_yaml
 from ..config.schema import RunConfig
+from ..data.order import EpochBatches
 from ..data.pairs import PreferencePairs, collate_pairs
+from ..data.relabel import make_relabeller
 from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import attach_lora, save_lora
 from ..models.reference import AdapterDisabledReference, FrozenCopyReference
 from .encode import encode_pairs
-from .files import atomic_save, atomic_write_text
+from ..files import atomic_save, atomic_write_text
+from .checkpoint import resolve_resume
 from .methods import TrainableModel, build_method
+from .randomness import BatchRandom
+from .state import TrainingState
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -41,6 +46,7 @@ class TrainResult:
     weights: Path
     config: Path
     metrics: dict[str, float]
+    is_main_process: bool = True
 
 
 def _save_unet(unet: torch.nn.Module, folder: Path) -> Path:
@@ -49,7 +55,7 @@ def _save_unet(unet: torch.nn.Module, folder: Path) -> Path:
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW or Adafactor (fixed learning rate, as the Diffusion-DPO SDXL recipe) over `params`."""
+    """AdamW, 8-bit AdamW (bitsandbytes) or Adafactor (fixed learning rate, as the Diffusion-DPO SDXL recipe)."""
     t = cfg.train
     if t.optimizer == "adafactor":
         from transformers.optimization import Adafactor
@@ -57,9 +63,37 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig, lr: float)
         return Adafactor(
             params, lr=lr, weight_decay=t.weight_decay, clip_threshold=1.0, scale_parameter=False, relative_step=False
         )
-    return torch.optim.AdamW(
-        params, lr=lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay
-    )
+    kwargs = dict(lr=lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError as error:
+            raise RuntimeError(
+                "train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); or use adamw"
+            ) from error
+        return bitsandbytes.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def configure_unet(unet: torch.nn.Module, cfg: RunConfig) -> None:
+    """Gradient checkpointing and the attention backend of the trained UNet; TF32 matmuls."""
+    t = cfg.train
+    torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32
+    torch.backends.cudnn.allow_tf32 = t.allow_tf32
+    if t.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if t.attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError as error:
+            raise RuntimeError(
+                "train.attention=xformers but xformers is not installed: pip install 'diffalign[gpu]', "
+                "or use train.attention=sdpa (PyTorch's fused attention, the default)"
+            ) from error
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+        except (ValueError, NotImplementedError) as error:
+            raise RuntimeError(f"train.attention=xformers cannot run here ({error}); use train.attention=sdpa") from error
 
 
 def describe_batch(cfg: RunConfig, processes: int) -> str:
@@ -91,10 +125,16 @@ class _Averages:
 
 
 def prepare_unet(cfg: RunConfig, parts: DiffusionParts, needs_reference: bool, device: torch.device):
-    """Make the UNet trainable (LoRA or full) and build the reference: adapters off, or a frozen copy."""
+    """Make the UNet trainable (LoRA or full) and build the reference: adapters off, or a frozen copy
+    (on the CPU and streamed to `device` per call with `train.offload_reference`)."""
     unet = parts.unet
     reference: AdapterDisabledReference | FrozenCopyReference | None = None
     if cfg.lora.enabled:
+        if cfg.train.offload_reference:
+            raise ValueError(
+                "train.offload_reference is for full fine-tuning (lora.enabled=false): with LoRA the reference is "
+                "the trained UNet with its adapters switched off, there is no second UNet to offload"
+            )
         unet.to(DTYPES[cfg.model.frozen_dtype])
         params = attach_lora(unet, cfg.lora)
         if needs_reference:
@@ -104,25 +144,39 @@ def prepare_unet(cfg: RunConfig, parts: DiffusionParts, needs_reference: bool, d
         params = list(unet.parameters())
         if needs_reference:
             reference = FrozenCopyReference(unet, DTYPES[cfg.model.frozen_dtype])
-            reference.unet.to(device)
+            if cfg.train.offload_reference and device.type != "cpu":
+                from accelerate import cpu_offload
+
+                cpu_offload(reference.unet, execution_device=device)
+            else:
+                reference.unet.to(device)
     unet.train()
     return params, reference
 
 
-def build_loader(cfg: RunConfig) -> tuple[PreferencePairs, torch.utils.data.DataLoader]:
-    """The pair dataset and a seeded, shuffling loader over it."""
-    d, t = cfg.data, cfg.train
-    dataset = PreferencePairs(d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=t.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=t.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= t.batch_size,
-        collate_fn=collate_pairs,
-        num_workers=d.num_workers,
-        generator=torch.Generator().manual_seed(t.seed),
+def build_dataset(cfg: RunConfig, device: torch.device | None = None) -> PreferencePairs:
+    """The decided pairs of `cfg.data`, relabelled by `data.relabel_with` (AI feedback) if set."""
+    d = cfg.data
+    relabel = None
+    if d.relabel_with:
+        relabel = make_relabeller(d.relabel_with, d.relabel_tie_tolerance, d.cache_dir, device=device)
+    return PreferencePairs(
+        d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel
     )
-    return dataset, loader
+
+
+def build_loader(
+    cfg: RunConfig, dataset: PreferencePairs, rank: int = 0, world: int = 1, start: int = 0
+) -> torch.utils.data.DataLoader:
+    """This process's endless stream of batches from global micro-step `start` on (see `data.order`)."""
+    sampler = EpochBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world, start)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_pairs,
+        num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds: leaves the global RNG alone
+    )
 
 
 def _save_weights(cfg: RunConfig, unet: torch.nn.Module, family: str, out_dir: Path) -> Path:
@@ -131,33 +185,86 @@ def _save_weights(cfg: RunConfig, unet: torch.nn.Module, family: str, out_dir: P
     return atomic_save(out_dir, lambda tmp: _save_unet(unet, tmp))
 
 
+def _flat_config(cfg: RunConfig) -> dict[str, float | int | str | bool]:
+    """The config as flat dotted scalars, for the trackers' hyper-parameter tables."""
+    out: dict[str, float | int | str | bool] = {}
+
+    def walk(obj, prefix: str) -> None:
+        for key, value in vars(obj).items():
+            if hasattr(value, "__dataclass_fields__"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk(cfg, "")
+    return out
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _resume_metrics_log(path: Path, step: int) -> None:
+    """Keep the metrics logged up to `step` (a resumed run rewrites what came after its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss stopped the run."""
+
+
 def train(cfg: RunConfig) -> TrainResult:
     """Run one training job described by `cfg` and return where its outputs are."""
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum, cpu=t.cpu)
-    set_seed(t.seed)
-    device = accelerator.device
     out_dir = Path(t.output_dir)
+    trackers = [name for name in t.trackers if name != "none"]
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.grad_accum,
+        cpu=t.cpu,
+        log_with=trackers or None,
+        project_dir=str(out_dir / "logs"),
+    )
+    set_seed(t.seed)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    resume_from = resolve_resume(t.resume, out_dir)
 
     # LoRA leaves the UNet frozen: load it straight in the frozen dtype (no float32 copy of SDXL in memory)
     parts = load_parts(cfg.model, trainable_dtype=DTYPES[cfg.model.frozen_dtype] if cfg.lora.enabled else torch.float32)
     method = build_method(cfg.objective)
     params, reference = prepare_unet(cfg, parts, method.needs_reference, device)
+    configure_unet(parts.unet, cfg)
     for frozen in (parts.vae, *parts.text_encoders):
         frozen.to(device)
-    dataset, loader = build_loader(cfg)
-    lr = t.learning_rate * (t.batch_size * t.grad_accum * accelerator.num_processes if t.scale_lr else 1)
+    with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
+        dataset = build_dataset(cfg, device)
+    lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
     optimizer = build_optimizer(params, cfg, lr)
     lr_scheduler = get_scheduler(
         t.lr_scheduler,
         optimizer,
-        num_warmup_steps=t.warmup_steps * accelerator.num_processes,
-        num_training_steps=t.max_steps * accelerator.num_processes,
+        num_warmup_steps=t.warmup_steps * world,
+        num_training_steps=t.max_steps * world,
     )
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(parts.unet, optimizer, loader, lr_scheduler)
+    unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
-    generator = torch.Generator(device=device).manual_seed(t.seed + accelerator.process_index)
+    config_text = dump_yaml(cfg)
+    state = TrainingState(
+        accelerator, unet, optimizer, lr_scheduler, cfg.lora.enabled, parts.family, t.batch_size * world, config_text
+    )
+    step = micro = 0
+    if resume_from is not None:
+        step, micro = state.restore(resume_from)
+    loader = build_loader(cfg, dataset, rank, world, start=micro)
 
+    metrics_path = out_dir / METRICS_FILE
     if accelerator.is_main_process:
         print(f"model {parts.source} ({parts.family}, {parts.prediction_type}); objective {cfg.objective.name}")
         print(
@@ -165,46 +272,80 @@ def train(cfg: RunConfig) -> TrainResult:
             f"trainable parameters {sum(p.numel() for p in params):,}"
             f" ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})"
         )
-        print(describe_batch(cfg, accelerator.num_processes) + f"; learning rate {lr:g}")
+        print(describe_batch(cfg, world) + f"; learning rate {lr:g}")
+        if resume_from is not None:
+            print(f"resumed from {resume_from} at step {step} (micro-step {micro})")
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / CONFIG_FILE, dump_yaml(cfg))
-    metrics_log = (out_dir / METRICS_FILE).open("w") if accelerator.is_main_process else None
+        atomic_write_text(out_dir / CONFIG_FILE, config_text)
+        if resume_from is not None:
+            _resume_metrics_log(metrics_path, step)
+        elif metrics_path.exists():
+            metrics_path.unlink()
+    if trackers:
+        accelerator.init_trackers("diffalign", config=_flat_config(cfg))
+    metrics_log = metrics_path.open("a") if accelerator.is_main_process else None
 
-    progress = tqdm(total=t.max_steps, desc=cfg.objective.name, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    progress = tqdm(
+        total=t.max_steps, initial=step, desc=cfg.objective.name, disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
     averages = _Averages()
     last: dict[str, float] = {}
-    step, start = 0, time.time()
-    while step < t.max_steps:
-        for batch in loader:
-            with accelerator.accumulate(unet):
-                pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, generator, cfg.data.resolution, device)
-                with accelerator.autocast():
-                    out = method(model, pairs, generator)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"non-finite loss {out.loss.item()} at step {step}; lower train.learning_rate or the "
-                        f"objective's beta, or use train.mixed_precision=bf16 instead of fp16"
-                    )
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and t.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            averages.add({"loss": out.loss.detach(), **out.metrics})
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            if step % t.log_every == 0 or step == t.max_steps:
-                last = averages.pop()
-                last.update(step=step, lr=lr_scheduler.get_last_lr()[0], seconds=time.time() - start)
-                progress.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "implicit_acc", "reward_margin") if k in last})
-                if metrics_log is not None:
-                    metrics_log.write(json.dumps(last) + "\n")
-                    metrics_log.flush()
-            if step >= t.max_steps:
-                break
+    start, last_time, last_step = time.time(), time.time(), step
+    last_checkpoint = resume_from
+    for batch in loader if step < t.max_steps else []:
+        rand = BatchRandom(t.seed, micro, len(batch), rank, world, device)
+        micro += 1
+        with accelerator.accumulate(unet):
+            pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
+            with accelerator.autocast():
+                out = method(model, pairs, rand)
+            finite = torch.isfinite(out.loss.detach()).float()
+            if world > 1:
+                finite = accelerator.reduce(finite, "min")
+            if finite.item() < 1:
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step + 1}: stopped. The last good checkpoint is "
+                    f"{last_checkpoint or 'none (train.checkpoint_every=0 or not reached yet)'}; lower "
+                    f"train.learning_rate or the objective's beta, or use train.mixed_precision=bf16 instead of fp16, "
+                    f"then continue with train.resume=latest"
+                )
+            accelerator.backward(out.loss)
+            step_metrics = {"loss": out.loss.detach(), **out.metrics}
+            if accelerator.sync_gradients:
+                limit = t.max_grad_norm if t.max_grad_norm is not None else float("inf")
+                grad_norm = accelerator.clip_grad_norm_(params, limit)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        averages.add(step_metrics)
+        if not accelerator.sync_gradients:
+            continue
+        last_grad_norm = float(grad_norm)
+        step += 1
+        progress.update(1)
+        if step % t.log_every == 0 or step == t.max_steps:
+            now = time.time()
+            last = averages.pop()
+            last.update(
+                step=step,
+                lr=lr_scheduler.get_last_lr()[0],
+                grad_norm=last_grad_norm,
+                pairs_per_s=(step - last_step) * t.batch_size * t.grad_accum * world / max(now - last_time, 1e-9),
+                peak_memory_gib=_peak_memory_gib(device),
+                seconds=now - start,
+            )
+            last_time, last_step = now, step
+            progress.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "implicit_acc", "reward_margin") if k in last})
+            if metrics_log is not None:
+                metrics_log.write(json.dumps(last) + "\n")
+                metrics_log.flush()
+            if trackers:
+                accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
+        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
+            last_checkpoint = state.save(out_dir, step, micro, t.keep_checkpoints)
+        if step >= t.max_steps:
+            break
     progress.close()
     if metrics_log is not None:
         metrics_log.close()
@@ -215,4 +356,4 @@ def train(cfg: RunConfig) -> TrainResult:
         weights = _save_weights(cfg, accelerator.unwrap_model(unet), parts.family, out_dir)
         print(f"saved {weights}\nconfig {out_dir / CONFIG_FILE}")
     accelerator.end_training()
-    return TrainResult(out_dir, weights, out_dir / CONFIG_FILE, last)
+    return TrainResult(out_dir, weights, out_dir / CONFIG_FILE, last, accelerator.is_main_process)

@@ -1,7 +1,8 @@
 """How each objective turns a batch into a loss: noising, model and reference predictions, the loss.
 
-A method is a small object with `needs_reference` and `__call__(model, pairs, generator)`; the
-training loop knows nothing else about it. New objectives register with `@register_method(name)`
+A method is a small object with `needs_reference` and `__call__(model, pairs, rand)`; the
+training loop knows nothing else about it. Every random draw goes through `rand` (a `BatchRandom`),
+one draw per pair, so the step does not depend on how the batch is split over processes. New objectives register with `@register_method(name)`
 under the same name as their config variant (`objective.name`).
 """
 
@@ -19,6 +20,7 @@ from ..models.conditioning import TextConditioning, unet_kwargs
 from ..models.prediction import training_target
 from ..objectives import ObjectiveOutput, denoising_error, diffusion_dpo_loss, sft_loss
 from .encode import EncodedPairs
+from .randomness import BatchRandom
 
 
 class Reference(Protocol):
@@ -40,18 +42,18 @@ class TrainableModel:
 
 
 def sample_noise_and_timesteps(
-    latents: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator
+    latents: torch.Tensor, scheduler: DDPMScheduler, rand: BatchRandom
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian noise like `latents` and uniform timesteps in [0, T), one per sample."""
-    noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=generator.device)
-    return noise, t.to(latents.device)
+    """Gaussian noise like `latents` (one row per pair) and uniform timesteps in [0, T), one per pair."""
+    noise = rand.randn(*latents.shape[1:]).to(latents.device, latents.dtype)
+    t = rand.randint(scheduler.config.num_train_timesteps).to(latents.device)
+    return noise, t
 
 
 class Method(Protocol):
     needs_reference: bool
 
-    def __call__(self, model: TrainableModel, pairs: EncodedPairs, generator: torch.Generator) -> ObjectiveOutput: ...
+    def __call__(self, model: TrainableModel, pairs: EncodedPairs, rand: BatchRandom) -> ObjectiveOutput: ...
 
 
 _METHODS: dict[str, Callable[[Any], Method]] = {}
@@ -83,9 +85,9 @@ class DiffusionDPO:
     def __init__(self, cfg: DPOObjectiveConfig) -> None:
         self.beta = cfg.beta
 
-    def __call__(self, model: TrainableModel, pairs: EncodedPairs, generator: torch.Generator) -> ObjectiveOutput:
+    def __call__(self, model: TrainableModel, pairs: EncodedPairs, rand: BatchRandom) -> ObjectiveOutput:
         n = len(pairs)
-        noise, t = sample_noise_and_timesteps(pairs.latents_w, model.noise_scheduler, generator)
+        noise, t = sample_noise_and_timesteps(pairs.latents_w, model.noise_scheduler, rand)
         latents = torch.cat([pairs.latents_w, pairs.latents_l])
         noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
         noisy = model.noise_scheduler.add_noise(latents, noise, t)
@@ -107,8 +109,8 @@ class SupervisedOnWinners:
     def __init__(self, cfg: SFTObjectiveConfig) -> None:
         del cfg
 
-    def __call__(self, model: TrainableModel, pairs: EncodedPairs, generator: torch.Generator) -> ObjectiveOutput:
-        noise, t = sample_noise_and_timesteps(pairs.latents_w, model.noise_scheduler, generator)
+    def __call__(self, model: TrainableModel, pairs: EncodedPairs, rand: BatchRandom) -> ObjectiveOutput:
+        noise, t = sample_noise_and_timesteps(pairs.latents_w, model.noise_scheduler, rand)
         noisy = model.noise_scheduler.add_noise(pairs.latents_w, noise, t)
         target = training_target(model.noise_scheduler, pairs.latents_w, noise, t, model.prediction_type)
         prediction = model.predict(noisy, t, **unet_kwargs(pairs.cond_w, pairs.time_ids_w))

@@ -1,6 +1,6 @@
 import pytest
 
-from diffalign.training.files import atomic_save, atomic_write_text
+from diffalign.files import atomic_save, atomic_write_text
 
 
 def test_atomic_write_text_replaces(tmp_path):
