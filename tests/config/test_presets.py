@@ -1,0 +1,152 @@
+"""The real-model presets in configs/{sd15,sd21,sdxl}: they load, carry the paper's values, and are
+composed from the shared pieces in configs/{models,data,methods} rather than copied."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffalign.config import RunConfig, load_config
+from diffalign.config.schema import DPOObjectiveConfig, SFTObjectiveConfig
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FAMILIES = ("sd15", "sd21", "sdxl")
+PRESETS = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES for method in ("dpo", "sft")]
+HUB_IDS = {
+    "sd15": "runwayml/stable-diffusion-v1-5",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+def _load(path: Path, *overrides: str) -> RunConfig:
+    return load_config(RunConfig, path, overrides)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _own(path: Path) -> dict:
+    """The keys a file sets itself (its `base:` not followed)."""
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _chain(path: Path) -> list[Path]:
+    """The file and every file it inherits from, depth first."""
+    bases = _own(path).get("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    return [p for b in bases for p in _chain((path.parent / b).resolve())] + [path.resolve()]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_preset_loads_with_its_model_data_and_objective(path):
+    cfg = _load(path)
+    family, method = path.parent.name, path.stem
+    assert cfg.model.pretrained == HUB_IDS[family]
+    assert cfg.data.path == "yuvalkirstain/pickapic_v2"
+    assert cfg.data.empty_prompt_prob == 0.2 and cfg.data.random_flip
+    assert cfg.train.output_dir == f"runs/{family}-{method}"
+    assert cfg.lora.enabled  # LoRA by default; lora.enabled=false for full fine-tuning
+    if method == "dpo":
+        assert isinstance(cfg.objective, DPOObjectiveConfig) and cfg.objective.beta == 5000.0
+    else:
+        assert isinstance(cfg.objective, SFTObjectiveConfig)
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_paper_batch_and_learning_rate(path):
+    cfg = _load(path)
+    t = cfg.train
+    assert (t.batch_size, t.grad_accum, t.max_steps) == (1, 128, 2000)
+    assert t.scale_lr and t.learning_rate == 1e-8 and t.lr_scheduler == "constant_with_warmup"
+    assert (t.checkpoint_every, t.keep_checkpoints) == (100, 3)
+
+
+def test_effective_batch_text_is_2048_on_16_processes():
+    from diffalign.training.loop import describe_batch
+
+    cfg = _load(CONFIGS / "sdxl" / "dpo.yaml")
+    text = describe_batch(cfg, 16)
+    assert "1 pairs/device x 128 accumulation x 16 process(es) = 2048 pairs per optimizer step" in text
+    assert "= 1024 pairs per optimizer step" in describe_batch(cfg, 8)
+    # the README's advice for 8 GPUs: double the accumulation to keep the paper's batch
+    doubled = _load(CONFIGS / "sdxl" / "dpo.yaml", "train.grad_accum=256")
+    assert "= 2048 pairs per optimizer step" in describe_batch(doubled, 8)
+
+
+def test_model_specific_settings():
+    sd15, sd21, sdxl = (_load(CONFIGS / family / "dpo.yaml") for family in FAMILIES)
+    assert (sd15.data.resolution, sd21.data.resolution, sdxl.data.resolution) == (512, 768, 1024)
+    # SD2.1-768 is a v-prediction model: 'auto' reads it from the scheduler config; it must train at 768
+    assert sd21.model.prediction_type == "auto" and sd21.data.resolution == 768
+    assert (sd15.train.optimizer, sd21.train.optimizer, sdxl.train.optimizer) == ("adamw", "adamw", "adafactor")
+    assert (sd15.train.warmup_steps, sd21.train.warmup_steps, sdxl.train.warmup_steps) == (500, 500, 200)
+    assert sdxl.model.vae == "madebyollin/sdxl-vae-fp16-fix" and sd15.model.vae is None and sd21.model.vae is None
+    assert sdxl.train.gradient_checkpointing
+    assert (sd15.train.mixed_precision, sd15.model.frozen_dtype) == ("fp16", "float16")
+    assert (sdxl.train.mixed_precision, sdxl.model.frozen_dtype) == ("fp16", "float16")
+    assert (sd21.train.mixed_precision, sd21.model.frozen_dtype) == ("bf16", "bfloat16")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sft_preset_is_the_dpo_preset_with_the_objective_switched(family):
+    dpo, sft = _load(CONFIGS / family / "dpo.yaml"), _load(CONFIGS / family / "sft.yaml")
+    for part in ("model", "lora", "data"):
+        assert getattr(sft, part) == getattr(dpo, part)
+    assert _load(CONFIGS / family / "sft.yaml", f"train.output_dir=runs/{family}-dpo").train == dpo.train
+
+
+def test_full_fine_tuning_switch_from_the_comments():
+    cfg = _load(CONFIGS / "sdxl" / "dpo.yaml", "lora.enabled=false", "train.offload_reference=true")
+    assert not cfg.lora.enabled and cfg.train.offload_reference
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_preset_is_only_a_composition(path):
+    """A preset names its pieces and its output folder; the settings live in the shared pieces."""
+    text = path.read_text()
+    assert text.startswith("# Preset: ") and f"diffalign train configs/{path.parent.name}/{path.name}" in text
+    assert f"accelerate launch -m diffalign.cli.main train configs/{path.parent.name}/{path.name}" in text
+    own = _leaves({k: v for k, v in _own(path).items() if k != "base"})
+    assert set(own) == {"train.output_dir"}
+    chain = _chain(path)
+    assert len(chain) >= 4  # model, data, method pieces and the preset itself
+
+
+def test_presets_share_no_setting_line():
+    """No two preset files repeat a non-comment line other than the `base:` list and output_dir's `train:`."""
+    seen: dict[str, Path] = {}
+    for path in PRESETS:
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("#", "base:", "output_dir:")) or stripped == "train:":
+                continue
+            assert stripped not in seen, f"{path} repeats {stripped!r} from {seen[stripped]}: use a shared piece"
+            seen[stripped] = path
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_no_setting_is_restated_along_a_composition(path):
+    """Each key is set by one file of the chain: a piece never repeats what another piece sets."""
+    owner: dict[str, Path] = {}
+    for piece in _chain(path):
+        for key in _leaves({k: v for k, v in _own(piece).items() if k != "base"}):
+            if key == "objective.name":  # methods/sft.yaml switches the variant of dpo-paper.yaml
+                continue
+            assert key not in owner, f"{key} is set in both {owner[key]} and {piece}"
+            owner[key] = piece
+
+
+def test_every_piece_is_used_and_starts_with_a_comment():
+    used = {p for preset in PRESETS for p in _chain(preset)}
+    for folder in ("models", "data", "methods"):
+        for piece in sorted((CONFIGS / folder).glob("*.yaml")):
+            assert piece.resolve() in used, f"{piece} is not used by any preset"
+            assert piece.read_text().startswith("# Shared piece")
