@@ -59,3 +59,15 @@ def test_demo_train_and_eval_end_to_end(tmp_path, capsys):
     wtl = results["win_tie_loss"]
     assert wtl["wins"] + wtl["ties"] + wtl["losses"] == 4
     assert len(list((run / "eval" / "tuned").glob("*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_cache_then_train_uses_the_cache(tmp_path, capsys):
+    common = [f"data.cache_dir={tmp_path / 'cache'}", "data.max_pairs=8"]
+    assert main(["cache", *common, "--shard-size", "4"]) == 0
+    assert "cache ready" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert main(["train", *common, "data.cache=require", f"train.output_dir={run}", "train.max_steps=1",
+                 "train.batch_size=4", "train.trackers=[]"]) == 0
+    assert "no VAE or text encoder loaded" in capsys.readouterr().out
+    assert (run / "pytorch_lora_weights.safetensors").exists()

@@ -85,7 +85,14 @@ class DataConfig:
     )
     max_pairs: int | None = cfg_field(None, "Use only the first N decided pairs (debugging).", min=1)
     cache_dir: str = cfg_field(
-        "cache", "Folder for what is computed once from the data and reused by later runs (AI-feedback scores)."
+        "cache",
+        "Folder for what is computed once from the data and reused by later runs: VAE latents and text "
+        "embeddings (`diffalign cache`), AI-feedback scores.",
+    )
+    cache: Literal["auto", "off", "require"] = cfg_field(
+        "auto",
+        "Latent/text cache: 'auto' uses it when `diffalign cache` has built it for this model and data (then no "
+        "VAE or text encoder is loaded), 'require' fails without it, 'off' always encodes on the fly.",
     )
     relabel_with: str | None = cfg_field(
         None,

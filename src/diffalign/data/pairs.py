@@ -61,11 +61,15 @@ def load_pair_table(path: str, split: str = "train") -> datasets.Dataset:
     return table
 
 
+def decided_rows(table: datasets.Dataset) -> list[int]:
+    """Indices of the rows with a decided label (label_0 in {0, 1})."""
+    return [i for i, label in enumerate(table["label_0"]) if label in (0, 1, 0.0, 1.0)]
+
+
 def decided_pairs(table: datasets.Dataset) -> tuple[datasets.Dataset, int]:
     """Rows with a decided label (label_0 in {0, 1}); also return how many ties/undecided were dropped."""
-    labels = table["label_0"]
-    keep = [i for i, label in enumerate(labels) if label in (0, 1, 0.0, 1.0)]
-    return table.select(keep), len(labels) - len(keep)
+    keep = decided_rows(table)
+    return table.select(keep), len(table) - len(keep)
 
 
 def decode_image(data: bytes | dict, where: str) -> Image.Image:
@@ -145,12 +149,15 @@ class PreferencePairs(torch.utils.data.Dataset):
             if max_pairs is not None:
                 table = table.select(range(min(max_pairs, len(table))))
             table = relabel(table, source_key(path, split, max_pairs))
-        table, self.dropped = decided_pairs(table)
+        keep = decided_rows(table)
+        self.dropped = len(table) - len(keep)
         if max_pairs is not None:
-            table = table.select(range(min(max_pairs, len(table))))
-        if len(table) == 0:
+            keep = keep[:max_pairs]
+        if not keep:
             raise ValueError(f"{path}: no decided pairs (label_0 in {{0, 1}}) among its rows")
-        self.table = table
+        self.source = table  # every row, ties included (the latent cache is indexed by these rows)
+        self.source_rows = keep
+        self.table = table.select(keep)
         self.resolution = resolution
         self.random_crop = random_crop
         self.random_flip = random_flip

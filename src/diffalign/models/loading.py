@@ -20,8 +20,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class DiffusionParts:
     """The components a trainer needs, plus what kind of model they form."""
 
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    unet: UNet2DConditionModel | None
+    vae: AutoencoderKL | None
     text_encoders: list[torch.nn.Module]
     tokenizers: list[CLIPTokenizer]
     noise_scheduler: DDPMScheduler
@@ -56,25 +56,58 @@ def resolve_source(pretrained: str) -> str:
     return pretrained
 
 
-def model_family(unet: UNet2DConditionModel) -> Family:
-    """'sdxl' for UNets with SDXL's text_time micro-conditioning, else 'sd' (SD1.x/2.x)."""
-    return "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd"
+def model_family(unet: UNet2DConditionModel | dict) -> Family:
+    """'sdxl' for UNets (or UNet configs) with SDXL's text_time micro-conditioning, else 'sd' (SD1.x/2.x)."""
+    config = unet if isinstance(unet, dict) else unet.config
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
 
 
-def load_parts(cfg: ModelConfig, *, trainable_dtype: torch.dtype = torch.float32) -> DiffusionParts:
+def _vae_source(vae: str) -> str:
+    local = resolve_local(vae)
+    return resolve_source(vae) if local is None else str(local)
+
+
+def _prediction_type(cfg: ModelConfig, scheduler: DDPMScheduler) -> str:
+    """`cfg.prediction_type`, or the scheduler's for 'auto'; the scheduler is set to match."""
+    prediction_type = scheduler.config.prediction_type if cfg.prediction_type == "auto" else cfg.prediction_type
+    if prediction_type != scheduler.config.prediction_type:
+        scheduler.register_to_config(prediction_type=prediction_type)
+    return prediction_type
+
+
+def load_parts(
+    cfg: ModelConfig, *, trainable_dtype: torch.dtype = torch.float32, encoders: bool = True, unet: bool = True
+) -> DiffusionParts:
     """Load UNet, VAE, text encoder(s), tokenizer(s) and the training noise scheduler of a pipeline.
 
     The UNet is loaded in `trainable_dtype` (the caller casts it for LoRA), the VAE and text
-    encoders in `cfg.frozen_dtype`, frozen and in eval mode. SDXL gets both text encoders.
+    encoders in `cfg.frozen_dtype`, frozen and in eval mode. SDXL gets both text encoders. With
+    `encoders=False` (a latent and text cache stands in for them) neither the VAE nor the text
+    encoders are loaded, only the VAE's config (`parts.vae_config`); with `unet=False` (building
+    that cache) only the UNet's config is read and `parts.unet` is None.
     """
     source = resolve_source(cfg.pretrained)
     common = dict(revision=cfg.revision, variant=cfg.variant)
     frozen = DTYPES[cfg.frozen_dtype]
-    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=trainable_dtype, **common)
-    family = model_family(unet)
+    if unet:
+        model = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=trainable_dtype, **common)
+        family = model_family(model)
+    else:
+        model = None
+        family = model_family(dict(UNet2DConditionModel.load_config(source, subfolder="unet", revision=cfg.revision)))
+    if not encoders:
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=cfg.revision)
+        prediction_type = _prediction_type(cfg, scheduler)
+        vae_config = (
+            AutoencoderKL.load_config(_vae_source(cfg.vae))
+            if cfg.vae
+            else AutoencoderKL.load_config(source, subfolder="vae", revision=cfg.revision)
+        )
+        return DiffusionParts(
+            model, None, [], [], scheduler, family, prediction_type, source, {"vae_config": dict(vae_config)}
+        )
     if cfg.vae:
-        vae_source = resolve_source(cfg.vae) if resolve_local(cfg.vae) is None else str(resolve_local(cfg.vae))
-        vae = AutoencoderKL.from_pretrained(vae_source, dtype=frozen)
+        vae = AutoencoderKL.from_pretrained(_vae_source(cfg.vae), dtype=frozen)
     else:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=frozen, **common)
     tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=cfg.revision)]
@@ -87,13 +120,11 @@ def load_parts(cfg: ModelConfig, *, trainable_dtype: torch.dtype = torch.float32
             CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen, **common)
         )
     scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=cfg.revision)
-    prediction_type = scheduler.config.prediction_type if cfg.prediction_type == "auto" else cfg.prediction_type
-    if prediction_type != scheduler.config.prediction_type:
-        scheduler.register_to_config(prediction_type=prediction_type)
+    prediction_type = _prediction_type(cfg, scheduler)
     for module in (vae, *text_encoders):
         module.requires_grad_(False).eval()
     return DiffusionParts(
-        unet=unet,
+        unet=model,
         vae=vae,
         text_encoders=text_encoders,
         tokenizers=tokenizers,

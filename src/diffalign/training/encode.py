@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..data.cache import CachedBatch
 from ..data.pairs import PairBatch
 from ..models.conditioning import TextConditioning, encode_prompts, sdxl_time_ids
 from ..models.loading import DiffusionParts
@@ -81,3 +82,42 @@ def encode_pairs(
         time_ids_l = sdxl_time_ids(batch.original_sizes_l, batch.crops_l, target).to(device)
     weight = None if batch.weight is None else batch.weight.to(device)
     return EncodedPairs(latents_w, latents_l, cond_w, cond_l, time_ids_w, time_ids_l, weight)
+
+
+def _with_dropped(cond: TextConditioning, drop: torch.Tensor, empty: TextConditioning) -> TextConditioning:
+    """`cond` with the rows where `drop` is true replaced by the empty caption's conditioning."""
+    if not bool(drop.any()):
+        return cond
+    keep = (~drop).to(cond.hidden_states.device)
+    hidden = torch.where(keep[:, None, None], cond.hidden_states, empty.hidden_states.to(cond.hidden_states))
+    pooled = None
+    if cond.pooled is not None:
+        pooled = torch.where(keep[:, None], cond.pooled, empty.pooled.to(cond.pooled))  # type: ignore[union-attr]
+    return TextConditioning(hidden, pooled)
+
+
+def encode_cached(
+    parts: DiffusionParts,
+    batch: CachedBatch,
+    empty: TextConditioning,
+    empty_prompt_prob: float,
+    rand: BatchRandom,
+    resolution: int,
+    device: torch.device,
+) -> EncodedPairs:
+    """`encode_pairs` for a batch read from the latent and text cache: the same draws in the same order
+    (empty-caption coin, winner's and loser's posterior noise), so the same pairs give the same inputs."""
+    drop = rand.rand() < empty_prompt_prob
+    latents_w = sample_latents(parts, batch.mean_w.float(), batch.std_w.float(), rand.randn(*batch.mean_w.shape[1:]))
+    latents_l = sample_latents(parts, batch.mean_l.float(), batch.std_l.float(), rand.randn(*batch.mean_l.shape[1:]))
+    cond_w = _with_dropped(batch.cond_w, drop, empty)
+    cond_l = cond_w if batch.cond_l is batch.cond_w else _with_dropped(batch.cond_l, drop, empty)
+    cond_w, cond_l = (TextConditioning(c.hidden_states.to(device), None if c.pooled is None else c.pooled.to(device))
+                      for c in (cond_w, cond_l))
+    time_ids_w = time_ids_l = None
+    if parts.family == "sdxl":
+        target = (resolution, resolution)
+        time_ids_w = sdxl_time_ids(batch.original_sizes_w, batch.crops_w, target).to(device)
+        time_ids_l = sdxl_time_ids(batch.original_sizes_l, batch.crops_l, target).to(device)
+    weight = None if batch.weight is None else batch.weight.to(device)
+    return EncodedPairs(latents_w.to(device), latents_l.to(device), cond_w, cond_l, time_ids_w, time_ids_l, weight)

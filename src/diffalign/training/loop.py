@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from ..config.core import dump_yaml
 from ..config.schema import RunConfig
+from ..data.cache import CachedPairs, find_cache
 from ..data.order import EpochBatches
 from ..data.pairs import PreferencePairs, collate_pairs
 from ..data.relabel import make_relabeller
 from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import attach_lora, save_lora
 from ..models.reference import AdapterDisabledReference, FrozenCopyReference
-from .encode import encode_pairs
+from .encode import encode_cached, encode_pairs
 from ..files import atomic_save, atomic_write_text
 from .checkpoint import resolve_resume
 from .methods import TrainableModel, build_method
@@ -166,14 +167,14 @@ def build_dataset(cfg: RunConfig, device: torch.device | None = None) -> Prefere
 
 
 def build_loader(
-    cfg: RunConfig, dataset: PreferencePairs, rank: int = 0, world: int = 1, start: int = 0
+    cfg: RunConfig, dataset: PreferencePairs | CachedPairs, rank: int = 0, world: int = 1, start: int = 0
 ) -> torch.utils.data.DataLoader:
     """This process's endless stream of batches from global micro-step `start` on (see `data.order`)."""
     sampler = EpochBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world, start)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate_pairs,
+        collate_fn=dataset.collate if isinstance(dataset, CachedPairs) else collate_pairs,
         num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds: leaves the global RNG alone
     )
@@ -236,15 +237,23 @@ def train(cfg: RunConfig) -> TrainResult:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)
 
+    cache = find_cache(cfg.model, cfg.data)
     # LoRA leaves the UNet frozen: load it straight in the frozen dtype (no float32 copy of SDXL in memory)
-    parts = load_parts(cfg.model, trainable_dtype=DTYPES[cfg.model.frozen_dtype] if cfg.lora.enabled else torch.float32)
+    parts = load_parts(
+        cfg.model,
+        trainable_dtype=DTYPES[cfg.model.frozen_dtype] if cfg.lora.enabled else torch.float32,
+        encoders=cache is None,
+    )
     method = build_method(cfg.objective)
     params, reference = prepare_unet(cfg, parts, method.needs_reference, device)
     configure_unet(parts.unet, cfg)
     for frozen in (parts.vae, *parts.text_encoders):
-        frozen.to(device)
+        if frozen is not None:
+            frozen.to(device)
     with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
-        dataset = build_dataset(cfg, device)
+        pairs_table = build_dataset(cfg, device)
+    dataset: PreferencePairs | CachedPairs = pairs_table if cache is None else CachedPairs(pairs_table, *cache)
+    empty = None if cache is None else cache[1].conditioning([""])
     lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
     optimizer = build_optimizer(params, cfg, lr)
     lr_scheduler = get_scheduler(
@@ -273,6 +282,8 @@ def train(cfg: RunConfig) -> TrainResult:
             f" ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})"
         )
         print(describe_batch(cfg, world) + f"; learning rate {lr:g}")
+        if cache is not None:
+            print(f"latent and text cache: {cache[0].folder}, {cache[1].folder} (no VAE or text encoder loaded)")
         if resume_from is not None:
             print(f"resumed from {resume_from} at step {step} (micro-step {micro})")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +308,10 @@ def train(cfg: RunConfig) -> TrainResult:
         rand = BatchRandom(t.seed, micro, len(batch), rank, world, device)
         micro += 1
         with accelerator.accumulate(unet):
-            pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
+            if empty is None:
+                pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
+            else:
+                pairs = encode_cached(parts, batch, empty, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
             with accelerator.autocast():
                 out = method(model, pairs, rand)
             finite = torch.isfinite(out.loss.detach()).float()

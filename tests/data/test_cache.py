@@ -1,0 +1,98 @@
+"""The latent and text cache: lossless against on-the-fly encoding, resumable, keyed by its inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from diffalign.config.core import load_config
+from diffalign.config.schema import RunConfig
+from diffalign.data.cache import CachedPairs, build_cache, cache_folders, find_cache
+from diffalign.data.pairs import PreferencePairs, collate_pairs
+from diffalign.models.loading import load_parts
+from diffalign.training.encode import encode_cached, encode_pairs
+from diffalign.training.loop import train
+from diffalign.training.randomness import BatchRandom
+
+
+def _cfg(model, pairs, tmp_path, *extra):
+    return load_config(RunConfig, None, [
+        f"model.pretrained={model}", f"data.path={pairs}", f"data.cache_dir={tmp_path / 'cache'}",
+        f"train.output_dir={tmp_path / 'run'}", "data.random_flip=true", "data.empty_prompt_prob=0.5",
+        "train.max_steps=2", "train.batch_size=3", "train.log_every=1", "train.warmup_steps=0",
+        "train.trackers=[]", *extra,
+    ])
+
+
+def _build(cfg, shard_size=4):
+    parts = load_parts(cfg.model, unet=False)
+    return build_cache(parts, cfg.model, cfg.data, shard_size=shard_size, batch_size=3), parts
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_cached_batch_equals_the_encoded_batch(tiny_models, pair_file, tmp_path, family):
+    cfg = _cfg(tiny_models[family], pair_file, tmp_path)
+    _, parts = _build(cfg)
+    latents, text = find_cache(cfg.model, cfg.data)
+    d = cfg.data
+    pairs = PreferencePairs(d.path, d.split, d.resolution, False, d.random_flip, seed=0)
+    cached = CachedPairs(pairs, latents, text)
+    empty = text.conditioning([""])
+    keys = [(3, i) for i in range(len(pairs))]  # epoch 3: some images flipped, some not
+    live = encode_pairs(parts, collate_pairs([pairs[k] for k in keys]), 0.5, BatchRandom(0, 5, len(keys)),
+                        d.resolution, torch.device("cpu"))
+    read = encode_cached(parts, cached.collate([cached[k] for k in keys]), empty, 0.5,
+                         BatchRandom(0, 5, len(keys)), d.resolution, torch.device("cpu"))
+    for a, b in [(live.latents_w, read.latents_w), (live.latents_l, read.latents_l),
+                 (live.cond_w.hidden_states, read.cond_w.hidden_states),
+                 (live.cond_l.hidden_states, read.cond_l.hidden_states)]:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if family == "sdxl":
+        torch.testing.assert_close(live.cond_w.pooled, read.cond_w.pooled, rtol=1e-4, atol=1e-5)
+        assert torch.equal(live.time_ids_w, read.time_ids_w) and torch.equal(live.time_ids_l, read.time_ids_l)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd15", "sd21-v", "sdxl"])
+@pytest.mark.parametrize("objective", ["dpo", "sft"])
+def test_training_with_and_without_cache_gives_the_same_losses(tiny_models, pair_file, tmp_path, capsys,
+                                                               family, objective):
+    losses = {}
+    for mode in ("off", "require"):
+        cfg = _cfg(tiny_models[family], pair_file, tmp_path, f"objective.name={objective}", f"data.cache={mode}",
+                   f"train.output_dir={tmp_path / mode}")
+        if mode == "require":
+            _build(cfg)
+        train(cfg)
+        losses[mode] = [json.loads(line)["loss"] for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+    assert "no VAE or text encoder loaded" in capsys.readouterr().out
+    assert len(losses["off"]) == 2 and all(math.isfinite(x) for x in losses["off"])
+    assert losses["require"] == pytest.approx(losses["off"], rel=1e-4)
+
+
+def test_build_resumes_and_inputs_pick_the_folder(tiny_models, pair_file, tmp_path):
+    cfg = _cfg(tiny_models["sd15"], pair_file, tmp_path)
+    (latent_dir, text_dir), _ = _build(cfg)
+    shards = sorted(latent_dir.glob("shard-*.safetensors"))
+    assert len(shards) == 4  # all 14 rows (ties too: AI feedback may decide them), in shards of 4
+    reference = shards[1].read_bytes()
+    shards[1].unlink()
+    (latent_dir / "index.json").unlink()  # as if killed before the end
+    assert find_cache(cfg.model, cfg.data) is None
+    before = shards[0].stat().st_mtime_ns
+    _build(cfg)
+    assert shards[1].read_bytes() == reference and shards[0].stat().st_mtime_ns == before  # only the gap rebuilt
+    assert find_cache(cfg.model, cfg.data) is not None
+
+    other = _cfg(tiny_models["sd15"], pair_file, tmp_path, "data.resolution=16")
+    assert cache_folders(other.model, other.data)[0] != latent_dir
+    assert cache_folders(other.model, other.data)[1] == text_dir  # captions do not depend on resolution
+    assert find_cache(other.model, other.data) is None
+    with pytest.raises(FileNotFoundError, match="data.cache=require"):
+        find_cache(other.model, _cfg(tiny_models["sd15"], pair_file, tmp_path, "data.resolution=16",
+                                     "data.cache=require").data)
+    with pytest.raises(ValueError, match="random_crop"):
+        cache_folders(other.model, _cfg(tiny_models["sd15"], pair_file, tmp_path, "data.random_crop=true").data)
