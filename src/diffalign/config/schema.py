@@ -187,6 +187,27 @@ class TrainConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Images sampled during training from fixed prompts and seeds, base and tuned side by side."""
+
+    every: int = cfg_field(
+        100, "Sample the validation grid every N optimizer steps and at the end (0: never).", min=0
+    )
+    prompts: list[str] = cfg_field(
+        [
+            "a red circle on a orange background",
+            "a small orange circle on a black background",
+            "a large green triangle on a black background",
+            "a large white square on a red background",
+        ],
+        "Validation prompts (the defaults are held-out captions of the demo's shapes world).",
+    )
+    seeds: int = cfg_field(2, "Seeds per prompt (0..N-1): the same initial noise for base and tuned.", min=1)
+    steps: int = cfg_field(20, "DDIM sampling steps.", min=1)
+    guidance: float = cfg_field(5.0, "Classifier-free guidance scale.", min=0.0)
+
+
+@dataclass
 class RunConfig:
     """A training run: `diffalign train [CONFIG.yaml] [key=value ...]`."""
 
@@ -195,3 +216,4 @@ class RunConfig:
     data: DataConfig = cfg_field(DataConfig, "Preference data.")
     objective: ObjectiveConfig = cfg_field(DPOObjectiveConfig, "Training objective.")
     train: TrainConfig = cfg_field(TrainConfig, "Optimisation and bookkeeping.")
+    validation: ValidationConfig = cfg_field(ValidationConfig, "Validation images during training.")

@@ -34,6 +34,7 @@ from .checkpoint import resolve_resume
 from .methods import TrainableModel, build_method
 from .randomness import BatchRandom
 from .state import TrainingState
+from .validation import Validator, log_grid
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -264,6 +265,8 @@ def train(cfg: RunConfig) -> TrainResult:
     )
     unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
+    base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
+    validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None
     config_text = dump_yaml(cfg)
     state = TrainingState(
         accelerator, unet, optimizer, lr_scheduler, cfg.lora.enabled, parts.family, t.batch_size * world, config_text
@@ -356,6 +359,10 @@ def train(cfg: RunConfig) -> TrainResult:
                 metrics_log.flush()
             if trackers:
                 accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
+        if validator and accelerator.is_main_process and (step % cfg.validation.every == 0 or step == t.max_steps):
+            _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast)
+            if trackers:
+                log_grid(accelerator, grid, step)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
             last_checkpoint = state.save(out_dir, step, micro, t.keep_checkpoints)
         if step >= t.max_steps:

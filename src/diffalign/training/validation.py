@@ -1,0 +1,121 @@
+"""Validation images during training: fixed prompts and seeds, the base and the tuned model side by side.
+
+The base model's images are drawn once (they do not change); at every validation the tuned model
+draws from the same initial noise. The grid (one row per prompt; base | tuned for each seed) is saved
+as `OUTPUT_DIR/validation/step-NNNNNNNN.png` and sent to the trackers that take images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from ..config.schema import RunConfig
+from ..models.loading import DiffusionParts, load_parts
+from ..sampling.generate import generate
+
+VALIDATION_DIR = "validation"
+
+
+def image_grid(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Tile equally sized (H, W, 3) uint8 images, `rows[i][j]` at row i, column j, on a white background."""
+    h, w, _ = rows[0][0].shape
+    n_cols = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (h + gap) - gap, n_cols * (w + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            grid[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = image
+    return grid
+
+
+class Validator:
+    """Samples the validation grid of a run; `parts` may lack the VAE and text encoders (cached runs)."""
+
+    def __init__(self, cfg: RunConfig, parts: DiffusionParts, base_unet: torch.nn.Module | None,
+                 device: torch.device) -> None:
+        self.cfg, self.parts, self.device = cfg, parts, device
+        self.base_unet = base_unet  # the frozen reference for full fine-tuning; None: LoRA adapters off
+        self.base_images: np.ndarray | None = None
+        v = cfg.validation
+        self.prompts = [p for p in v.prompts for _ in range(v.seeds)]
+        self.seeds = [s for _ in v.prompts for s in range(v.seeds)]
+
+    def _pipeline(self, unet: torch.nn.Module):
+        parts = self.parts
+        if parts.vae is None:  # a cached run: load the encoders now, once
+            loaded = load_parts(self.cfg.model, unet=False)
+            parts.vae, parts.text_encoders, parts.tokenizers = loaded.vae, loaded.text_encoders, loaded.tokenizers
+            for module in (parts.vae, *parts.text_encoders):
+                module.to(self.device)
+        scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
+        if parts.family == "sdxl":
+            pipe = StableDiffusionXLPipeline(
+                vae=parts.vae, text_encoder=parts.text_encoders[0], text_encoder_2=parts.text_encoders[1],
+                tokenizer=parts.tokenizers[0], tokenizer_2=parts.tokenizers[1], unet=unet, scheduler=scheduler,
+            )
+        else:
+            pipe = StableDiffusionPipeline(
+                vae=parts.vae, text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0], unet=unet,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _draw(self, unet: torch.nn.Module) -> np.ndarray:
+        v = self.cfg.validation
+        size = self.cfg.data.resolution
+        return generate(self._pipeline(unet), self.prompts, self.seeds, v.steps, v.guidance, size, batch_size=8)
+
+    def _draw_base(self, unet: torch.nn.Module) -> np.ndarray:
+        if self.base_unet is not None:
+            return self._draw(self.base_unet)
+        if self.cfg.lora.enabled:
+            unet.disable_adapters()
+            try:
+                return self._draw(unet)
+            finally:
+                unet.enable_adapters()
+        # full fine-tuning without a reference (SFT): the base UNet is loaded for this one draw
+        base = load_parts(self.cfg.model, encoders=False).unet.to(self.device)  # type: ignore[union-attr]
+        images = self._draw(base)
+        del base
+        return images
+
+    @torch.no_grad()
+    def run(self, unet: torch.nn.Module, step: int, out_dir: Path, autocast) -> tuple[Path, np.ndarray]:
+        """Draw the tuned model's images (and, the first time, the base's); save and return the grid."""
+        was_training = unet.training
+        unet.eval()
+        try:
+            with autocast():
+                if self.base_images is None:
+                    self.base_images = self._draw_base(unet)
+                tuned = self._draw(unet)
+        finally:
+            unet.train(was_training)
+        v = self.cfg.validation
+        rows = []
+        for i in range(len(v.prompts)):
+            row = []
+            for s in range(v.seeds):
+                k = i * v.seeds + s
+                row += [self.base_images[k], tuned[k]]
+            rows.append(row)
+        grid = image_grid(rows)
+        path = Path(out_dir) / VALIDATION_DIR / f"step-{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        return path, grid
+
+
+def log_grid(accelerator, grid: np.ndarray, step: int) -> None:
+    """Send the grid to every tracker that takes images (tensorboard, wandb, ...)."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"validation": grid[None]}, step=step, dataformats="NHWC")
+        elif hasattr(tracker, "log_images"):
+            tracker.log_images({"validation": [grid]}, step=step)
