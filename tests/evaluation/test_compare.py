@@ -24,9 +24,11 @@ def test_format_results_lists_each_criterion_and_the_win_rate():
         "base": {"mean": 0.5},
         "tuned": {"mean": 0.6},
         "criteria": {"size": {"base": 0.4, "tuned": 0.7}, "reward": {"base": 0.5, "tuned": 0.6}},
+        "difference": {"mean": 0.1, "ci_low": 0.02, "ci_high": 0.18, "pairs": 4},
         "win_tie_loss": {"wins": 3, "ties": 0, "losses": 1, "tie_tolerance": 0.0, "win_rate": 0.75,
                          "ci_low": 0.3, "ci_high": 0.95},
     }
     text = format_results(results)
     assert "size" in text and "base 0.4000   tuned 0.7000" in text
     assert "3 wins, 0 ties" in text and "75.0 %" in text
+    assert "tuned - base +0.1000 (95 % CI +0.0200 to +0.1800, paired)" in text

@@ -23,3 +23,12 @@ def test_wilson_interval_known_value():
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         win_tie_loss(np.zeros(3), np.zeros(4))
+
+
+def test_paired_difference_mean_and_interval():
+    from diffalign.evaluation.winrate import paired_difference
+
+    d = paired_difference(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 1.0, 2.0, 2.0]))
+    assert d.mean == pytest.approx(1.25) and d.pairs == 4
+    half = 1.959964 * np.std([1, 1, 1, 2], ddof=1) / 2
+    assert (d.ci_low, d.ci_high) == pytest.approx((1.25 - half, 1.25 + half))

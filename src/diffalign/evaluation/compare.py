@@ -14,7 +14,7 @@ from PIL import Image
 from ..rewards import build_scorer
 from ..sampling.generate import generate, load_pipeline
 from .prompts import load_prompts
-from .winrate import win_tie_loss
+from .winrate import paired_difference, win_tie_loss
 
 
 @dataclass
@@ -73,6 +73,7 @@ def compare_with_base(c: Comparison) -> dict:
         "base": {"mean": float(base_scores.mean()), "median": float(np.median(base_scores))},
         "tuned": {"mean": float(tuned_scores.mean()), "median": float(np.median(tuned_scores))},
         "win_tie_loss": wtl.as_dict(),
+        "difference": paired_difference(tuned_scores, base_scores).as_dict(),
         "criteria": criteria,
     }
     out = Path(c.out_dir)
@@ -95,6 +96,13 @@ def criterion_means(per_image: list[dict[str, float]]) -> dict[str, float]:
     return {key: float(np.mean([d[key] for d in per_image if key in d])) for key in keys}
 
 
+def _difference_line(results: dict) -> list[str]:
+    d = results.get("difference")
+    if not d:
+        return []
+    return [f"  tuned - base {d['mean']:+.4f} (95 % CI {d['ci_low']:+.4f} to {d['ci_high']:+.4f}, paired)"]
+
+
 def format_results(results: dict) -> str:
     """A short human-readable summary of `compare_with_base` results."""
     w = results["win_tie_loss"]
@@ -107,6 +115,7 @@ def format_results(results: dict) -> str:
         [
             f"{results['pairs']} prompt-seed pairs ({results['prompts']} prompts), scorer {results['scorer']}",
             f"  mean score   base {results['base']['mean']:.4f}   tuned {results['tuned']['mean']:.4f}",
+            *_difference_line(results),
             *criteria,
             f"  tuned vs base: {w['wins']} wins, {w['ties']} ties (|diff| <= {w['tie_tolerance']:g}), {w['losses']} losses",
             f"  win rate among non-tied: {100 * w['win_rate']:.1f} % "

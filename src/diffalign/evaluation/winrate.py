@@ -50,3 +50,26 @@ def win_tie_loss(candidate: np.ndarray, baseline: np.ndarray, tie_tolerance: flo
     decided = wins + losses
     low, high = wilson_interval(wins, decided)
     return WinTieLoss(wins, ties, losses, tie_tolerance, wins / decided if decided else float("nan"), low, high)
+
+
+@dataclass
+class PairedDifference:
+    """Mean of candidate - baseline over paired scores, with a 95 % confidence interval."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    pairs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(candidate: np.ndarray, baseline: np.ndarray, z: float = 1.959964) -> PairedDifference:
+    """Mean paired difference and its 95 % CI by the normal approximation (mean ± z·s/√n; fine for n ≳ 30)."""
+    diff = np.asarray(candidate, float) - np.asarray(baseline, float)
+    n = len(diff)
+    if n == 0:
+        return PairedDifference(float("nan"), float("nan"), float("nan"), 0)
+    half = z * diff.std(ddof=1) / math.sqrt(n) if n > 1 else float("inf")
+    return PairedDifference(float(diff.mean()), float(diff.mean() - half), float(diff.mean() + half), n)
