@@ -49,6 +49,26 @@ def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
     return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
 
+def _assemble(
+    parts: DiffusionParts,
+    batch: PairBatch | CachedBatch,
+    latents_w: torch.Tensor,
+    latents_l: torch.Tensor,
+    cond_w: TextConditioning,
+    cond_l: TextConditioning,
+    resolution: int,
+    device: torch.device,
+) -> EncodedPairs:
+    """Add SDXL's time ids (original size, crop, target size) and the pair weights."""
+    time_ids_w = time_ids_l = None
+    if parts.family == "sdxl":
+        target = (resolution, resolution)
+        time_ids_w = sdxl_time_ids(batch.original_sizes_w, batch.crops_w, target).to(device)
+        time_ids_l = sdxl_time_ids(batch.original_sizes_l, batch.crops_l, target).to(device)
+    weight = None if batch.weight is None else batch.weight.to(device)
+    return EncodedPairs(latents_w, latents_l, cond_w, cond_l, time_ids_w, time_ids_l, weight)
+
+
 @torch.no_grad()
 def encode_pairs(
     parts: DiffusionParts,
@@ -75,13 +95,7 @@ def encode_pairs(
     else:
         both = encode_prompts(parts, captions_w + captions_l)
         cond_w, cond_l = both[: len(batch)], both[len(batch) :]
-    time_ids_w = time_ids_l = None
-    if parts.family == "sdxl":
-        target = (resolution, resolution)
-        time_ids_w = sdxl_time_ids(batch.original_sizes_w, batch.crops_w, target).to(device)
-        time_ids_l = sdxl_time_ids(batch.original_sizes_l, batch.crops_l, target).to(device)
-    weight = None if batch.weight is None else batch.weight.to(device)
-    return EncodedPairs(latents_w, latents_l, cond_w, cond_l, time_ids_w, time_ids_l, weight)
+    return _assemble(parts, batch, latents_w, latents_l, cond_w, cond_l, resolution, device)
 
 
 def _with_dropped(cond: TextConditioning, drop: torch.Tensor, empty: TextConditioning) -> TextConditioning:
@@ -114,10 +128,4 @@ def encode_cached(
     cond_l = cond_w if batch.cond_l is batch.cond_w else _with_dropped(batch.cond_l, drop, empty)
     cond_w, cond_l = (TextConditioning(c.hidden_states.to(device), None if c.pooled is None else c.pooled.to(device))
                       for c in (cond_w, cond_l))
-    time_ids_w = time_ids_l = None
-    if parts.family == "sdxl":
-        target = (resolution, resolution)
-        time_ids_w = sdxl_time_ids(batch.original_sizes_w, batch.crops_w, target).to(device)
-        time_ids_l = sdxl_time_ids(batch.original_sizes_l, batch.crops_l, target).to(device)
-    weight = None if batch.weight is None else batch.weight.to(device)
-    return EncodedPairs(latents_w.to(device), latents_l.to(device), cond_w, cond_l, time_ids_w, time_ids_l, weight)
+    return _assemble(parts, batch, latents_w.to(device), latents_l.to(device), cond_w, cond_l, resolution, device)

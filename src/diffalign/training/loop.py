@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -234,6 +234,13 @@ def train(cfg: RunConfig) -> TrainResult:
         log_with=trackers or None,
         project_dir=str(out_dir / "logs"),
     )
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ValueError(
+            f"accelerate is configured for {accelerator.distributed_type.value}, which diffalign does not support yet: "
+            "its checkpoints assume every process holds the whole optimizer state. Use DDP (accelerate launch "
+            "--multi_gpu); for SDXL full fine-tuning add train.optimizer=adafactor train.gradient_checkpointing=true "
+            "train.offload_reference=true"
+        )
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)

@@ -1,0 +1,47 @@
+"""Precision and memory switches: they take effect, or fail with a message that says what to do."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from diffalign.config.core import load_config
+from diffalign.config.schema import RunConfig
+from diffalign.models.loading import load_parts
+from diffalign.training.loop import build_optimizer, configure_unet, prepare_unet
+
+
+def _cfg(*overrides):
+    return load_config(RunConfig, None, list(overrides))
+
+
+def test_gradient_checkpointing_is_switched_on(tiny_models):
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd15"], subfolder="unet")
+    configure_unet(unet, _cfg("train.gradient_checkpointing=true"))
+    assert unet.is_gradient_checkpointing
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers is installed")
+def test_xformers_without_xformers_is_a_clear_error(tiny_models):
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd15"], subfolder="unet")
+    with pytest.raises(RuntimeError, match=r"xformers is not installed: pip install 'diffalign\[gpu\]'"):
+        configure_unet(unet, _cfg("train.attention=xformers"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="needs bitsandbytes"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(2))], _cfg("train.optimizer=adamw8bit"), 1e-3)
+
+
+def test_offloading_the_reference_is_for_full_finetuning_only(tiny_models):
+    cfg = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.offload_reference=true")
+    parts = load_parts(cfg.model, encoders=False)
+    with pytest.raises(ValueError, match="offload_reference is for full fine-tuning"):
+        prepare_unet(cfg, parts, True, torch.device("cpu"))
+    full = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.offload_reference=true", "lora.enabled=false")
+    params, reference = prepare_unet(full, load_parts(full.model, encoders=False), True, torch.device("cpu"))
+    assert reference is not None and reference.unet is not parts.unet and params
