@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,5 +35,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert a.keys() == b.keys()
     moved = max((v.abs().max().item() for k, v in a.items() if "up" in k), default=0.0)
     assert moved > 0  # LoRA B starts at zero: the runs did train
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+    # equal up to float rounding (the gradient is summed in another order), which Adam's
+    # normalisation lifts to ~1e-5 on weights of ~0.1
+    scale = max(v.abs().max().item() for v in a.values())
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= 2e-4 * scale, (worst, scale)
+    log_one, log_two = (
+        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)
+    )
+    assert log_two == pytest.approx(log_one, rel=1e-3)  # logged metrics are means over both processes

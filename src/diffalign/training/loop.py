@@ -351,6 +351,10 @@ def train(cfg: RunConfig) -> TrainResult:
         if step % t.log_every == 0 or step == t.max_steps:
             now = time.time()
             last = averages.pop()
+            if world > 1:  # the mean over every process's pairs, not only the main process's
+                keys = sorted(last)
+                means = accelerator.reduce(torch.tensor([last[k] for k in keys], device=device), "mean")
+                last = dict(zip(keys, means.tolist()))
             last.update(
                 step=step,
                 lr=lr_scheduler.get_last_lr()[0],
