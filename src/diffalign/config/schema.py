@@ -120,7 +120,7 @@ class DPOObjectiveConfig(ObjectiveConfig):
 
     name: str = cfg_field("dpo", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
     beta: float = cfg_field(
-        500.0,
+        2000.0,
         "KL strength beta in -log sigmoid(-0.5*beta*[(err_θ(w)-err_θ(l))-(err_ref(w)-err_ref(l))]), errors "
         "averaged over latent elements: the official code's beta_dpo (SD1.5 paper: 2000, SDXL: 5000).",
         min=0.0,
@@ -148,7 +148,7 @@ class TrainConfig:
         False, "Multiply learning_rate by batch_size * grad_accum * processes (the official DPO launchers' --scale_lr)."
     )
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = cfg_field(
-        "constant_with_warmup", "Learning-rate schedule (diffusers.optimization.get_scheduler)."
+        "cosine", "Learning-rate schedule (diffusers.optimization.get_scheduler)."
     )
     warmup_steps: int = cfg_field(20, "Linear warm-up steps of the schedule.", min=0)
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = cfg_field(
