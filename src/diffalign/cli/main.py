@@ -112,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune a model on preference pairs",
         description="Train with a YAML config plus key=value overrides. With no arguments: the embedded demo "
         "(Diffusion-DPO with LoRA on the tiny shapes model, CPU, a few minutes).",
-        epilog="example: diffalign train configs/demo/dpo.yaml train.max_steps=50 objective.beta=2000",
+        epilog="examples:\n"
+        "  diffalign train configs/demo/dpo.yaml train.max_steps=50 objective.beta=5000\n"
+        "  diffalign train configs/sdxl/dpo.yaml train.resume=latest     # continue from the newest checkpoint\n"
+        "  accelerate launch --multi_gpu -m diffalign.cli.main train configs/sdxl/dpo.yaml   # DDP on every GPU\n"
+        "A run whose latents `diffalign cache` has built reads them (data.cache=auto). Every key: `diffalign config keys`.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file and overrides")
     p.set_defaults(func=cmd_train)
