@@ -2,7 +2,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig

@@ -167,7 +167,7 @@ def classify(m: Measurement) -> dict[str, str | None]:
     if m.bbox is None:
         return {"background": nearest(m.background), "colour": None, "shape": None, "size": None}
     ious = shape_ious(m)
-    (s_lo, s_hi), (l_lo, _) = SIZE_RANGES["small"], SIZE_RANGES["large"]
+    s_hi, l_lo = SIZE_RANGES["small"][1], SIZE_RANGES["large"][0]
     return {
         "background": nearest(m.background),
         "colour": nearest(m.foreground),
