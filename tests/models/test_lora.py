@@ -18,14 +18,18 @@ def _inputs(parts, family):
     return sample, t, kwargs
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
-def test_saved_lora_loads_in_stock_diffusers(tiny_models, tmp_path, family):
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+EVERYWHERE = ATTENTION + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
+
+
+@pytest.mark.parametrize(("family", "targets"), [("sd15", ATTENTION), ("sdxl", ATTENTION), ("sd15", EVERYWHERE)])
+def test_saved_lora_loads_in_stock_diffusers(tiny_models, tmp_path, family, targets):
     parts = load_parts(ModelConfig(pretrained=str(tiny_models[family])))
     unet = parts.unet
     sample, t, kwargs = _inputs(parts, "sdxl" if family == "sdxl" else "sd")
     with torch.no_grad():
         base_out = unet(sample, t, **kwargs).sample
-    params = attach_lora(unet, LoraConfig(rank=4, alpha=4))
+    params = attach_lora(unet, LoraConfig(rank=4, alpha=4, target_modules=targets))
     assert all(p.dtype == torch.float32 and p.requires_grad for p in params)
     with torch.no_grad():
         assert torch.equal(unet(sample, t, **kwargs).sample, base_out)  # B = 0 at init
@@ -40,6 +44,9 @@ def test_saved_lora_loads_in_stock_diffusers(tiny_models, tmp_path, family):
     assert path == tmp_path / LORA_WEIGHTS and path.exists()
     pipe = DiffusionPipeline.from_pretrained(tiny_models[family])
     pipe.load_lora_weights(tmp_path)
+    loaded = {n.split(".lora_A")[0] for n, _ in pipe.unet.named_parameters() if ".lora_A" in n}
+    trained = {n.split(".lora_A")[0] for n, _ in unet.named_parameters() if ".lora_A" in n}
+    assert loaded == trained
     with torch.no_grad():
         loaded_out = pipe.unet(sample, t, **kwargs).sample
     assert torch.allclose(loaded_out, tuned_out, atol=1e-5)

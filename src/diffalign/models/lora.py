@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict
 
@@ -36,8 +35,14 @@ def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[torch.nn.Pa
 
 
 def save_lora(unet: UNet2DConditionModel, out_dir: str | Path, family: str) -> Path:
-    """Write the adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights(out_dir)`."""
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    """Write the adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights(out_dir)`.
+
+    The keys stay in peft's `lora_A`/`lora_B` naming. diffusers' `convert_state_dict_to_diffusers`
+    renames only attention projections to its legacy `lora.down`/`lora.up`; with any other target
+    (convolutions, feed-forward) the file mixes both namings and `load_lora_weights` silently drops
+    the attention layers.
+    """
+    layers = get_peft_model_state_dict(unet)
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
     return Path(out_dir) / LORA_WEIGHTS
