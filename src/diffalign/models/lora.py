@@ -34,15 +34,17 @@ def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[torch.nn.Pa
     return params
 
 
-def save_lora(unet: UNet2DConditionModel, out_dir: str | Path, family: str) -> Path:
+def save_lora(
+    unet: UNet2DConditionModel, out_dir: str | Path, family: str, state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write the adapter as `pytorch_lora_weights.safetensors`, loadable by `pipe.load_lora_weights(out_dir)`.
 
     The keys stay in peft's `lora_A`/`lora_B` naming. diffusers' `convert_state_dict_to_diffusers`
     renames only attention projections to its legacy `lora.down`/`lora.up`; with any other target
     (convolutions, feed-forward) the file mixes both namings and `load_lora_weights` silently drops
-    the attention layers.
+    the attention layers. `state_dict`: the UNet's weights gathered from FSDP shards, if sharded.
     """
-    layers = get_peft_model_state_dict(unet)
+    layers = get_peft_model_state_dict(unet, state_dict=state_dict)
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
     return Path(out_dir) / LORA_WEIGHTS

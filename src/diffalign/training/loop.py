@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from diffusers.optimization import get_scheduler
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config.core import dump_yaml
@@ -33,7 +34,7 @@ from ..files import atomic_save, atomic_write_text
 from .checkpoint import resolve_resume
 from .methods import TrainableModel, build_method
 from .randomness import BatchRandom
-from .state import TrainingState
+from .state import TrainingState, full_trainable_state
 from .validation import Validator, log_grid
 
 CONFIG_FILE = "config.yaml"
@@ -51,8 +52,12 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def _save_unet(unet: torch.nn.Module, folder: Path) -> Path:
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
+def _save_unet(unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], folder: Path) -> Path:
+    """The fine-tuned UNet as a diffusers model folder (`UNet2DConditionModel.from_pretrained(folder / "unet")`)."""
+    (folder / "unet").mkdir()
+    unet.save_config(folder / "unet")
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(folder / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
     return folder / "unet"
 
 
@@ -181,10 +186,12 @@ def build_loader(
     )
 
 
-def _save_weights(cfg: RunConfig, unet: torch.nn.Module, family: str, out_dir: Path) -> Path:
+def _save_weights(
+    cfg: RunConfig, unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], family: str, out_dir: Path
+) -> Path:
     if cfg.lora.enabled:
-        return atomic_save(out_dir, lambda tmp: save_lora(unet, tmp, family))
-    return atomic_save(out_dir, lambda tmp: _save_unet(unet, tmp))
+        return atomic_save(out_dir, lambda tmp: save_lora(unet, tmp, family, state_dict))
+    return atomic_save(out_dir, lambda tmp: _save_unet(unet, state_dict, tmp))
 
 
 def _flat_config(cfg: RunConfig) -> dict[str, float | int | str | bool]:
@@ -218,6 +225,24 @@ def _resume_metrics_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def check_distributed(accelerator: Accelerator) -> None:
+    """Refuse the accelerate set-ups the loop cannot checkpoint or validate correctly."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "accelerate is configured for DeepSpeed, which diffalign does not support: its ZeRO optimizer state "
+            "only saves in DeepSpeed's pickled format. For ZeRO-2/3-style sharding use FSDP2 "
+            "(accelerate launch --config_file configs/accelerate/fsdp.yaml -m diffalign.cli.main train ...), "
+            "or DDP (configs/accelerate/ddp.yaml)"
+        )
+    if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ValueError(
+            "accelerate is configured for FSDP version 1; diffalign needs FSDP2 (fsdp_version: 2 in the accelerate "
+            "config, as in configs/accelerate/fsdp.yaml): FSDP1 flattens parameters, which LoRA and the "
+            "reference passes cannot address by name"
+        )
+
+
 class TrainingDiverged(FloatingPointError):
     """A non-finite loss stopped the run."""
 
@@ -234,13 +259,8 @@ def train(cfg: RunConfig) -> TrainResult:
         log_with=trackers or None,
         project_dir=str(out_dir / "logs"),
     )
-    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-        raise ValueError(
-            f"accelerate is configured for {accelerator.distributed_type.value}, which diffalign does not support yet: "
-            "its checkpoints assume every process holds the whole optimizer state. Use DDP (accelerate launch "
-            "--multi_gpu); for SDXL full fine-tuning add train.optimizer=adafactor train.gradient_checkpointing=true "
-            "train.offload_reference=true"
-        )
+    check_distributed(accelerator)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)
@@ -270,7 +290,9 @@ def train(cfg: RunConfig) -> TrainResult:
         num_warmup_steps=t.warmup_steps * world,
         num_training_steps=t.max_steps * world,
     )
+    n_trainable = sum(p.numel() for p in params)
     unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
+    params = [p for p in unet.parameters() if p.requires_grad]  # FSDP2 swaps in sharded parameters
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
     base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
     validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None
@@ -288,7 +310,7 @@ def train(cfg: RunConfig) -> TrainResult:
         print(f"model {parts.source} ({parts.family}, {parts.prediction_type}); objective {cfg.objective.name}")
         print(
             f"data {cfg.data.path}: {len(dataset)} decided pairs ({dataset.dropped} ties/undecided dropped); "
-            f"trainable parameters {sum(p.numel() for p in params):,}"
+            f"trainable parameters {n_trainable:,}"
             f" ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})"
         )
         print(describe_batch(cfg, world) + f"; learning rate {lr:g}")
@@ -345,7 +367,7 @@ def train(cfg: RunConfig) -> TrainResult:
         averages.add(step_metrics)
         if not accelerator.sync_gradients:
             continue
-        last_grad_norm = float(grad_norm)
+        last_grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         step += 1
         progress.update(1)
         if step % t.log_every == 0 or step == t.max_steps:
@@ -370,9 +392,11 @@ def train(cfg: RunConfig) -> TrainResult:
                 metrics_log.flush()
             if trackers:
                 accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
-        if validator and accelerator.is_main_process and (step % cfg.validation.every == 0 or step == t.max_steps):
-            _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast)
-            if trackers:
+        due = validator is not None and (step % cfg.validation.every == 0 or step == t.max_steps)
+        if due and (accelerator.is_main_process or sharded):  # a sharded UNet samples only with every process
+            _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast,
+                                    save=accelerator.is_main_process)
+            if trackers and accelerator.is_main_process:
                 log_grid(accelerator, grid, step)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
             last_checkpoint = state.save(out_dir, step, micro, t.keep_checkpoints)
@@ -384,8 +408,9 @@ def train(cfg: RunConfig) -> TrainResult:
 
     accelerator.wait_for_everyone()
     weights = out_dir
+    state_dict, _ = full_trainable_state(unet, optimizer)  # every process: gathers FSDP shards
     if accelerator.is_main_process:
-        weights = _save_weights(cfg, accelerator.unwrap_model(unet), parts.family, out_dir)
+        weights = _save_weights(cfg, accelerator.unwrap_model(unet), state_dict, parts.family, out_dir)
         print(f"saved {weights}\nconfig {out_dir / CONFIG_FILE}")
     accelerator.end_training()
     return TrainResult(out_dir, weights, out_dir / CONFIG_FILE, last, accelerator.is_main_process)

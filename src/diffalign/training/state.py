@@ -1,5 +1,11 @@
 """What a checkpoint holds for the training loop, and putting it back: weights, optimizer, schedule,
-gradient scaler, RNG states and the position in the data (the global micro-step)."""
+gradient scaler, RNG states and the position in the data (the global micro-step).
+
+Weights and optimizer state go through `torch.distributed.checkpoint.state_dict`, which names every
+tensor by its parameter name and, under FSDP2, gathers the shards into whole tensors. A checkpoint
+is therefore the same set of files whether it was written by one process, by DDP or by FSDP, and
+resumes under any of them (the global batch must stay the same).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,39 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import extract_model_from_parallel
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..models.lora import save_lora
 from .checkpoint import STATE_FILE, load_state_files, rng_state, save_checkpoint, save_state_files, set_rng_state
 
 TRAINABLE_FILE = "trainable.safetensors"
+FORMAT = 2  # 1: optimizer state keyed by parameter index (before FSDP support)
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def trainable_names(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters that train, as `full_trainable_state` keys them (without DDP's `module.`)."""
+    return [name for name, p in extract_model_from_parallel(model).named_parameters() if p.requires_grad]
+
+
+def full_trainable_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The trainable weights and the optimizer state, whole and on the CPU, keyed by parameter name.
+
+    One call for a plain module, DDP and FSDP2 (where it gathers the shards). Every process must
+    enter it; under several processes only the main one receives the tensors, the others get empty
+    dicts.
+    """
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights, optim = get_state_dict(model, _inner(optimizer), options=options)
+    names = set(trainable_names(model))
+    return {k: v for k, v in weights.items() if k in names}, optim
 
 
 @dataclass
@@ -30,27 +63,24 @@ class TrainingState:
     global_batch: int  # pairs per micro-step over all processes
     config_text: str
 
-    def _trainable(self) -> dict[str, torch.nn.Parameter]:
-        unet = self.accelerator.unwrap_model(self.unet)
-        return {name: p for name, p in unet.named_parameters() if p.requires_grad}
-
     def save(self, out_dir: Path, step: int, micro_step: int, keep: int) -> Path:
         """Write the checkpoint of `step` (every process must call this)."""
         acc = self.accelerator
+        weights, optim = full_trainable_state(self.unet, self.optimizer)
 
         def write_own(folder: Path) -> None:
             save_state_files(folder, f"rng-{acc.process_index}", rng_state())
 
         def write_shared(folder: Path) -> None:
-            save_file({k: p.detach().cpu().contiguous() for k, p in self._trainable().items()}, str(folder / TRAINABLE_FILE))
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / TRAINABLE_FILE))
             if self.lora:
-                save_lora(acc.unwrap_model(self.unet), folder, self.family)
-            save_state_files(folder, "optimizer", self.optimizer.state_dict())
+                save_lora(acc.unwrap_model(self.unet), folder, self.family, weights)
+            save_state_files(folder, "optimizer", optim)
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
             save_state_files(folder, "schedule", {"lr_scheduler": self.lr_scheduler.state_dict(), "scaler": scaler})
             (folder / "config.yaml").write_text(self.config_text)
             position = {"step": step, "micro_step": micro_step, "global_batch": self.global_batch,
-                        "processes": acc.num_processes}
+                        "processes": acc.num_processes, "format": FORMAT}
             (folder / STATE_FILE).write_text(json.dumps(position, indent=2))
 
         return save_checkpoint(out_dir, step, write_shared, write_own, acc.is_main_process, acc.wait_for_everyone, keep)
@@ -59,6 +89,11 @@ class TrainingState:
         """Load a checkpoint into the live objects; return its (step, micro_step)."""
         acc = self.accelerator
         position = json.loads((folder / STATE_FILE).read_text())
+        if position.get("format", 1) != FORMAT:
+            raise ValueError(
+                f"{folder} was written by an older diffalign (checkpoint format {position.get('format', 1)}, this "
+                f"version reads {FORMAT}); its LoRA file still loads with pipe.load_lora_weights, but the run cannot resume"
+            )
         if position["global_batch"] != self.global_batch:
             raise ValueError(
                 f"{folder} was written with {position['global_batch']} pairs per micro-step over all processes, this "
@@ -66,17 +101,18 @@ class TrainingState:
                 f"processes equal to the checkpoint's, or start a new run (another train.output_dir)."
             )
         saved = load_file(str(folder / TRAINABLE_FILE))
-        trainable = self._trainable()
-        if set(saved) != set(trainable):
-            missing, extra = sorted(set(trainable) - set(saved))[:3], sorted(set(saved) - set(trainable))[:3]
+        trainable = set(trainable_names(self.unet))
+        if set(saved) != trainable:
+            missing, extra = sorted(trainable - set(saved))[:3], sorted(set(saved) - trainable)[:3]
             raise ValueError(
                 f"{folder / TRAINABLE_FILE} does not match this model's trainable parameters "
                 f"(missing e.g. {missing}, unexpected e.g. {extra}): was it written with other lora.* settings?"
             )
-        with torch.no_grad():
-            for name, p in trainable.items():
-                p.copy_(saved[name])
-        self.optimizer.load_state_dict(load_state_files(folder, "optimizer"))
+        set_state_dict(
+            self.unet, _inner(self.optimizer), model_state_dict=saved,
+            optim_state_dict=load_state_files(folder, "optimizer"),
+            options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False),
+        )
         schedule = load_state_files(folder, "schedule")
         self.lr_scheduler.load_state_dict(schedule["lr_scheduler"])
         if acc.scaler is not None and schedule["scaler"] is not None:

@@ -86,8 +86,8 @@ class Validator:
         return images
 
     @torch.no_grad()
-    def run(self, unet: torch.nn.Module, step: int, out_dir: Path, autocast) -> tuple[Path, np.ndarray]:
-        """Draw the tuned model's images (and, the first time, the base's); save and return the grid."""
+    def run(self, unet: torch.nn.Module, step: int, out_dir: Path, autocast, save: bool = True) -> tuple[Path, np.ndarray]:
+        """Draw the tuned model's images (and, the first time, the base's); save (if `save`) and return the grid."""
         was_training = unet.training
         unet.eval()
         try:
@@ -107,8 +107,9 @@ class Validator:
             rows.append(row)
         grid = image_grid(rows)
         path = Path(out_dir) / VALIDATION_DIR / f"step-{step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(path)
+        if save:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid).save(path)
         return path, grid
 
 
