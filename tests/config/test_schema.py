@@ -19,7 +19,7 @@ def test_sft_demo_composes_from_dpo():
 
 
 def test_every_shipped_config_loads():
-    files = sorted(CONFIGS.rglob("*.yaml"))
+    files = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "accelerate")  # accelerate launch configs
     assert files
     for path in files:
         load_config(RunConfig, path)

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  diffalign train configs/demo/dpo.yaml train.max_steps=50 objective.beta=5000\n"
         "  diffalign train configs/sdxl/dpo.yaml train.resume=latest     # continue from the newest checkpoint\n"
         "  accelerate launch --multi_gpu -m diffalign.cli.main train configs/sdxl/dpo.yaml   # DDP on every GPU\n"
+        "  accelerate launch --config_file configs/accelerate/fsdp.yaml -m diffalign.cli.main train \\\n"
+        "      configs/sdxl/dpo.yaml lora.enabled=false            # full fine-tuning, state sharded (FSDP2)\n"
         "A run whose latents `diffalign cache` has built reads them (data.cache=auto). Every key: `diffalign config keys`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
