@@ -36,3 +36,22 @@ def test_validation_grids_show_base_and_tuned(tiny_models, pair_file, tmp_path, 
     assert np.array_equal(first[:, :32], base)  # the base images are drawn once and reused
     assert not np.array_equal(base, tuned)  # training changed the model
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # sent to tensorboard
+
+
+@pytest.mark.slow
+def test_wandb_tracker_gets_metrics_and_grids(tiny_models, pair_file, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # optional: `pip install wandb`
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "run"
+    cfg = load_config(RunConfig, None, [
+        f"model.pretrained={tiny_models['sd15']}", f"data.path={pair_file}", f"train.output_dir={out}",
+        "train.max_steps=2", "train.batch_size=2", "train.log_every=1", "train.trackers=[wandb]",
+        "validation.every=2", "validation.prompts=[a red circle on a blue background]", "validation.seeds=1",
+        "validation.steps=2", "data.resolution=32",
+    ])
+    train(cfg)
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(run.glob("files/media/images/validation_2_*.png"))
+    records = next(run.glob("run-*.wandb")).read_bytes()
+    assert all(key.encode() in records for key in ("loss", "implicit_acc", "reward_margin", "grad_norm"))
