@@ -1,0 +1,41 @@
+"""scripts/benchmark_vs_diffusers.py drives both trainers and prints the per-step comparison."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Stands in for diffusers' train_diffusion_dpo.py: takes its flags, checks the dataset folder it gets.
+STAND_IN = '''
+import argparse, pathlib, time
+p = argparse.ArgumentParser()
+for flag in ["--pretrained_model_name_or_path", "--dataset_name", "--dataset_split_name", "--output_dir",
+             "--resolution", "--train_batch_size", "--max_train_steps", "--rank", "--learning_rate",
+             "--lr_warmup_steps", "--checkpointing_steps", "--report_to", "--seed", "--beta_dpo"]:
+    p.add_argument(flag, required=True)
+a = p.parse_args()
+assert (pathlib.Path(a.dataset_name) / "train.parquet").is_file() and a.dataset_split_name == "train"
+time.sleep(0.01 * int(a.max_train_steps))
+'''
+
+
+@pytest.mark.slow
+def test_benchmark_runs_both_trainers(tmp_path, pair_file, tiny_models):
+    script = tmp_path / "train_diffusion_dpo.py"
+    script.write_text(STAND_IN)
+    result = subprocess.run(
+        [sys.executable, "scripts/benchmark_vs_diffusers.py", "--script", str(script), "--model",
+         str(tiny_models["sd15"]), "--data", str(pair_file), "--short", "1", "--long", "3", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("4 pairs per step, 32 px, LoRA r=8")
+    assert [line.split("  ")[1] for line in lines[1:]] == [
+        "diffusers research script", "diffalign train (encoding every step)", "diffalign train (latent cache)"]
+    assert all("ms/step" in line for line in lines[1:])
