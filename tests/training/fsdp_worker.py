@@ -64,7 +64,7 @@ def main() -> None:
         step += 1
         if mode == "straight" and step == 2:
             state.save(out, step, micro_step=step, keep=2)
-    weights, _ = full_trainable_state(unet, optimizer)
+    weights, _ = full_trainable_state(unet)
     if acc.is_main_process:
         save_file(weights, str(out / f"final-{mode}.safetensors"))
     acc.wait_for_everyone()

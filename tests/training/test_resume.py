@@ -78,3 +78,11 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, capsys)
     last = list_checkpoints(out)[-1]
     weights = load_file(str(last / "trainable.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+    # a checkpoint of the format before FSDP support (optimizer state keyed by index) is refused by name
+    state = json.loads((last / "state.json").read_text())
+    del state["format"]
+    (last / "state.json").write_text(json.dumps(state))
+    old = load_config(RunConfig, None, [f"train.output_dir={out}", "train.batch_size=2", f"train.resume={last}"])
+    with pytest.raises(ValueError, match=r"step-\d+ was written by an older diffalign \(checkpoint format 1"):
+        train(old)

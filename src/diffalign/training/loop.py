@@ -408,7 +408,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
     accelerator.wait_for_everyone()
     weights = out_dir
-    state_dict, _ = full_trainable_state(unet, optimizer)  # every process: gathers FSDP shards
+    state_dict, _ = full_trainable_state(unet)  # every process: gathers FSDP shards
     if accelerator.is_main_process:
         weights = _save_weights(cfg, accelerator.unwrap_model(unet), state_dict, parts.family, out_dir)
         print(f"saved {weights}\nconfig {out_dir / CONFIG_FILE}")

@@ -3,8 +3,8 @@ gradient scaler, RNG states and the position in the data (the global micro-step)
 
 Weights and optimizer state go through `torch.distributed.checkpoint.state_dict`, which names every
 tensor by its parameter name and, under FSDP2, gathers the shards into whole tensors. A checkpoint
-is therefore the same set of files whether it was written by one process, by DDP or by FSDP, and
-resumes under any of them (the global batch must stay the same).
+is therefore the same set of files whether it was written by one process, by DDP or by FSDP (the
+tests resume it under one process and under FSDP2; the global batch must stay the same).
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 from safetensors.torch import load_file, save_file
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from ..models.lora import save_lora
 from .checkpoint import STATE_FILE, load_state_files, rng_state, save_checkpoint, save_state_files, set_rng_state
@@ -36,16 +41,19 @@ def trainable_names(model: torch.nn.Module) -> list[str]:
 
 
 def full_trainable_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """The trainable weights and the optimizer state, whole and on the CPU, keyed by parameter name.
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The trainable weights and (with `optimizer`) its state, whole and on the CPU, keyed by parameter name.
 
     One call for a plain module, DDP and FSDP2 (where it gathers the shards). Every process must
     enter it; under several processes only the main one receives the tensors, the others get empty
     dicts.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    weights, optim = get_state_dict(model, _inner(optimizer), options=options)
+    if optimizer is None:
+        weights, optim = get_model_state_dict(model, options=options), None
+    else:
+        weights, optim = get_state_dict(model, _inner(optimizer), options=options)
     names = set(trainable_names(model))
     return {k: v for k, v in weights.items() if k in names}, optim
 
