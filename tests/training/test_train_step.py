@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
@@ -41,6 +42,13 @@ def test_sft_full_finetune_step(tiny_models, pair_file, tmp_path):
     cfg = run_config(tiny_models["sd15"], pair_file, tmp_path / "sft", "objective.name=sft", "lora.enabled=false")
     result = train(cfg)
     assert (result.weights / "diffusion_pytorch_model.safetensors").exists()
+    from diffusers import UNet2DConditionModel
+
+    tuned = UNet2DConditionModel.from_pretrained(result.weights)  # a stock diffusers model folder
+    base = UNet2DConditionModel.from_pretrained(tiny_models["sd15"], subfolder="unet")
+    tuned_sd, base_sd = tuned.state_dict(), base.state_dict()
+    assert tuned_sd.keys() == base_sd.keys()
+    assert any(not torch.equal(tuned_sd[k], base_sd[k]) for k in base_sd)  # the trained weights, not the base's
 
 
 def test_full_finetune_dpo_uses_frozen_reference(tiny_models, pair_file, tmp_path):
