@@ -46,7 +46,10 @@ def test_fsdp2_checkpoint_resumes_to_identical_weights(tiny_models, tmp_path, ki
         assert {k: v.shape for k, v in saved.items()} == shapes
     else:
         assert all(".lora_A." in k or ".lora_B." in k for k in saved)
-        assert (checkpoint_dir(tmp_path, 2) / "pytorch_lora_weights.safetensors").is_file()
+        lora_file = load_file(str(checkpoint_dir(tmp_path, 2) / "pytorch_lora_weights.safetensors"))
+        as_in_file = {"unet." + k.replace(".default.", "."): v for k, v in saved.items()}
+        assert lora_file.keys() == as_in_file.keys()  # the diffusers LoRA file holds the gathered tensors
+        assert all(torch.equal(lora_file[k], v) for k, v in as_in_file.items())
     assert any(not torch.equal(saved[k], straight[k]) for k in saved)  # steps 3-4 did train
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
