@@ -1,6 +1,40 @@
 """Reward scorers: one interface (`score(images, prompts) -> tensor`) and a registry by name."""
 
 from . import shapes  # noqa: F401  (registers "shapes")
-from .base import Scorer, available_scorers, build_scorer, register_scorer, to_float_images
+from .base import register_lazy
 
-__all__ = ["Scorer", "available_scorers", "build_scorer", "register_scorer", "to_float_images"]
+for _name, _target in {
+    "pickscore": "diffalign.rewards.pickscore:PickScore",
+    "hpsv2": "diffalign.rewards.hps:hpsv2",
+    "hpsv2.1": "diffalign.rewards.hps:hpsv2_1",
+    "clip": "diffalign.rewards.clip_score:ClipScore",
+    "aesthetic": "diffalign.rewards.aesthetic:AestheticScore",
+    "imagereward": "diffalign.rewards.imagereward:ImageReward",
+}.items():
+    register_lazy(_name, _target)
+
+from .base import (  # noqa: E402
+    Scorer,
+    available_scorers,
+    build_scorer,
+    preference_probabilities,
+    register_scorer,
+    resolve_device,
+    resolve_dtype,
+    scorer_factory,
+    to_float_images,
+    to_pil_images,
+)
+
+__all__ = [
+    "Scorer",
+    "available_scorers",
+    "build_scorer",
+    "preference_probabilities",
+    "register_scorer",
+    "resolve_device",
+    "resolve_dtype",
+    "scorer_factory",
+    "to_float_images",
+    "to_pil_images",
+]

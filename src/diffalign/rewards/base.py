@@ -9,6 +9,7 @@ line can refer to it: `build_scorer("shapes")`.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, Union, runtime_checkable
 
@@ -21,23 +22,33 @@ ImageBatch = Union[Sequence[Image.Image], torch.Tensor, np.ndarray]
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Anything with a name and `score(images, prompts) -> tensor of shape (N,)`."""
+    """Anything with a name and `score(images, prompts) -> tensor of shape (N,)`.
+
+    `scale` names the unit of the scores (for example "logit_scale*cos", "cos", "100*cos") so that
+    reports never mix conventions; `logit_scale` is the factor that turns a difference of two scores
+    into a Bradley-Terry logit, P(a > b) = sigmoid(logit_scale * (s_a - s_b)) (see
+    `preference_probabilities`).
+    """
 
     name: str
+    scale: str
+    logit_scale: float
 
     def score(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor:
         """Score each image against its prompt; higher is better."""
         ...
 
 
-_REGISTRY: dict[str, Callable[..., Scorer]] = {}
+# name -> factory, or "module:attribute" for scorers whose module is imported on first use (their
+# imports are heavy); importing the module runs its @register_scorer, which replaces the string.
+_REGISTRY: dict[str, Callable[..., Scorer] | str] = {}
 
 
 def register_scorer(name: str) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:
     """Class or factory decorator: make a scorer available to `build_scorer(name, **kwargs)`."""
 
     def decorate(factory: Callable[..., Scorer]) -> Callable[..., Scorer]:
-        if name in _REGISTRY:
+        if callable(_REGISTRY.get(name)):
             raise ValueError(f"a scorer named {name!r} is already registered")
         _REGISTRY[name] = factory
         return factory
@@ -45,18 +56,90 @@ def register_scorer(name: str) -> Callable[[Callable[..., Scorer]], Callable[...
     return decorate
 
 
+def register_lazy(name: str, target: str) -> None:
+    """Register `name` as the scorer `module:attribute`, imported only when `build_scorer(name)` is called."""
+    _REGISTRY.setdefault(name, target)
+
+
 def available_scorers() -> list[str]:
     """Names of every registered scorer, sorted."""
     return sorted(_REGISTRY)
 
 
-def build_scorer(name: str, **kwargs: object) -> Scorer:
-    """Instantiate the scorer registered as `name`; unknown names get a did-you-mean error."""
+def scorer_factory(name: str) -> Callable[..., Scorer]:
+    """The class or factory registered as `name`; unknown names get a did-you-mean error."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise KeyError(f"unknown scorer {name!r}{hint} Available: {', '.join(available_scorers())}")
-    return _REGISTRY[name](**kwargs)
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        module, attribute = entry.split(":")
+        factory = getattr(importlib.import_module(module), attribute)
+        _REGISTRY[name] = factory
+        return factory
+    return entry
+
+
+def build_scorer(name: str, **kwargs: object) -> Scorer:
+    """Instantiate the scorer registered as `name` with its options (device, dtype, batch_size, weights, ...)."""
+    return scorer_factory(name)(**kwargs)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when it is available and CPU otherwise."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`dtype` by name ("fp32", "fp16", "bf16"), or fp16 on CUDA and fp32 elsewhere when it is None/"auto"."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16")
+    return _DTYPES[dtype]
+
+
+def preference_probabilities(scores: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
+    """P(candidate i is preferred) among the candidates of one prompt: softmax_i(logit_scale * s_i).
+
+    This is PickScore's preference probability (Kirstain et al. 2023) when `scores` are its
+    cosines and `logit_scale` is exp(the model's logit_scale); for two candidates it is the
+    Bradley-Terry sigmoid(logit_scale * (s_0 - s_1)). The softmax runs over the last dimension, so a
+    (prompts, candidates) tensor gives one distribution per prompt.
+    """
+    return torch.softmax(torch.as_tensor(scores, dtype=torch.float64) * logit_scale, dim=-1)
+
+
+def to_pil_images(images: ImageBatch) -> list[Image.Image]:
+    """PIL RGB images from PIL images (any mode, any sizes), uint8 arrays/tensors or float tensors in [0, 1], or a list of those."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        floats = to_float_images(images).clamp(0, 1)
+        arrays = (floats * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a) for a in arrays]
+    out = []
+    for image in images:
+        if isinstance(image, Image.Image):
+            out.append(image if image.mode == "RGB" else image.convert("RGB"))
+        else:
+            out.extend(to_pil_images(image))  # one array or tensor image (HWC or CHW)
+    return out
+
+
+def check_batch(images: Sequence[object], prompts: Sequence[str]) -> None:
+    """Raise a clear error when images and prompts are not one-to-one."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, one per image, not a single string")
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
 
 
 def to_float_images(images: ImageBatch) -> torch.Tensor:
