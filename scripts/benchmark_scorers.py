@@ -28,7 +28,11 @@ import torch
 from PIL import Image
 
 from diffalign.rewards import build_scorer
-from diffalign.rewards.replicas import save_clip_replica, save_hps_replica, save_open_clip_config
+from diffalign.rewards.replicas import (
+    save_clip_replica,
+    save_hps_replica,
+    save_open_clip_config,
+)
 
 
 def random_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -39,7 +43,7 @@ def random_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
 
 def have_xformers() -> bool:
     try:
-        import xformers.ops  # noqa: F401
+        import xformers.ops
     except ImportError:
         return False
     return True

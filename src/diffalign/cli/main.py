@@ -1,4 +1,4 @@
-"""The `diffalign` command line: train, config, eval."""
+"""The `diffalign` command line: train, cache, config, eval, score."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
+from .score import add_score_parser
 
 DEMO_HELD_OUT_PROMPTS = "assets/demo/prompts_heldout.txt"
 
@@ -101,7 +102,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; `scorer_names` (the registered scorers) are listed in `score --help`."""
+    scorer_names = ", ".join(scorer_names) if scorer_names else "see `diffalign score --help`"
     parser = argparse.ArgumentParser(
         prog="diffalign", description="Align text-to-image diffusion models with human preferences."
     )
@@ -171,12 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.set_defaults(func=cmd_eval)
+
+    add_score_parser(sub, scorer_names)
     return parser
+
+
+def _registered_scorers() -> list[str]:
+    from ..rewards import available_scorers
+
+    return available_scorers()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `diffalign` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # Only `score` lists the registered scorers: importing them loads torch, too slow for other commands' help.
+    scorers = _registered_scorers() if argv[:1] == ["score"] else None
+    args = build_parser(scorers).parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:

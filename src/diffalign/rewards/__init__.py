@@ -1,6 +1,6 @@
 """Reward scorers: one interface (`score(images, prompts) -> tensor`) and a registry by name."""
 
-from . import shapes  # noqa: F401  (registers "shapes")
+from . import shapes  # noqa: F401  (importing it registers "shapes")
 from .base import register_lazy
 
 for _name, _target in {
@@ -13,7 +13,7 @@ for _name, _target in {
 }.items():
     register_lazy(_name, _target)
 
-from .base import (  # noqa: E402
+from .base import (
     Scorer,
     available_scorers,
     build_scorer,

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ImageBatch, check_batch, register_scorer, resolve_device, resolve_dtype, to_pil_images
+from .base import (
+    ImageBatch,
+    check_batch,
+    register_scorer,
+    resolve_device,
+    resolve_dtype,
+    to_pil_images,
+)
 from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor
 from .weights import WeightsNotFound, read_state_dict, url_file
 

@@ -16,8 +16,21 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import ImageBatch, check_batch, register_scorer, resolve_device, resolve_dtype, to_pil_images
-from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor, text_embeddings
+from .base import (
+    ImageBatch,
+    check_batch,
+    register_scorer,
+    resolve_device,
+    resolve_dtype,
+    to_pil_images,
+)
+from .hf_clip import (
+    batches,
+    image_embeddings,
+    load_clip_model,
+    load_clip_processor,
+    text_embeddings,
+)
 
 SCALES = ("100*cos", "cos")
 

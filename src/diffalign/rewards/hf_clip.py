@@ -11,7 +11,12 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPImageProcessorPil, CLIPModel
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPImageProcessorPil,
+    CLIPModel,
+)
 
 from .attention import attention_implementation
 

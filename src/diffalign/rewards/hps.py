@@ -25,7 +25,14 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from .base import ImageBatch, check_batch, register_scorer, resolve_device, resolve_dtype, to_pil_images
+from .base import (
+    ImageBatch,
+    check_batch,
+    register_scorer,
+    resolve_device,
+    resolve_dtype,
+    to_pil_images,
+)
 from .hf_clip import batches
 from .weights import hub_file, read_state_dict
 

@@ -1,0 +1,221 @@
+"""`diffalign score`: score images with registered scorers, or measure their agreement with human labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..evaluation.scoring import ScoreRun
+
+MAX_LISTED_ERRORS = 20
+
+
+def _report_errors(run: ScoreRun, out: str | None) -> None:
+    """List the images that could not be scored on stderr (all of them unless a file holds them)."""
+    failed = run.failed
+    if not failed:
+        return
+    shown = failed if out is None else failed[:MAX_LISTED_ERRORS]
+    print(f"{len(failed)} image(s) could not be scored:", file=sys.stderr)
+    for i in shown:
+        print(f"  {run.items[i].where}: {run.error_of(i)}", file=sys.stderr)
+    if len(shown) < len(failed):
+        print(f"  ... and {len(failed) - len(shown)} more: see the error column of {out}", file=sys.stderr)
+
+
+def _exit_code(run: ScoreRun) -> int:
+    """0 when every image was scored, 1 when some failed, 130 when interrupted (as `score --help` says)."""
+    if run.interrupted:
+        print("interrupted: the images not scored are marked as such", file=sys.stderr)
+        return 130
+    return 1 if run.failed else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from ..evaluation.scoring import (
+        check_scorer_names,
+        parse_scorer_options,
+        split_scorer_names,
+    )
+    from ..rewards import available_scorers
+
+    names = split_scorer_names(args.scorer)
+    if not names:
+        raise ValueError(
+            f"choose the scorer(s) with --scorer NAME[,NAME...]; available: {', '.join(available_scorers())} "
+            "(`shapes` is the rule-based reward of the embedded demo world, for its 32x32 shape images)"
+        )
+    check_scorer_names(names)
+    options = parse_scorer_options(args.scorer_option, names)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.tie_tolerance is not None and args.tie_tolerance < 0:
+        raise ValueError(f"--tie-tolerance must be >= 0, got {args.tie_tolerance}")
+    if args.pairs is not None:
+        return _score_pairs(args, names, options)
+    for flag, value in (("--tie-aware", args.tie_aware), ("--tie-tolerance", args.tie_tolerance)):
+        if value is not None:
+            raise ValueError(f"{flag} applies to --pairs DATASET only")
+    return _score_images(args, names, options)
+
+
+def _score_images(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
+    from ..evaluation.image_inputs import check_prompts, collect_items
+    from ..evaluation.score_files import output_format, write_scores
+    from ..evaluation.scoring import (
+        DEFAULT_CHUNK,
+        build_scorers,
+        format_summary,
+        format_table,
+        score_items,
+        summarize,
+    )
+
+    if not args.inputs:
+        raise ValueError("give the images to score: image files, folders or metadata files (or --pairs DATASET)")
+    if args.out:
+        output_format(args.out)
+    items = collect_items(args.inputs, args.prompt, exclude=[Path(args.out)] if args.out else [])
+    check_prompts(items)
+    scorers = build_scorers(names, options, args.device, args.dtype, args.batch_size)
+    run = score_items(items, scorers, args.batch_size or DEFAULT_CHUNK, progress=not args.no_progress)
+    summaries = summarize(run)
+    columns, rows = run.rows()
+    if args.out:
+        write_scores(args.out, columns, rows, {s.scorer: s.as_dict() for s in summaries})
+    else:
+        table = [
+            (item.where, *("-" if row[name] is None else f"{row[name]:.4f}" for name in run.scorer_names))
+            for item, row in zip(run.items, rows)
+        ]
+        print(format_table(("file", *run.scorer_names), table, left=(0,)) + "\n")
+    _report_errors(run, args.out)
+    print(format_summary(summaries))
+    if args.out:
+        print(f"scores of {len(items)} image(s) in {args.out}")
+    return _exit_code(run)
+
+
+def _score_pairs(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
+    from ..evaluation.agreement import (
+        evaluate_pairs,
+        format_agreement,
+        parse_thresholds,
+    )
+    from ..evaluation.score_files import output_format, write_atomically
+    from ..evaluation.scoring import DEFAULT_CHUNK, build_scorers
+
+    if args.inputs or args.prompt is not None:
+        raise ValueError("--pairs DATASET scores each row's jpg_0/jpg_1 against its caption: give no other inputs or --prompt")
+    if args.out:
+        output_format(args.out, (".json",))
+    thresholds = parse_thresholds(args.tie_aware) if args.tie_aware is not None else []
+    scorers = build_scorers(names, options, args.device, args.dtype, args.batch_size)
+    report, run = evaluate_pairs(
+        args.pairs,
+        scorers,
+        args.batch_size or DEFAULT_CHUNK,
+        args.tie_tolerance or 0.0,
+        thresholds,
+        progress=not args.no_progress,
+    )
+    if args.out:
+        write_atomically(args.out, (json.dumps(report, indent=2) + "\n").encode())
+    _report_errors(run, args.out)
+    print(format_agreement(report))
+    if args.out:
+        print(f"report in {args.out}")
+    return _exit_code(run)
+
+
+def add_score_parser(sub: argparse._SubParsersAction, scorer_names: str) -> None:
+    """Add the `score` subcommand; `scorer_names` is the list shown in its help."""
+    p = sub.add_parser(
+        "score",
+        help="score images with registered scorers, or measure their agreement with human labels",
+        description="Score images against their prompts with one or several registered scorers and print each\n"
+        "scorer's n, mean, std, median, min and max, always with its scale (units are never mixed).\n\n"
+        "INPUT is any of:\n"
+        "  an image file      prompt from --prompt, or from a sidecar NAME.txt beside it\n"
+        "  a folder           searched recursively; prompts from a metadata.jsonl / metadata.csv with\n"
+        "                     file_name and prompt (or caption, text) columns (Hugging Face imagefolder\n"
+        "                     style), else from sidecar .txt files\n"
+        "  a metadata file    .jsonl / .csv / .parquet with file_name (relative to it) and a prompt column\n"
+        "  a pair table       Pick-a-Pic-schema parquet file or folder of shards: each row's jpg_0 and\n"
+        "                     jpg_1 are scored against its caption\n"
+        "--prompt TEXT overrides all of these (--prompt \"\" for prompt-free scorers such as aesthetic).\n"
+        "Unreadable, missing or non-image files are listed with the reason on stderr and in the error\n"
+        "column of --out; the other images are still scored.\n\n"
+        "With --pairs DATASET instead: each scorer's agreement with the human labels of a Pick-a-Pic-schema\n"
+        "dataset (a pair agrees when the higher-scored image is the labelled winner; human ties are excluded\n"
+        "and counted, equal scores counted apart), with a 95 % Wilson interval.",
+        epilog="examples:\n"
+        "  diffalign score samples/ --scorer pickscore,hpsv2.1 --out scores.csv\n"
+        "  diffalign score a.png b.png --prompt \"a red circle on a blue background\" --scorer shapes\n"
+        "  diffalign score photos/ --prompt \"\" --scorer aesthetic            # prompt-free scorer\n"
+        "  diffalign score samples/ --scorer pickscore --scorer-option pickscore.model=/models/PickScore_v1\n"
+        "  diffalign score --pairs /data/pickapic/test_unique --scorer pickscore --tie-aware sweep --out acc.json\n"
+        f"scorers: {scorer_names}\n"
+        "All chosen scorers are loaded together; each batch of images is decoded once and scored by each.\n"
+        "exit status: 0 every image scored; 1 some images could not be scored (listed, the rest scored and\n"
+        "written); 2 usage error, or a scorer that failed on every image of the first batch (nothing\n"
+        "written); 130 interrupted (what was scored is written).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, metadata or pair-table files")
+    p.add_argument(
+        "--scorer",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="scorer(s) to use; repeat or separate with commas (required; names listed below)",
+    )
+    p.add_argument(
+        "--scorer-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="constructor option of one scorer, e.g. pickscore.model=/path or hpsv2.1.scale=100*cos (repeatable)",
+    )
+    p.add_argument("--prompt", default=None, metavar="TEXT", help="the prompt of every image (overrides metadata and sidecars)")
+    p.add_argument(
+        "--pairs",
+        default=None,
+        metavar="DATASET",
+        help="Pick-a-Pic-schema parquet file, folder of shards, glob or hub id: report each scorer's accuracy "
+        "against the human labels (human ties excluded and counted, 95%% Wilson interval)",
+    )
+    p.add_argument(
+        "--tie-tolerance",
+        type=float,
+        default=None,
+        metavar="DIFF",
+        help="with --pairs: score differences up to DIFF count as score ties (default: exact equality)",
+    )
+    p.add_argument(
+        "--tie-aware",
+        default=None,
+        metavar="T[,T...]|sweep",
+        help="with --pairs: also PickScore's tie-aware accuracy, predicting a tie when |p1-p0| <= T "
+        "(p = softmax of logit_scale x scores; credit 1/0.5/0); 'sweep' = 0,0.1,...,1",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="model precision (default: each scorer's own, usually fp16 on CUDA; fp32 avoids fp16 score ties)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="images per scorer call (default: 32)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="per-image scores (.csv, .json, .jsonl, .parquet; with --pairs: .json report), written atomically",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)

@@ -1,0 +1,353 @@
+"""Scoring many images with one or several registered scorers, and summarising the scores.
+
+`build_scorers` turns command-line choices (`--scorer`, `--scorer-option NAME.key=value`, device,
+dtype, batch size) into scorer objects; `score_items` scores every image in batches so that one bad
+image or prompt costs only that image: the images of a batch are decoded once and handed to every
+scorer, a failing call is retried on equal-size groups and then image by image, and each failure
+becomes that image's error. `summarize` gives each scorer's n, mean, std, median, min and max,
+always next to the scorer's `scale` so that reports never mix units.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..rewards import available_scorers, build_scorer
+from ..rewards.base import Scorer
+from .image_inputs import ImageItem
+
+DEFAULT_CHUNK = 32
+_TRUE, _FALSE, _NONE = {"true", "yes", "on"}, {"false", "no", "off"}, {"none", "null"}
+
+
+def split_scorer_names(values: Sequence[str]) -> list[str]:
+    """Scorer names from repeated and/or comma-separated `--scorer` values, in order, without repeats."""
+    names: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+def check_scorer_names(names: Sequence[str]) -> None:
+    """Raise the registry's did-you-mean KeyError for the first unknown name, before any scorer is built."""
+    available = available_scorers()
+    for name in names:
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise KeyError(f"unknown scorer {name!r}{hint} Available: {', '.join(available)}")
+
+
+def parse_option_value(text: str) -> object:
+    """A command-line option value: true/false, none, an int, a float, a JSON-quoted string, else the text."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    if lowered in _NONE:
+        return None
+    if text[:1] in "\"'" and text[-1:] == text[:1] and len(text) >= 2:
+        return text[1:-1]
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_scorer_options(items: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, object]]:
+    """Constructor options per scorer from `NAME.key=value` strings (NAME may hold dots: `hpsv2.1.scale=cos`)."""
+    options: dict[str, dict[str, object]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--scorer-option {item!r}: expected NAME.key=value, e.g. pickscore.model=/path/to/PickScore_v1")
+        matches = [name for name in names if target.startswith(name + ".")]
+        if not matches:
+            raise ValueError(
+                f"--scorer-option {item!r}: {target!r} does not start with a chosen scorer's name "
+                f"({', '.join(names) or 'none chosen'}) and a dot; write NAME.key=value"
+            )
+        name = max(matches, key=len)
+        key = target[len(name) + 1 :]
+        if not key.isidentifier():
+            raise ValueError(f"--scorer-option {item!r}: {key!r} is not an option name")
+        options.setdefault(name, {})[key] = parse_option_value(value)
+    return options
+
+
+def build_scorers(
+    names: Sequence[str],
+    options: dict[str, dict[str, object]] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    batch_size: int | None = None,
+) -> list[Scorer]:
+    """Instantiate each named scorer with the shared device/dtype/batch size (when given) and its own options.
+
+    A failing constructor (missing weights, an option it does not take...) becomes a ValueError
+    naming the scorer and the options it was given.
+    """
+    check_scorer_names(names)
+    shared = {k: v for k, v in (("device", device), ("dtype", dtype), ("batch_size", batch_size)) if v is not None}
+    scorers = []
+    for name in names:
+        kwargs = {**shared, **(options or {}).get(name, {})}
+        try:
+            scorers.append(build_scorer(name, **kwargs))
+        except TypeError as error:
+            unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+            if unexpected:
+                raise ValueError(f"scorer {name!r} has no option {unexpected.group(1)!r} ({error})") from error
+            raise ValueError(f"cannot build scorer {name!r} with {kwargs}: TypeError: {error}") from error
+        except Exception as error:
+            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no options"
+            raise ValueError(
+                f"cannot build scorer {name!r} ({shown}): {type(error).__name__}: {error}\n"
+                f"(constructor options are passed with --scorer-option {name}.KEY=VALUE, e.g. a local weights path)"
+            ) from error
+    return scorers
+
+
+@dataclass
+class ScoreRun:
+    """The outcome of scoring: per scorer one float per item (NaN where it failed), per item its errors."""
+
+    items: list[ImageItem]
+    scorer_names: list[str]
+    tags: dict[str, dict]  # per scorer: scale, logit_scale, dtype, device (what the numbers mean)
+    scores: dict[str, np.ndarray]
+    errors: list[list[str]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def error_of(self, index: int) -> str | None:
+        """Every problem of item `index`, joined by '; ', or None."""
+        return "; ".join(self.errors[index]) or None
+
+    @property
+    def failed(self) -> list[int]:
+        """Indices of the items with at least one error."""
+        return [i for i, errors in enumerate(self.errors) if errors]
+
+    def rows(self) -> tuple[list[str], list[dict]]:
+        """Per-image rows: file, (row, image for pair tables), prompt, one column per scorer, error."""
+        pairs = any(item.row is not None for item in self.items)
+        columns = ["file", *(["row", "image"] if pairs else []), "prompt", *self.scorer_names, "error"]
+        rows = []
+        for i, item in enumerate(self.items):
+            row: dict[str, object] = {"file": item.file}
+            if pairs:
+                row.update(row=item.row, image=item.image)
+            row["prompt"] = item.prompt
+            for name in self.scorer_names:
+                value = self.scores[name][i]
+                row[name] = float(value) if np.isfinite(value) else None
+            row["error"] = self.error_of(i)
+            rows.append(row)
+        return columns, rows
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
+
+
+def _call(scorer: Scorer, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+    with torch.no_grad():
+        result = scorer.score(images, prompts)
+    values = torch.as_tensor(result).detach().cpu().double().reshape(-1).numpy()
+    if len(values) != len(images):
+        raise ValueError(f"returned {len(values)} scores for {len(images)} images")
+    return values
+
+
+def score_images(scorer: Scorer, images: list[Image.Image], prompts: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """One scorer's scores for a list of images (NaN where it failed) and each image's error.
+
+    The whole list is scored in one call; if that fails, images of equal size are scored together
+    (scorers that stack a tensor need that), and a failing group is halved until the failing images
+    are isolated.
+    """
+    values = np.full(len(images), np.nan)
+    errors: list[str | None] = [None] * len(images)
+
+    def attempt(indices: list[int], by_size: bool) -> None:
+        try:
+            values[indices] = _call(scorer, [images[i] for i in indices], [prompts[i] for i in indices])
+            return
+        except Exception as error:  # noqa: BLE001  (any failure of a scorer call is retried on fewer images)
+            if len(indices) == 1:
+                errors[indices[0]] = f"{scorer.name}: {_describe(error)}"
+                return
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in indices:
+            groups.setdefault(images[i].size, []).append(i)
+        if by_size and len(groups) > 1:
+            parts = list(groups.values())
+        else:
+            parts = [indices[: len(indices) // 2], indices[len(indices) // 2 :]]
+        for part in parts:
+            attempt(part, False)
+
+    attempt(list(range(len(images))), True)
+    for i, value in enumerate(values):
+        if errors[i] is None and not np.isfinite(value):
+            errors[i] = f"{scorer.name}: non-finite score ({value})"
+            values[i] = np.nan
+    return values, errors
+
+
+def scorer_tags(scorer: Scorer) -> dict:
+    """What a scorer's numbers mean and how they were computed: scale, logit_scale, dtype, device."""
+    tags: dict[str, object] = {"scale": str(getattr(scorer, "scale", ""))}
+    if getattr(scorer, "logit_scale", None) is not None:
+        tags["logit_scale"] = float(scorer.logit_scale)
+    for key in ("dtype", "device"):
+        if getattr(scorer, key, None) is not None:
+            tags[key] = str(getattr(scorer, key)).replace("torch.", "")
+    return tags
+
+
+class ScorerFailure(ValueError):
+    """A scorer failed on every image of the first batch: stop instead of failing on every image."""
+
+
+def score_items(
+    items: Sequence[ImageItem], scorers: Sequence[Scorer], batch_size: int = DEFAULT_CHUNK, progress: bool = True
+) -> ScoreRun:
+    """Score every item with every scorer, `batch_size` images per call; each failure becomes an item error.
+
+    Raises `ScorerFailure` when a scorer fails on all images of the first batch and more remain (a
+    wrong scorer for these prompts, missing weights...). Ctrl-C stops the run: the returned
+    `ScoreRun` has `interrupted` set and the unscored items say so, so the caller can still save it.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    items = list(items)
+    names = [s.name for s in scorers]
+    run = ScoreRun(
+        items=items,
+        scorer_names=names,
+        tags={s.name: scorer_tags(s) for s in scorers},
+        scores={name: np.full(len(items), np.nan) for name in names},
+        errors=[[item.error] if item.error else [] for item in items],
+    )
+    first_batch = True
+    bar = tqdm(total=len(items), desc=f"scoring ({', '.join(names)})", unit="image", disable=not progress)
+    start = 0
+    try:
+        with bar:
+            for start in range(0, len(items), batch_size):
+                indices, images = [], []
+                for i in range(start, min(start + batch_size, len(items))):
+                    if items[i].load is None or run.errors[i]:
+                        continue
+                    try:
+                        images.append(items[i].load())
+                        indices.append(i)
+                    except Exception as error:  # noqa: BLE001  (one unreadable image must not stop the run)
+                        run.errors[i].append(_describe(error))
+                prompts = [items[i].prompt or "" for i in indices]
+                for scorer in scorers if images else ():
+                    values, errors = score_images(scorer, images, prompts)
+                    run.scores[scorer.name][indices] = values
+                    for i, error in zip(indices, errors):
+                        if error:
+                            run.errors[i].append(error)
+                    more = start + batch_size < len(items)
+                    if first_batch and more and all(errors):
+                        raise ScorerFailure(
+                            f"scorer {scorer.name!r} failed on all {len(images)} images of the first batch, e.g. "
+                            f"{items[indices[0]].where}: {errors[0]}; stopped before scoring the rest"
+                        )
+                first_batch = first_batch and not images
+                bar.update(min(batch_size, len(items) - start))
+    except KeyboardInterrupt:
+        run.interrupted = True
+        for i in range(start, len(items)):
+            if not run.errors[i] and any(np.isnan(run.scores[name][i]) for name in names):
+                run.errors[i].append("not scored: interrupted")
+    return run
+
+
+@dataclass
+class ScoreSummary:
+    """Statistics of one scorer's scores over the images it scored, with the unit they are in."""
+
+    scorer: str
+    scale: str
+    dtype: str | None
+    device: str | None
+    n: int
+    failed: int
+    mean: float
+    std: float  # sample standard deviation (n - 1); NaN for fewer than 2 scores
+    median: float
+    min: float
+    max: float
+
+    def as_dict(self) -> dict:
+        """The fields as a dict, NaN as None (valid JSON)."""
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def summarize(run: ScoreRun) -> list[ScoreSummary]:
+    """n, failures, mean, std, median, min and max of each scorer's finite scores."""
+    out = []
+    for name in run.scorer_names:
+        values = run.scores[name][np.isfinite(run.scores[name])]
+        nan = float("nan")
+        stats = (
+            (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else nan, float(np.median(values)),
+             float(values.min()), float(values.max()))
+            if len(values) else (nan,) * 5
+        )
+        tags = run.tags[name]
+        failed = len(run.items) - len(values)
+        out.append(ScoreSummary(name, tags["scale"], tags.get("dtype"), tags.get("device"), len(values), failed, *stats))
+    return out
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] | None = None) -> str:
+    """An aligned text table, columns two spaces apart: the `left` columns (default: the first and the
+    last) left-aligned, the others right-aligned."""
+    left = (0, len(header) - 1) if left is None else left
+    widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
+    lines = []
+    for r in (header, *rows):
+        cells = [str(v).ljust(w) if c in left else str(v).rjust(w) for c, (v, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.4f}"
+
+
+def format_summary(summaries: Sequence[ScoreSummary]) -> str:
+    """The summary as an aligned text table, one line per scorer, its scale last."""
+    header = ("scorer", "n", "failed", "mean", "std", "median", "min", "max", "scale")
+    rows = [
+        (s.scorer, str(s.n), str(s.failed), *(_number(v) for v in (s.mean, s.std, s.median, s.min, s.max)), s.scale)
+        for s in summaries
+    ]
+    return format_table(header, rows)
+
+
+def summary_json(summaries: Sequence[ScoreSummary]) -> str:
+    """The summaries as a JSON object keyed by scorer name."""
+    return json.dumps({s.scorer: s.as_dict() for s in summaries}, indent=2)

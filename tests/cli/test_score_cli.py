@@ -1,0 +1,179 @@
+import json
+import random
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffalign.cli.main import main
+from diffalign.data.pairs import write_pair_table
+from diffalign.evaluation.score_files import read_scorer_summaries, read_scores
+from diffalign.evaluation.winrate import wilson_interval
+from diffalign.synthetic.domain import COLOURS, SHAPES, random_spec
+from diffalign.synthetic.render import render
+
+
+def render_scene(seed: int, size: int = 32) -> tuple[Image.Image, str]:
+    rng = random.Random(seed)
+    spec = random_spec(rng)
+    image = Image.fromarray(render(spec, rng)[0])
+    return (image if size == 32 else image.resize((size, size), Image.BICUBIC)), spec.caption
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    """Three rendered scenes (32 and 64 px) with prompts in metadata.jsonl."""
+    root = tmp_path / "samples"
+    root.mkdir()
+    lines = []
+    for i, size in enumerate([32, 64, 32]):
+        image, caption = render_scene(i, size)
+        image.save(root / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "prompt": caption}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_folder_with_mixed_sizes_scores_everything_exit_0(image_folder: Path, tmp_path: Path, capsys):
+    out = tmp_path / "scores.json"
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(out), "--no-progress"]) == 0
+    rows = read_scores(out)
+    assert [Path(r["file"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    assert all(r["error"] is None and 0.5 < r["shapes"] <= 1 for r in rows)  # rendered scenes meet their captions
+    summary = read_scorer_summaries(out)["shapes"]
+    assert summary["n"] == 3 and summary["scale"] == "mean attribute score in [0, 1]"
+    assert summary["mean"] == pytest.approx(np.mean([r["shapes"] for r in rows]))
+    printed = capsys.readouterr().out
+    assert "mean attribute score in [0, 1]" in printed and f"scores of 3 image(s) in {out}" in printed
+
+
+def test_corrupt_and_non_image_files_are_reported_and_the_rest_scored(image_folder: Path, tmp_path: Path, capsys):
+    (image_folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\ntruncated")
+    (image_folder / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+    with (image_folder / "metadata.jsonl").open("a") as f:
+        f.write(json.dumps({"file_name": "corrupt.png", "prompt": "a red circle on a blue background"}) + "\n")
+    out = tmp_path / "scores.csv"
+    code = main(["score", str(image_folder), "--scorer", "shapes", "--out", str(out), "--no-progress"])
+    assert code == 1
+    rows = {Path(r["file"]).name: r for r in read_scores(out)}
+    assert set(rows) == {"0.png", "1.png", "2.png", "corrupt.png", "clip.mp4"}
+    assert all(rows[f"{i}.png"]["shapes"] is not None and rows[f"{i}.png"]["error"] is None for i in range(3))
+    assert rows["corrupt.png"]["shapes"] is None and "cannot read image" in rows["corrupt.png"]["error"]
+    assert rows["clip.mp4"]["shapes"] is None and "not a supported image type ('.mp4')" in rows["clip.mp4"]["error"]
+    err = capsys.readouterr().err
+    assert "2 image(s) could not be scored" in err
+    assert f"{image_folder / 'corrupt.png'}: cannot read image" in err and "clip.mp4: not a supported image type" in err
+
+
+def test_files_with_prompt_option_or_sidecars(tmp_path: Path, capsys):
+    image, caption = render_scene(0)
+    image.save(tmp_path / "x.png")
+    assert main(["score", str(tmp_path / "x.png"), "--prompt", caption, "--scorer", "shapes", "--no-progress"]) == 0
+    with_prompt = capsys.readouterr().out
+    (tmp_path / "x.txt").write_text(caption)
+    assert main(["score", str(tmp_path / "x.png"), "--scorer", "shapes", "--no-progress"]) == 0
+    with_sidecar = capsys.readouterr().out
+    assert with_prompt == with_sidecar and f"{tmp_path / 'x.png'}  " in with_sidecar  # per-image line without --out
+
+
+def test_images_without_prompts_are_a_usage_error_saying_how(tmp_path: Path, capsys):
+    render_scene(0)[0].save(tmp_path / "x.png")
+    assert main(["score", str(tmp_path), "--scorer", "shapes", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no prompt for any of the 1 image(s)" in err and '--prompt ""' in err and "x.txt" in err
+
+
+def test_usage_errors_exit_2(image_folder: Path, tmp_path: Path, capsys):
+    assert main(["score", str(image_folder), "--scorer", "shapse"]) == 2
+    assert "unknown scorer 'shapse'; did you mean 'shapes'?" in capsys.readouterr().err
+    assert main(["score", str(image_folder)]) == 2
+    assert "choose the scorer(s) with --scorer" in capsys.readouterr().err
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--scorer-option", "shapes.colour=red"]) == 2
+    assert "scorer 'shapes' has no option 'colour'" in capsys.readouterr().err
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(tmp_path / "s.xlsx")]) == 2
+    assert "unknown output type '.xlsx'" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "missing"), "--scorer", "shapes"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--tie-aware", "0.1"]) == 2
+    assert "--tie-aware applies to --pairs" in capsys.readouterr().err
+
+
+def wrong_spec(spec, rng: random.Random):
+    """The same scene with another shape colour and another shape: clearly worse for the caption."""
+    colour = rng.choice([c for c in COLOURS if c not in (spec.colour, spec.background)])
+    return replace(spec, colour=colour, shape=rng.choice([s for s in SHAPES if s != spec.shape]))
+
+
+def pick_a_pic_table(path: Path) -> dict:
+    """Pairs whose better image is known: 8 labelled right, 3 mislabelled, 1 pair of identical images
+    (a score tie), 2 human ties and 1 pair with undecodable bytes."""
+    rng = random.Random(0)
+    rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": []}
+    kinds = ["right"] * 8 + ["mislabelled"] * 3 + ["same", "human tie", "human tie", "corrupt"]
+    for i, kind in enumerate(kinds):
+        spec = random_spec(rng)
+        good = render(spec, rng)[0]
+        bad = render(wrong_spec(spec, rng), rng)[0]
+        good_first = i % 2 == 0
+        first, second = (good, bad) if good_first else (bad, good)
+        label_0 = float(good_first)
+        if kind == "mislabelled":
+            label_0 = 1 - label_0
+        elif kind == "same":
+            second = first
+        elif kind == "human tie":
+            label_0 = 0.5
+        elif kind == "corrupt":
+            second = b"not an image"
+        rows["caption"].append(spec.caption)
+        rows["jpg_0"].append(first)
+        rows["jpg_1"].append(second)
+        rows["label_0"].append(label_0)
+        rows["label_1"].append(1 - label_0)
+    write_pair_table(path, rows)
+    return {"agreed": 8, "disagreed": 3, "score_ties": 1, "label_ties": 2, "unscored": 1}
+
+
+def test_pairs_agreement_of_shapes_with_known_labels(tmp_path: Path, capsys):
+    table = tmp_path / "pairs.parquet"
+    expected = pick_a_pic_table(table)
+    out = tmp_path / "agreement.json"
+    code = main(["score", "--pairs", str(table), "--scorer", "shapes", "--tie-aware", "0,1", "--out", str(out), "--no-progress"])
+    assert code == 1  # the corrupt pair
+    report = json.loads(out.read_text())
+    result = report["scorers"]["shapes"]
+    assert {key: result[key] for key in expected} == expected
+    assert result["n"] == 11 and result["accuracy"] == pytest.approx(8 / 11)
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(wilson_interval(8, 11))
+    assert report["rows"] == 15 and report["label_ties"] == 2 and report["decided"] == 13
+    assert [(e["row"], e["image"]) for e in report["errors"]] == [(14, "jpg_1")]
+    strict, everything_tied = result["tie_aware"]
+    assert everything_tied["threshold"] == 1 and everything_tied["predicted_ties"] == everything_tied["pairs"] == 14
+    # every prediction a tie: 0.5 per decided pair, 1 per human tie
+    assert everything_tied["credit"] == pytest.approx(12 * 0.5 + 2 * 1)
+    assert strict["pairs"] == 14 and strict["predicted_ties"] == 1  # the identical pair
+    assert strict["credit"] == pytest.approx(8 + 0.5 + 2 * 0.5)
+    printed = capsys.readouterr()
+    assert "72.7 %" in printed.out and "2 human ties" in printed.out
+    assert "pairs.parquet row 14 jpg_1: " in printed.err
+
+
+def test_folder_of_pair_shards_as_plain_input_scores_both_images(tmp_path: Path):
+    pick_a_pic_table(tmp_path / "shards" / "part-0.parquet")
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", str(tmp_path / "shards"), "--scorer", "shapes", "--out", str(out), "--no-progress"]) == 1
+    rows = read_scores(out)
+    assert len(rows) == 30 and [(r["row"], r["image"]) for r in rows[:2]] == [(0, "jpg_0"), (0, "jpg_1")]
+    assert rows[0]["shapes"] > rows[1]["shapes"]  # row 0 has the right image first
+
+
+def test_score_help_lists_scorers_and_exit_codes():
+    out = subprocess.run(
+        [sys.executable, "-m", "diffalign.cli.main", "score", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "usage: diffalign score" in out and "shapes" in out.split("scorers:")[1]
+    assert "exit status: 0" in out and "--scorer-option NAME.KEY=VALUE" in out
