@@ -9,7 +9,7 @@ for _name, _target in {
     "hpsv2.1": "diffalign.rewards.hps:hpsv2_1",
     "clip": "diffalign.rewards.clip_score:ClipScore",
     "aesthetic": "diffalign.rewards.aesthetic:AestheticScore",
-    "imagereward": "diffalign.rewards.imagereward:ImageReward",
+    "imagereward": "diffalign.rewards.imagereward:ImageRewardScorer",
 }.items():
     register_lazy(_name, _target)
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .base import (
     ImageBatch,
@@ -26,26 +25,13 @@ from .base import (
     resolve_dtype,
     to_pil_images,
 )
+from .heads import linear_head
 from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor
 from .weights import WeightsNotFound, read_state_dict, url_file
 
 HEAD_URL = (
     "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
 )
-
-
-def linear_head(widths: Sequence[int], dropouts: Sequence[float]) -> nn.Sequential:
-    """Linear layers widths[0] -> ... -> widths[-1] with dropout after the first len(dropouts), no activations.
-
-    With widths (768, 1024, 128, 64, 16, 1) and dropouts (0.2, 0.2, 0.1) this is the aesthetic
-    predictor's and ImageReward's head: its linear layers sit at indices 0, 2, 4, 6, 7.
-    """
-    layers: list[nn.Module] = []
-    for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
-        layers.append(nn.Linear(width_in, width_out))
-        if i < len(dropouts):
-            layers.append(nn.Dropout(dropouts[i]))
-    return nn.Sequential(*layers)
 
 
 @register_scorer("aesthetic")

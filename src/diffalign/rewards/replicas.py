@@ -108,7 +108,7 @@ def save_hps_replica(
 
 def save_aesthetic_head(path: str | Path, width: int = 768, seed: int = 0) -> Path:
     """A random aesthetic head (`layers.{0,2,4,6,7}`) for `width`-d embeddings, saved as the .pth state dict is published."""
-    from .aesthetic import linear_head
+    from .heads import linear_head
 
     torch.manual_seed(seed)
     head = linear_head((width, 1024, 128, 64, 16, 1), (0.2, 0.2, 0.1))
