@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# GPU checks of the training engine, for one short session on a GPU machine (one H100, no network).
+#
+#   bash scripts/gpu_checks.sh                                   # on the GPU machine, from the repo root
+#   DIFFALIGN_GPU_CHECKS_CPU=1 GPUCHK_PYTHON=/tmp/tv/bin/python bash scripts/gpu_checks.sh   # CPU rehearsal
+#
+# What it checks, most valuable first (each its own time limit; a failure does not stop the others):
+#   env                versions, the GPU, whether xformers/bitsandbytes import; every planned run's config parses
+#   scorers            SLOT: scripts/benchmark_scorers.py, when that file exists (added by hand)
+#   fsdp-lora          accelerate launch --config_file configs/accelerate/fsdp.yaml (1 process) of diffalign train,
+#                      LoRA, bf16 mixed precision, bf16 frozen weights: straight run with checkpoints vs a run
+#                      resumed from its step-3 checkpoint; final weights and the step-6 checkpoints compared
+#                      (exact equality expected: deterministic kernels); also max |diff| against the same run
+#                      without FSDP
+#   fsdp-full          the same for full fine-tuning (lora.enabled=false)
+#   fp16-resume        fp16 mixed precision (GradScaler), one process: resume equality, scaler state in checkpoints
+#   adamw8bit-resume   train.optimizer=adamw8bit (full fine-tuning, so 8-bit states exist): resume equality
+#                      through get_state_dict/set_state_dict (skipped without bitsandbytes)
+#   offload-reference  SD1.5 architecture (random weights), full fine-tuning, 512 px, 1 pair, bf16: step time and
+#                      peak memory with the reference UNet on the GPU vs train.offload_reference=true
+#   sdxl-memory        SDXL architecture (random weights), LoRA, 1024 px, 1 pair, bf16: step time and peak memory
+#                      without / with gradient checkpointing / with checkpointing and the latent+text cache
+#   sd15-baseline      SD1.5 LoRA, 512 px, 4 pairs, fp16 (the README's row: 0.39 s/step, 11.1 GiB)
+#   xformers           train.attention=xformers vs sdpa on that SD1.5 run (skipped without xformers)
+#
+# Writes $OUT/gpu_checks.jsonl (one JSON object per check: name, ok [true/false/null=skipped], seconds,
+# figures, error tail) and $OUT/gpu_checks.log (everything the checks printed); prints one line per check.
+# The checks themselves are scripts/gpu_checks/checks.py; diffalign runs through scripts/gpu_checks/train_wrapper.py.
+#
+# Time: at most GPUCHK_TOTAL_BUDGET seconds (default 420, wheel install included); each check gets
+# min(its budget below, what is left) and is skipped when less than 20 s is left. Expected on an H100: ~5-6 min.
+# DIFFALIGN_GPU_CHECKS_CPU=1 rehearses the same command lines on the CPU with tiny sizes (no wheel install,
+# budgets x8): what needs CUDA is reported as skipped or not applicable there.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+
+CPU_MODE=${DIFFALIGN_GPU_CHECKS_CPU:-0}
+PY=${GPUCHK_PYTHON:-python3}
+OUT=${OUT:-/tmp/gpu_checks_out}
+export GPUCHK_WORK=${GPUCHK_WORK:-/tmp/gpu_checks_work}
+LOG=$OUT/gpu_checks.log
+RESULTS=$OUT/gpu_checks.jsonl
+if [ "$CPU_MODE" = 1 ]; then FACTOR=8; TOTAL_BUDGET=${GPUCHK_TOTAL_BUDGET:-3000}; else FACTOR=1; TOTAL_BUDGET=${GPUCHK_TOTAL_BUDGET:-420}; fi
+
+mkdir -p "$OUT"
+rm -rf "$GPUCHK_WORK" && mkdir -p "$GPUCHK_WORK"
+: >"$LOG"
+: >"$RESULTS"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export TQDM_MININTERVAL=2  # fewer progress-bar repaints in the log
+
+log() { echo "$*" | tee -a "$LOG"; }
+
+# ---- set-up: the carried wheels (diffusers, datasets, open_clip, ...) into /tmp/site; diffalign from src/ ----
+START=$(date +%s)  # the total budget counts from here
+if [ "$CPU_MODE" = 1 ]; then
+    export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+    setup_rc=0
+else
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >>"$LOG" 2>&1
+    setup_rc=$?
+    export PYTHONPATH=/tmp/site:$PWD/src
+    nvidia-smi >>"$LOG" 2>&1
+fi
+took=$(( $(date +%s) - START ))
+"$PY" scripts/gpu_checks/checks.py record --name setup --rc "$setup_rc" --seconds "$took" --log "$LOG" >>"$RESULTS"
+log "setup: wheel install rc=$setup_rc (${took}s); total budget ${TOTAL_BUDGET}s; log $LOG"
+
+# run_check NAME BUDGET_SECONDS COMMAND... : the command under `timeout`, output into the log, one result line.
+run_check() {
+    local name=$1 budget=$(( $2 * FACTOR )) now left limit offset t1 t2 ms rc skip=""
+    shift 2
+    now=$(date +%s)
+    left=$(( TOTAL_BUDGET - (now - START) ))
+    limit=$(( budget < left - 5 ? budget : left - 5 ))
+    offset=$(stat -c %s "$LOG")
+    echo "===== $name: limit ${limit}s, $(date -u +%H:%M:%S) UTC, ${left}s of the total left" >>"$LOG"
+    if [ "$limit" -lt 20 ]; then
+        rc=3; skip="the total budget of ${TOTAL_BUDGET}s is spent"; t1=0; t2=0
+    else
+        t1=$(date +%s%N)
+        GPUCHK_DEADLINE=$(( now + limit - 2 )) timeout -k 20 "$limit" "$@" >>"$LOG" 2>&1
+        rc=$?
+        t2=$(date +%s%N)
+    fi
+    ms=$(( (t2 - t1) / 1000000 ))
+    "$PY" scripts/gpu_checks/checks.py record --name "$name" --rc "$rc" --seconds "$((ms / 1000)).$(printf %03d $((ms % 1000)))" \
+        --figures "$GPUCHK_WORK/$name.figures.json" --log "$LOG" --log-offset "$offset" --limit "$limit" \
+        ${skip:+--skip-reason "$skip"} >>"$RESULTS"
+    local verdict=passed
+    case $rc in 0) ;; 3) verdict="skipped" ;; 124|137) verdict="TIMED OUT (rc=$rc)" ;; *) verdict="FAILED (rc=$rc)" ;; esac
+    log "----- $name: $verdict in $((ms / 1000))s"
+}
+
+CHECKS="$PY scripts/gpu_checks/checks.py"
+
+run_check env 40 $CHECKS env
+
+# ---- SLOT: scorer throughput benchmark, added by hand; keep it first after env (budget GPUCHK_SCORERS_BUDGET) ----
+#      (GPUCHK_SKIP_SCORERS=1 leaves it out; the CPU rehearsal runs its tiny smoke size)
+if [ -f scripts/benchmark_scorers.py ] && [ "${GPUCHK_SKIP_SCORERS:-0}" != 1 ]; then
+    if [ "$CPU_MODE" = 1 ]; then
+        run_check scorers 30 "$PY" scripts/benchmark_scorers.py --device cpu --size tiny --images 8 \
+            --out "$OUT/scorers.jsonl"
+    else
+        run_check scorers "${GPUCHK_SCORERS_BUDGET:-90}" \
+            "$PY" scripts/benchmark_scorers.py --device cuda --images 128 --out "$OUT/scorers.jsonl"
+    fi
+else
+    log "----- scorers: skipped (no scripts/benchmark_scorers.py, or GPUCHK_SKIP_SCORERS=1)"
+    "$PY" scripts/gpu_checks/checks.py record --name scorers --rc 3 --seconds 0 \
+        --skip-reason "no scripts/benchmark_scorers.py, or GPUCHK_SKIP_SCORERS=1" >>"$RESULTS"
+fi
+
+# ---- the full-size random-weight models (SD1.5, SDXL) are built in the background while the tiny-model
+#      checks run; the checks that time them wait for the build to end (nothing else on the GPU then) ----
+timeout 300 "$PY" scripts/gpu_checks/checks.py build-models sd15 sdxl >"$GPUCHK_WORK/build.log" 2>&1 &
+BUILD_PID=$!
+
+# ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
+run_check fsdp-lora          90 $CHECKS fsdp-lora
+run_check fsdp-full          60 $CHECKS fsdp-full
+run_check fp16-resume        50 $CHECKS fp16-resume
+run_check adamw8bit-resume   50 $CHECKS adamw8bit-resume
+run_check offload-reference 100 $CHECKS offload-reference
+run_check sdxl-memory       150 $CHECKS sdxl-memory
+run_check sd15-baseline      40 $CHECKS sd15-baseline
+run_check xformers           60 $CHECKS xformers
+
+kill "$BUILD_PID" 2>/dev/null  # still running only if every check that needed it was skipped
+{ echo "===== background model build"; cat "$GPUCHK_WORK/build.log"; } >>"$LOG"
+log "total $(( $(date +%s) - START ))s; results: $RESULTS"
+"$PY" scripts/gpu_checks/checks.py summary "$RESULTS" | tee -a "$LOG"
+exit 0
