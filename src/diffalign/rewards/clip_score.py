@@ -24,13 +24,7 @@ from .base import (
     resolve_dtype,
     to_pil_images,
 )
-from .hf_clip import (
-    batches,
-    image_embeddings,
-    load_clip_model,
-    load_clip_processor,
-    text_embeddings,
-)
+from .hf_clip import clip_cosines, load_clip_model, load_clip_processor
 
 SCALES = ("100*cos", "cos")
 
@@ -66,10 +60,5 @@ class ClipScore:
         """CLIP score of each image for its prompt, shape (N,), float32 on the CPU."""
         pil = to_pil_images(images)
         check_batch(pil, prompts)
-        out = []
-        for part in batches(len(pil), self.batch_size):
-            cos = (image_embeddings(self.model, self.image_processor, pil[part])
-                   * text_embeddings(self.model, self.tokenizer, prompts[part])).sum(-1)
-            out.append(cos.cpu())
-        cos = torch.cat(out) if out else torch.zeros(0)
+        cos = clip_cosines(self.model, self.image_processor, self.tokenizer, pil, prompts, self.batch_size)
         return cos * 100 if self.scale == "100*cos" else cos

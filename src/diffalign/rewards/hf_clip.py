@@ -85,6 +85,18 @@ def text_embeddings(model: CLIPModel, tokenizer: object, prompts: Sequence[str])
     return features[torch.tensor([index[p] for p in prompts], device=features.device)]
 
 
+def clip_cosines(
+    model: CLIPModel, processor: object, tokenizer: object, images: Sequence[Image.Image], prompts: Sequence[str],
+    batch_size: int,
+) -> torch.Tensor:
+    """cos(E_image(image_i), E_text(prompt_i)) for every pair, `batch_size` at a time; (N,) float32 on the CPU."""
+    out = [
+        (image_embeddings(model, processor, images[part]) * text_embeddings(model, tokenizer, prompts[part])).sum(-1).cpu()
+        for part in batches(len(images), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def batches(count: int, batch_size: int) -> list[slice]:
     """Consecutive slices of at most `batch_size` covering range(count)."""
     if batch_size < 1:

@@ -26,13 +26,7 @@ from .base import (
     resolve_dtype,
     to_pil_images,
 )
-from .hf_clip import (
-    batches,
-    image_embeddings,
-    load_clip_model,
-    load_clip_processor,
-    text_embeddings,
-)
+from .hf_clip import clip_cosines, load_clip_model, load_clip_processor
 
 SCALES = ("logit_scale*cos", "cos")
 
@@ -70,12 +64,7 @@ class PickScore:
         """PickScore of each image for its prompt, shape (N,), float32 on the CPU."""
         pil = to_pil_images(images)
         check_batch(pil, prompts)
-        out = []
-        for part in batches(len(pil), self.batch_size):
-            cos = (image_embeddings(self.model, self.image_processor, pil[part])
-                   * text_embeddings(self.model, self.tokenizer, prompts[part])).sum(-1)
-            out.append(cos.cpu())
-        cos = torch.cat(out) if out else torch.zeros(0)
+        cos = clip_cosines(self.model, self.image_processor, self.tokenizer, pil, prompts, self.batch_size)
         return cos * self.temperature if self.scale == "logit_scale*cos" else cos
 
     def preference(self, images: ImageBatch, prompt: str) -> torch.Tensor:
