@@ -42,7 +42,10 @@ def _save_images(images: np.ndarray, folder: Path) -> None:
 
 
 def compare_with_base(c: Comparison) -> dict:
-    """Generate every (prompt, seed) with the base and with base + LoRA, score both, write results.
+    """Generate every (prompt, seed) with the base and the tuned model, score both, write results.
+
+    The tuned model `c.lora` is a LoRA folder or LoRA run (loaded onto the base), a full fine-tuning
+    run (its `unet/` replaces the base's) or a whole pipeline folder (e.g. a fused on-policy round).
 
     Writes `results.json` (settings, mean/median scores, win/tie/loss with a 95 % Wilson interval of
     the win rate among non-tied pairs), `scores.csv` (one row per prompt and seed) and the images
@@ -53,7 +56,15 @@ def compare_with_base(c: Comparison) -> dict:
     texts, seeds = [p for p, _ in grid], [s for _, s in grid]
     pipe = load_pipeline(c.base, device=c.device)
     base_images = generate(pipe, texts, seeds, c.steps, c.guidance, c.size, c.batch_size)
-    pipe.load_lora_weights(c.lora)
+    tuned = Path(c.lora)
+    if (tuned / "model_index.json").is_file():  # a whole pipeline (e.g. a fused on-policy round)
+        pipe = load_pipeline(str(tuned), device=c.device)
+    elif (tuned / "unet" / "config.json").is_file():  # a full fine-tuning run
+        from diffusers import UNet2DConditionModel
+
+        pipe.unet = UNet2DConditionModel.from_pretrained(tuned / "unet").to(pipe.device, pipe.unet.dtype)
+    else:
+        pipe.load_lora_weights(c.lora)
     tuned_images = generate(pipe, texts, seeds, c.steps, c.guidance, c.size, c.batch_size)
 
     scorer = build_scorer(c.scorer, device=c.device)

@@ -1,0 +1,47 @@
+"""Merging a trained LoRA into its base model, written as a standalone diffusers pipeline folder.
+
+On-policy rounds (sample from the tuned model, label, train again) need the tuned model as a plain
+model: its own samples come from it, and the next round's reference is it. diffusers' own
+`fuse_lora` adds scale * B @ A to every adapted weight; the fused pipeline then generates what
+base + LoRA generates (up to float rounding) and loads anywhere, with no LoRA machinery.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..files import atomic_save
+from .loading import DTYPES, resolve_source
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def fuse_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0, dtype: str = "float32") -> Path:
+    """Write `base` with the LoRA of `lora` (a run's output_dir or a LoRA folder) fused in, to `out`.
+
+    The folder is written atomically (a temporary folder renamed into place) and records where it
+    came from in `fused_from.json`.
+    """
+    from diffusers import DiffusionPipeline
+
+    lora = Path(lora)
+    if not (lora / LORA_FILE).is_file():
+        raise FileNotFoundError(f"{lora / LORA_FILE} not found: give a `diffalign train` LoRA run or LoRA folder")
+    pipe = DiffusionPipeline.from_pretrained(resolve_source(base), dtype=DTYPES[dtype])
+    pipe.load_lora_weights(str(lora), adapter_name="tuned")
+    pipe.fuse_lora(lora_scale=scale, adapter_names=["tuned"])
+    pipe.unload_lora_weights()
+
+    out = Path(out)
+
+    def write(tmp: Path) -> Path:
+        folder = tmp / out.name
+        pipe.save_pretrained(folder, safe_serialization=True)
+        (folder / "fused_from.json").write_text(json.dumps({"base": base, "lora": str(lora), "scale": scale}, indent=2))
+        return folder
+
+    with torch.no_grad():
+        return atomic_save(out.parent, write)
