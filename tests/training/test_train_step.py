@@ -59,7 +59,7 @@ def test_full_finetune_dpo_uses_frozen_reference(tiny_models, pair_file, tmp_pat
 
 def test_ties_are_dropped_and_counted(pair_file, tiny_models, tmp_path, capsys):
     train(run_config(tiny_models["sd15"], pair_file, tmp_path / "r", "train.max_steps=1"))
-    assert "12 decided pairs (2 ties/undecided dropped)" in capsys.readouterr().out
+    assert "12 decided pairs (14 rows read, 12 kept, 2 dropped (2 tie))" in capsys.readouterr().out
 
 
 def test_dpo_fits_a_fixed_batch_of_the_demo(tmp_path):

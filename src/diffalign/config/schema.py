@@ -70,7 +70,8 @@ class DataConfig:
 
     path: str = cfg_field(
         DEMO_TRAIN_PAIRS,
-        "Parquet file, folder of parquet shards or glob, or a hub dataset id (yuvalkirstain/pickapic_v2).",
+        "Parquet file, folder of parquet shards or glob, a JSONL/CSV pairs file (or a folder with pairs.jsonl/.csv: "
+        "prompt, chosen, rejected image paths), or a hub dataset id (yuvalkirstain/pickapic_v2).",
     )
     split: str = cfg_field("train", "Dataset split to read.")
     resolution: int = cfg_field(32, "Training resolution: shorter side resized to it, then cropped square.", min=8)
@@ -102,7 +103,37 @@ class DataConfig:
     relabel_tie_tolerance: float = cfg_field(
         0.0, "With relabel_with: pairs whose two scores differ by at most this are ties and dropped.", min=0.0
     )
-    num_workers: int = cfg_field(0, "DataLoader worker processes.", min=0)
+    num_workers: int = cfg_field(0, "DataLoader worker processes (0 with data.streaming).", min=0)
+    require_different: bool = cfg_field(
+        False, "Drop rows whose are_different column is false (Pick-a-Pic's flag; Diffusion-DPO keeps them)."
+    )
+    dedupe: bool = cfg_field(
+        False,
+        "Drop rows whose two images have the same bytes, and repeats of an earlier row's caption with the same two "
+        "images (either order), compared by SHA-1 of the image bytes; reads every image once at load.",
+    )
+    dual_captions: bool = cfg_field(
+        False, "Require per-image captions caption_0/caption_1 (Pick-Double-Caption, DualCPO/pick-double-caption)."
+    )
+    validation_fraction: float = cfg_field(
+        0.0,
+        "Hold out this fraction of the captions (by a stable hash of the caption: every row of a caption on one "
+        "side, the same in every run); 0 = no split.",
+        min=0.0,
+        max=0.99,
+    )
+    subset: Literal["train", "validation"] = cfg_field(
+        "train", "With validation_fraction > 0: train on the 'train' or the 'validation' captions."
+    )
+    streaming: bool = cfg_field(
+        False,
+        "Read the data as a stream (datasets streaming=True): no download before the first step; filters on the "
+        "fly; no latent cache; resume re-reads the consumed part of the stream.",
+    )
+    shuffle_buffer: int = cfg_field(
+        0, "With streaming: shuffle shards and a buffer of this many rows, seeded by train.seed per epoch (0: file order).",
+        min=0,
+    )
 
 
 @variants("name")

@@ -2,7 +2,8 @@
 
 Schema (https://huggingface.co/datasets/yuvalkirstain/pickapic_v2): `caption`, `jpg_0`, `jpg_1`
 (encoded image bytes: JPEG or PNG), `label_0`, `label_1` (1/0 for a decided pair, 0.5/0.5 for a tie).
-Ties are dropped, as in Diffusion-DPO; the preferred image becomes the pair's winner.
+Ties are dropped, as in Diffusion-DPO (other filters: `data.filters`); the preferred image becomes
+the pair's winner. A pair whose image will not decode is skipped and reported, not fatal.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import torch
 from PIL import Image
 
 from ..paths import resolve_local
+from .filters import PairFilter
+from .local_pairs import load_local_pairs, local_pairs_file
 from .order import derive_seed
+from .skip_report import SkipReport
 from .transforms import prepare_image
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -43,22 +47,31 @@ def parquet_files(path: str) -> list[str] | None:
     return [str(local)]
 
 
-def load_pair_table(path: str, split: str = "train") -> datasets.Dataset:
-    """Load a Pick-a-Pic-schema table (local parquet or hub id) and check its columns."""
-    files = parquet_files(path)
-    if files is not None:
+def load_pair_table(path: str, split: str = "train", *, extra_columns: Sequence[str] = ()) -> datasets.Dataset:
+    """Load a Pick-a-Pic-schema table (local parquet, a JSONL/CSV pairs file, or a hub id) and check that
+    it has `REQUIRED_COLUMNS` and `extra_columns` (e.g. Pick-Double-Caption's caption_0, caption_1)."""
+    pairs_file = local_pairs_file(path) if resolve_local(path) is not None else None
+    if pairs_file is not None:
+        table = load_local_pairs(pairs_file)
+    elif (files := parquet_files(path)) is not None:
         table = datasets.load_dataset("parquet", data_files=files, split="train")
     elif path.startswith((".", "/", "~")) or Path(path).suffix:
         raise FileNotFoundError(f"data.path {path!r} not found")
     else:
         table = datasets.load_dataset(path, split=split)
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    check_columns(path, table.column_names, extra_columns)
+    return table
+
+
+def check_columns(path: str, found: Sequence[str], extra_columns: Sequence[str] = ()) -> None:
+    """Raise a ValueError naming the missing, expected and found columns unless `found` has them all."""
+    expected = [*REQUIRED_COLUMNS, *extra_columns]
+    missing = [c for c in expected if c not in found]
     if missing:
         raise ValueError(
             f"{path}: missing column(s) {missing}; expected the Pick-a-Pic v2 schema {list(REQUIRED_COLUMNS)} "
-            f"(+ label_1), found {table.column_names}"
+            f"(+ label_1){' and ' + str(list(extra_columns)) if extra_columns else ''}, found {list(found)}"
         )
-    return table
 
 
 def decided_rows(table: datasets.Dataset) -> list[int]:
@@ -122,6 +135,25 @@ class PairBatch:
         return len(self.captions)
 
 
+DUAL_CAPTION_COLUMNS = ("caption_0", "caption_1")
+
+
+def filter_rows(table: datasets.Dataset, pair_filter: PairFilter, batch_size: int = 1024) -> list[int]:
+    """Indices of the rows of `table` that `pair_filter` keeps, in order (its report counts the rest)."""
+    columns = [c for c in ("caption", "label_0", "are_different") if c in table.column_names]
+    if pair_filter.needs_images:
+        columns += ["jpg_0", "jpg_1"]
+    keep: list[int] = []
+    offset = 0
+    for chunk in table.select_columns(columns).iter(batch_size=batch_size):
+        n = len(chunk["label_0"])
+        for i in range(n):
+            if pair_filter.reason({c: chunk[c][i] for c in columns}) is None:
+                keep.append(offset + i)
+        offset += n
+    return keep
+
+
 class PreferencePairs(torch.utils.data.Dataset):
     """Decided pairs of a Pick-a-Pic-schema table, winner first, preprocessed for training.
 
@@ -129,6 +161,12 @@ class PreferencePairs(torch.utils.data.Dataset):
     the labels before ties are dropped, so a scorer can decide source ties and its own ties are
     dropped (counted in `dropped`). With `max_pairs`, only the first `max_pairs` rows are relabelled,
     so there may be fewer pairs than `max_pairs` once the scorer's ties are dropped.
+
+    `pair_filter` (default: ties and invalid labels only) decides which rows are pairs; its counts are
+    in `report`. A pair whose image does not decode is recorded in `skip_report` (a `SkipReport` or a
+    file path) and replaced by the next decodable pair in table order (wrapping around): a batch keeps
+    its size, and the replacement is a function of the key, so workers and resumed runs agree.
+    `dual_captions` requires Pick-Double-Caption's caption_0/caption_1 columns.
     """
 
     def __init__(
@@ -142,22 +180,28 @@ class PreferencePairs(torch.utils.data.Dataset):
         seed: int = 0,
         *,
         relabel: Callable[[datasets.Dataset, str], datasets.Dataset] | None = None,
+        pair_filter: PairFilter | None = None,
+        skip_report: SkipReport | str | Path | None = None,
+        dual_captions: bool = False,
     ) -> None:
         self.path = path
-        table = load_pair_table(path, split)
+        table = load_pair_table(path, split, extra_columns=DUAL_CAPTION_COLUMNS if dual_captions else ())
         if relabel is not None:
             if max_pairs is not None:
                 table = table.select(range(min(max_pairs, len(table))))
             table = relabel(table, source_key(path, split, max_pairs))
-        keep = decided_rows(table)
-        self.dropped = len(table) - len(keep)
+        self.filter = pair_filter or PairFilter()
+        keep = filter_rows(table, self.filter)
+        self.report = self.filter.report
+        self.dropped = self.report.total_dropped
         if max_pairs is not None:
             keep = keep[:max_pairs]
         if not keep:
-            raise ValueError(f"{path}: no decided pairs (label_0 in {{0, 1}}) among its rows")
+            raise ValueError(f"{path}: no pairs left after filtering ({self.report.describe()})")
         self.source = table  # every row, ties included (the latent cache is indexed by these rows)
         self.source_rows = keep
         self.table = table.select(keep)
+        self.skip_report = skip_report if isinstance(skip_report, SkipReport) else SkipReport(skip_report)
         self.resolution = resolution
         self.random_crop = random_crop
         self.random_flip = random_flip
@@ -170,18 +214,37 @@ class PreferencePairs(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """The pair at `index`, winner first; with an `(epoch, index)` key (see `data.order`), crop and
         flip are drawn from a generator seeded by (seed, epoch, index), so any worker or resumed run
-        prepares the same pixels."""
+        prepares the same pixels. An undecodable pair is reported and the next one served instead."""
         epoch, index = key if isinstance(key, tuple) else (None, key)
         generator = self.generator if epoch is None else torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
-        row = self.table[index]
+        first_error = ""
+        for offset in range(len(self)):
+            position = (index + offset) % len(self)
+            item, error = self._item(position, generator)
+            if item is not None:
+                return item
+            first_error = first_error or error
+        raise ValueError(f"{self.path}: no pair has two decodable images; first error: {first_error}")
+
+    def _item(self, position: int, generator: torch.Generator) -> tuple[dict | None, str]:
+        row = self.table[position]
+        source_row = self.source_rows[position]
         first = 0 if row["label_0"] == 1 else 1
-        images = [decode_image(row[f"jpg_{k}"], f"{self.path} row {index} jpg_{k}") for k in (first, 1 - first)]
+        images = []
+        for k in (first, 1 - first):
+            url = row.get(f"image_{k}_url")
+            where = f"{self.path} row {source_row} jpg_{k}" + (f" ({url})" if url else "")
+            try:
+                images.append(decode_image(row[f"jpg_{k}"], where))
+            except ValueError as error:
+                self.skip_report.record(source_row, f"jpg_{k}", str(error), row.get("ranking_id"))
+                return None, str(error)
         prepared = [
             prepare_image(im, self.resolution, self.random_crop, self.random_flip, generator) for im in images
         ]
         caption = row["caption"] or ""
         own = [row.get(f"caption_{k}") or caption for k in (first, 1 - first)]
-        return {"prepared": prepared, "caption": caption, "own_captions": own}
+        return {"prepared": prepared, "caption": caption, "own_captions": own}, ""
 
 
 def collate_pairs(items: Sequence[dict]) -> PairBatch:

@@ -24,7 +24,10 @@ from ..config.core import dump_yaml
 from ..config.schema import RunConfig
 from ..data.cache import CachedPairs, find_cache
 from ..data.order import EpochBatches
+from ..data.filters import PairFilter
 from ..data.pairs import PreferencePairs, collate_pairs
+from ..data.skip_report import SKIP_FILE, SkipReport, read_skipped
+from ..data.streaming import StreamingPairs
 from ..data.relabel import make_relabeller
 from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import attach_lora, save_lora
@@ -161,21 +164,53 @@ def prepare_unet(cfg: RunConfig, parts: DiffusionParts, needs_reference: bool, d
     return params, reference
 
 
-def build_dataset(cfg: RunConfig, device: torch.device | None = None) -> PreferencePairs:
-    """The decided pairs of `cfg.data`, relabelled by `data.relabel_with` (AI feedback) if set."""
+def filter_options(cfg: RunConfig) -> dict:
+    """The `PairFilter` keyword arguments of `cfg.data`."""
     d = cfg.data
+    return dict(require_different=d.require_different, dedupe=d.dedupe,
+                validation_fraction=d.validation_fraction, subset=d.subset)
+
+
+def build_dataset(
+    cfg: RunConfig,
+    device: torch.device | None = None,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    skip_report: str | Path | None = None,
+) -> PreferencePairs | StreamingPairs:
+    """The filtered pairs of `cfg.data` (a table, or with `data.streaming` this process's stream), relabelled
+    by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`."""
+    d = cfg.data
+    report = SkipReport(skip_report)
+    if d.streaming:
+        if d.relabel_with:
+            raise ValueError("data.relabel_with needs the whole table (scores are cached by row): set data.streaming=false")
+        if d.num_workers:
+            raise ValueError("data.streaming reads in the training process: set data.num_workers=0")
+        return StreamingPairs(
+            d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed,
+            filter_options=filter_options(cfg), skip_report=report, dual_captions=d.dual_captions,
+            shuffle_buffer=d.shuffle_buffer, rank=rank, world=world,
+        )
     relabel = None
     if d.relabel_with:
         relabel = make_relabeller(d.relabel_with, d.relabel_tie_tolerance, d.cache_dir, device=device)
     return PreferencePairs(
-        d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel
+        d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel,
+        pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=d.dual_captions,
     )
 
 
 def build_loader(
-    cfg: RunConfig, dataset: PreferencePairs | CachedPairs, rank: int = 0, world: int = 1, start: int = 0
+    cfg: RunConfig, dataset: PreferencePairs | CachedPairs | StreamingPairs, rank: int = 0, world: int = 1,
+    start: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """This process's endless stream of batches from global micro-step `start` on (see `data.order`)."""
+    """This process's endless stream of batches from global micro-step `start` on (see `data.order`; a
+    stream skips the `start * batch_size` pairs this process consumed)."""
+    if isinstance(dataset, StreamingPairs):
+        dataset.start = start * cfg.train.batch_size
+        return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, collate_fn=collate_pairs)
     sampler = EpochBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world, start)
     return torch.utils.data.DataLoader(
         dataset,
@@ -265,7 +300,12 @@ def train(cfg: RunConfig) -> TrainResult:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)
 
-    cache = find_cache(cfg.model, cfg.data)
+    if cfg.data.streaming and cfg.data.cache == "require":
+        raise ValueError(
+            "data.cache=require cannot apply to data.streaming=true (the latent cache is indexed by the rows of a "
+            "downloaded table): set data.cache=auto (encode on the fly) or data.streaming=false"
+        )
+    cache = None if cfg.data.streaming else find_cache(cfg.model, cfg.data)
     # LoRA leaves the UNet frozen: load it straight in the frozen dtype (no float32 copy of SDXL in memory)
     parts = load_parts(
         cfg.model,
@@ -278,9 +318,12 @@ def train(cfg: RunConfig) -> TrainResult:
     for frozen in (parts.vae, *parts.text_encoders):
         if frozen is not None:
             frozen.to(device)
+    skip_path = out_dir / SKIP_FILE
     with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
-        pairs_table = build_dataset(cfg, device)
-    dataset: PreferencePairs | CachedPairs = pairs_table if cache is None else CachedPairs(pairs_table, *cache)
+        if accelerator.is_main_process and resume_from is None:
+            skip_path.unlink(missing_ok=True)
+        pairs_table = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path)
+    dataset = pairs_table if cache is None else CachedPairs(pairs_table, *cache)
     empty = None if cache is None else cache[1].conditioning([""])
     lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
     optimizer = build_optimizer(params, cfg, lr)
@@ -308,8 +351,12 @@ def train(cfg: RunConfig) -> TrainResult:
     metrics_path = out_dir / METRICS_FILE
     if accelerator.is_main_process:
         print(f"model {parts.source} ({parts.family}, {parts.prediction_type}); objective {cfg.objective.name}")
+        if isinstance(dataset, StreamingPairs):
+            described = "streamed, filters applied on the fly (counts at the end)"
+        else:
+            described = f"{len(dataset)} decided pairs ({pairs_table.report.describe()})"
         print(
-            f"data {cfg.data.path}: {len(dataset)} decided pairs ({dataset.dropped} ties/undecided dropped); "
+            f"data {cfg.data.path}: {described}; "
             f"trainable parameters {n_trainable:,}"
             f" ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})"
         )
@@ -407,6 +454,12 @@ def train(cfg: RunConfig) -> TrainResult:
         metrics_log.close()
 
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if isinstance(dataset, StreamingPairs):
+            print(f"streamed data, epoch {dataset.epoch} so far on this process: {dataset.report.describe()}")
+        skipped = read_skipped(skip_path)
+        if skipped:
+            print(f"{len(skipped)} pair(s) skipped for undecodable images, listed in {skip_path}")
     weights = out_dir
     state_dict, _ = full_trainable_state(unet)  # every process: gathers FSDP shards
     if accelerator.is_main_process:
