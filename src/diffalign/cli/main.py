@@ -1,4 +1,4 @@
-"""The `diffalign` command line: train, cache, config, eval, score."""
+"""The `diffalign` command line: train, cache, config, eval, score, pairs, relabel, fuse, pipeline."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ from pathlib import Path
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
+from .fuse import add_fuse_parser
+from .pairs import add_pairs_parser
+from .pipeline import add_pipeline_parser
+from .relabel import add_relabel_parser
 from .score import add_score_parser
 
 DEMO_HELD_OUT_PROMPTS = "assets/demo/prompts_heldout.txt"
@@ -154,11 +158,12 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
 
     p = sub.add_parser(
         "eval",
-        help="compare a tuned LoRA against its base model",
+        help="compare a tuned model (LoRA, full fine-tuning or pipeline) against its base model",
         description="Generate with the base model and with base + LoRA on the same prompts and seeds, score "
         "both, and report mean scores and the tuned model's win/tie/loss against the base.",
     )
-    p.add_argument("run", help="output_dir of a training run (or a folder with pytorch_lora_weights.safetensors)")
+    p.add_argument("run", help="the tuned model: output_dir of a training run (LoRA or full fine-tuning), a LoRA folder, "
+                   "or a pipeline folder (e.g. from `diffalign fuse`; then give --base)")
     p.add_argument("--base", default=None, help="base model (default: model.pretrained of the run's config.yaml)")
     p.add_argument("--prompts", default=DEMO_HELD_OUT_PROMPTS, help="prompt file (.txt, .csv, .jsonl)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per prompt (0..N-1)")
@@ -176,6 +181,10 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     p.set_defaults(func=cmd_eval)
 
     add_score_parser(sub, scorer_names)
+    add_pairs_parser(sub)
+    add_relabel_parser(sub)
+    add_fuse_parser(sub)
+    add_pipeline_parser(sub)
     return parser
 
 

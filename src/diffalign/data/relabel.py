@@ -88,39 +88,52 @@ def score_pairs(
     return scores[0], scores[1]
 
 
-def relabel_table(
-    table: datasets.Dataset, scores_0: np.ndarray, scores_1: np.ndarray, tie_tolerance: float
-) -> tuple[datasets.Dataset, dict]:
-    """Replace `label_0`/`label_1` by the scores' verdict and add the scores as `ai_score_0`/`ai_score_1`.
-
-    The higher score wins (1/0 or 0/1); |s0 - s1| <= tie_tolerance is a tie (0.5/0.5). The stats
-    count `rows`, new `ties`, `decided` pairs, `flipped` pairs (decided both before and after, but
-    the other way), `ties_decided` (source ties or undecided rows that the scores decide), and
-    `agreement`: the fraction of pairs decided both before and after that keep their winner (None
-    when there are none).
-    """
-    scores_0 = np.asarray(scores_0, dtype=np.float64).reshape(-1)
-    scores_1 = np.asarray(scores_1, dtype=np.float64).reshape(-1)
-    if not len(scores_0) == len(scores_1) == len(table):
-        raise ValueError(f"{len(scores_0)} and {len(scores_1)} scores for a table of {len(table)} rows")
+def decide_labels(scores_0: np.ndarray, scores_1: np.ndarray, tie_tolerance: float) -> np.ndarray:
+    """`label_0` decided by the scores: 1 or 0 for the higher score, 0.5 when |s0 - s1| <= tie_tolerance."""
     if tie_tolerance < 0:
         raise ValueError(f"tie_tolerance must be >= 0, got {tie_tolerance}")
+    scores_0 = np.asarray(scores_0, dtype=np.float64).reshape(-1)
+    scores_1 = np.asarray(scores_1, dtype=np.float64).reshape(-1)
     tie = np.abs(scores_0 - scores_1) <= tie_tolerance
-    label_0 = np.where(tie, 0.5, (scores_0 > scores_1).astype(np.float64))
+    return np.where(tie, 0.5, (scores_0 > scores_1).astype(np.float64))
 
-    original = np.asarray(table["label_0"], dtype=np.float64)
+
+def label_stats(original_label_0: np.ndarray, label_0: np.ndarray) -> dict:
+    """How new labels compare with the original ones: `rows`, new `ties`, `decided`, `flipped` (decided
+    both before and after, but the other way), `ties_decided` (source ties or undecided rows that the
+    new labels decide) and `agreement` (the fraction of pairs decided before and after that keep their
+    winner; None when there are none)."""
+    original = np.asarray(original_label_0, dtype=np.float64).reshape(-1)
+    label_0 = np.asarray(label_0, dtype=np.float64).reshape(-1)
+    tie = label_0 == 0.5
     was_decided = np.isin(original, (0.0, 1.0))
     both = was_decided & ~tie
     flipped = int((both & (original != label_0)).sum())
     compared = int(both.sum())
-    stats = {
-        "rows": len(table),
+    return {
+        "rows": len(label_0),
         "decided": int((~tie).sum()),
         "ties": int(tie.sum()),
         "flipped": flipped,
         "ties_decided": int((~was_decided & ~tie).sum()),
         "agreement": (compared - flipped) / compared if compared else None,
     }
+
+
+def relabel_table(
+    table: datasets.Dataset, scores_0: np.ndarray, scores_1: np.ndarray, tie_tolerance: float
+) -> tuple[datasets.Dataset, dict]:
+    """Replace `label_0`/`label_1` by the scores' verdict and add the scores as `ai_score_0`/`ai_score_1`.
+
+    The higher score wins (1/0 or 0/1); |s0 - s1| <= tie_tolerance is a tie (0.5/0.5). The stats
+    are `label_stats` of the original and the new labels.
+    """
+    scores_0 = np.asarray(scores_0, dtype=np.float64).reshape(-1)
+    scores_1 = np.asarray(scores_1, dtype=np.float64).reshape(-1)
+    if not len(scores_0) == len(scores_1) == len(table):
+        raise ValueError(f"{len(scores_0)} and {len(scores_1)} scores for a table of {len(table)} rows")
+    label_0 = decide_labels(scores_0, scores_1, tie_tolerance)
+    stats = label_stats(np.asarray(table["label_0"], dtype=np.float64), label_0)
 
     replaced = [c for c in ("label_0", "label_1", *SCORE_COLUMNS) if c in table.column_names]
     out = table.remove_columns(replaced)

@@ -1,0 +1,125 @@
+"""`diffalign pipeline`: run an end-to-end recipe (data -> train -> evaluate) written as a YAML file.
+
+A recipe is a list of steps, each one `diffalign` command line, with `{name}` variables:
+
+    description: two on-policy rounds on the embedded demo
+    vars: {out: runs/demo-rounds}
+    steps:
+      - name: round 1
+        run: train configs/demo/dpo.yaml train.output_dir={out}/round-1
+        creates: "{out}/round-1/pytorch_lora_weights.safetensors"
+
+Steps run in order, each in its own process. A step whose `creates` path exists is skipped, so a
+recipe that stopped (crash, Ctrl-C) resumes at the step that did not finish when it is run again.
+`key=value` arguments override `vars`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recipe step: a name, the diffalign arguments, and the path whose existence means it is done."""
+
+    name: str
+    args: list[str]
+    creates: Path | None
+
+
+def _substitute(text: str, values: dict[str, str], where: str) -> str:
+    try:
+        return string.Formatter().vformat(text, (), values)
+    except KeyError as error:
+        raise ValueError(f"{where}: unknown variable {{{error.args[0]}}}; defined: {', '.join(sorted(values))}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]]:
+    """The description and the steps of a recipe file, with `vars` and the `key=value` overrides substituted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} not found (the shipped ones are in pipelines/)")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    unknown = set(recipe) - {"description", "vars", "steps"}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; a recipe has description, vars, steps")
+    values = {str(k): str(v) for k, v in (recipe.get("vars") or {}).items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        if key not in values:
+            raise ValueError(f"override {key!r}: the recipe defines no such variable; defined: {', '.join(sorted(values))}")
+        values[key] = value
+    steps = []
+    for i, raw in enumerate(recipe.get("steps") or [], start=1):
+        where = f"{path} step {i}"
+        if not isinstance(raw, dict) or "run" not in raw:
+            raise ValueError(f"{where}: each step needs `run: <diffalign command line>`")
+        extra = set(raw) - {"name", "run", "creates"}
+        if extra:
+            raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; a step has name, run, creates")
+        args = shlex.split(_substitute(str(raw["run"]), values, where))
+        creates = raw.get("creates")
+        steps.append(Step(str(raw.get("name", args[0] if args else f"step {i}")), args,
+                          Path(_substitute(str(creates), values, where)) if creates else None))
+    if not steps:
+        raise ValueError(f"{path}: no steps")
+    return str(recipe.get("description", "")).strip(), steps
+
+
+def run_recipe(steps: list[Step], dry_run: bool = False) -> int:
+    """Run the steps not yet done, in order, each as `python -m diffalign.cli.main ARGS`; the first failure stops."""
+    for i, step in enumerate(steps, start=1):
+        line = "diffalign " + shlex.join(step.args)
+        if step.creates is not None and step.creates.exists():
+            print(f"[{i}/{len(steps)}] {step.name}: done already ({step.creates} exists), skipped", flush=True)
+            continue
+        print(f"[{i}/{len(steps)}] {step.name}: {line}", flush=True)
+        if dry_run:
+            continue
+        start = time.time()
+        code = subprocess.call([sys.executable, "-m", "diffalign.cli.main", *step.args])
+        if code != 0:
+            print(f"step {i} ({step.name}) failed with exit status {code}; fix it and run the recipe again: "
+                  "finished steps are skipped", file=sys.stderr)
+            return code
+        if step.creates is not None and not step.creates.exists():
+            print(f"step {i} ({step.name}) finished but did not create {step.creates}; check the recipe's `creates`",
+                  file=sys.stderr)
+            return 1
+        print(f"[{i}/{len(steps)}] {step.name}: finished in {(time.time() - start) / 60:.1f} min", flush=True)
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """Load the recipe, print its description, run it."""
+    description, steps = load_recipe(args.recipe, args.overrides)
+    if description:
+        print(description + "\n")
+    return run_recipe(steps, dry_run=args.dry_run)
+
+
+def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `pipeline` subcommand."""
+    p = sub.add_parser(
+        "pipeline",
+        help="run an end-to-end recipe (data -> train -> evaluate) from pipelines/",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  diffalign pipeline pipelines/demo-online-rounds.yaml out=runs/my-rounds --dry-run",
+    )
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a variable of the recipe's vars")
+    p.add_argument("--dry-run", action="store_true", help="print the steps (and which are done) without running them")
+    p.set_defaults(func=cmd_pipeline)

@@ -1,0 +1,470 @@
+"""AI-feedback preference pairs: K samples per prompt, scored, the best against the worst (or every clear pair).
+
+For prompt i of a list, a text-to-image model draws K images, image j from the noise of seed
+`image_seed(seed, i, j)`; one or several registered scorers score them against the prompt, and pairs
+are built from the combined score (`choose_pairs`). The pairs are written in the Pick-a-Pic v2
+schema (`caption`, `jpg_0`, `jpg_1` PNG bytes, `label_0`, `label_1`), the winner on a side drawn
+from (seed, i, pair), with every scorer's score per image (`score_<scorer>_0/1`), the combined score
+(`score_0/1`), `pref_prob_0` = P(image 0 preferred) under the combined Bradley-Terry model,
+`seed_0/1` and `model_0/1`.
+
+Combining scorers (`combine_scores`): a weighted sum of the raw scores. With one scorer the weight
+defaults to 1 (the combined score is that scorer's score, in its unit) and its `logit_scale` turns a
+score difference into a preference logit. With several scorers each weight defaults to that
+scorer's `logit_scale`, so the sum is in Bradley-Terry logits (each scorer a preference model of its
+own, multiplied together) and the combined logit scale is 1; given weights are used as they are, in
+logits per unit of each scorer. Raw rather than z-normalised scores: z-normalising needs statistics of
+the whole data set, which would make a prompt's pairs depend on the other prompts and on how far an
+interrupted run got.
+
+Resumable per prompt: each prompt's pairs are written atomically to `.pending/prompt-<i>.part`
+as soon as they exist, and gathered into shards of about `shard_size` rows (whole prompt groups);
+`progress.json` records the prompts whose pairs are in shards (see `data.resume`). A rerun with the
+same settings skips every prompt already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cards import write_dataset_card
+from .order import derive_seed
+from .pairs import encode_png, write_pair_table
+from .resume import from_ranges, open_progress, save_progress, shard_name, to_ranges
+
+STRATEGIES = ("best-worst", "margin")
+PENDING_DIR = ".pending"
+DEMO_GROUPS = 2400
+_IMAGE_KEY, _SIDE_KEY = 0, 1
+
+
+def demo_captions(groups: int = DEMO_GROUPS, seed: int = 0) -> list[str]:
+    """The demo's training captions: every training caption of the shapes world in a shuffled order,
+    reshuffled and repeated until there are `groups` (held-out captions never appear)."""
+    from ..synthetic.domain import split_specs
+
+    rng = random.Random(seed)
+    order = [s.caption for s in split_specs()[0]]
+    captions: list[str] = []
+    while len(captions) < groups:
+        rng.shuffle(order)
+        captions += order[: groups - len(captions)]
+    return captions
+
+
+def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
+    """The seed of image `image_index` of prompt `prompt_index`: a function of (seed, prompt, image) only."""
+    return derive_seed(seed, _IMAGE_KEY, prompt_index, image_index)
+
+
+def winner_first(seed: int, prompt_index: int, pair_index: int) -> bool:
+    """Whether pair `pair_index` of prompt `prompt_index` puts its winner in `jpg_0` (a fair coin from the seed)."""
+    return derive_seed(seed, _SIDE_KEY, prompt_index, pair_index) % 2 == 0
+
+
+def resolve_weights(
+    names: Sequence[str], logit_scales: Sequence[float], weights: Sequence[float] | None = None
+) -> tuple[list[float], float]:
+    """Each scorer's weight in the combined score and the combined score's logit scale (module docstring)."""
+    if weights is not None:
+        if len(weights) != len(names):
+            raise ValueError(f"--weights has {len(weights)} value(s) for {len(names)} scorer(s) ({', '.join(names)})")
+        weights = [float(w) for w in weights]
+    if len(names) == 1:
+        return (weights or [1.0]), float(logit_scales[0])
+    return (weights or [float(s) for s in logit_scales]), 1.0
+
+
+def combine_scores(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """The weighted sum of the scorers' scores, image by image (NaN where any scorer failed)."""
+    total = None
+    for name, weight in weights.items():
+        part = weight * np.asarray(scores[name], dtype=np.float64)
+        total = part if total is None else total + part
+    if total is None:
+        raise ValueError("no scorer to combine")
+    return total
+
+
+def choose_pairs(combined: np.ndarray, strategy: str = "best-worst", min_margin: float = 0.0) -> list[tuple[int, int]]:
+    """(winner, loser) image indices among one prompt's images, from their combined scores.
+
+    `best-worst`: the best and the worst image, one pair per prompt. `margin`: every pair of images,
+    best-scored pairs' order kept stable (by winner, then loser index). Either way a pair needs a
+    margin of at least `min_margin` and above 0 (equal scores make no winner); images without a
+    finite score take no part.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if min_margin < 0:
+        raise ValueError(f"min margin must be >= 0, got {min_margin}")
+    scores = np.asarray(combined, dtype=np.float64)
+    valid = [i for i in range(len(scores)) if np.isfinite(scores[i])]
+    if len(valid) < 2:
+        return []
+
+    def clear(w: int, l_: int) -> bool:
+        margin = scores[w] - scores[l_]
+        return margin > 0 and margin >= min_margin
+
+    if strategy == "best-worst":
+        best = max(valid, key=lambda i: scores[i])
+        worst = min(valid, key=lambda i: scores[i])
+        return [(best, worst)] if clear(best, worst) else []
+    pairs = []
+    for a_pos, a in enumerate(valid):
+        for b in valid[a_pos + 1 :]:
+            w, l_ = (a, b) if scores[a] >= scores[b] else (b, a)
+            if clear(w, l_):
+                pairs.append((w, l_))
+    return pairs
+
+
+def preference_of_first(combined_0: np.ndarray, combined_1: np.ndarray, logit_scale: float) -> np.ndarray:
+    """P(image 0 preferred) = sigmoid(logit_scale * (s_0 - s_1)), the two-candidate case of
+    `rewards.base.preference_probabilities`."""
+    import torch
+
+    from ..rewards.base import preference_probabilities
+
+    stacked = torch.as_tensor(np.stack([combined_0, combined_1], axis=-1), dtype=torch.float64)
+    return preference_probabilities(stacked, logit_scale)[..., 0].numpy()
+
+
+def group_rows(
+    caption: str,
+    images: Sequence[object],
+    scores: dict[str, np.ndarray],
+    combined: np.ndarray,
+    logit_scale: float,
+    seeds: Sequence[int],
+    model: str,
+    pairs: Sequence[tuple[int, int]],
+    sides: Sequence[bool],
+) -> dict[str, list]:
+    """The Pick-a-Pic-schema rows of one prompt's pairs; `sides[p]` puts pair p's winner in `jpg_0`."""
+    keys = ["caption", "jpg_0", "jpg_1", "label_0", "label_1"]
+    keys += [f"score_{name}_{k}" for name in scores for k in (0, 1)]
+    keys += ["score_0", "score_1", "pref_prob_0", "seed_0", "seed_1", "model_0", "model_1"]
+    rows: dict[str, list] = {key: [] for key in keys}
+    for (winner, loser), first in zip(pairs, sides):
+        order = (winner, loser) if first else (loser, winner)
+        rows["caption"].append(caption)
+        rows["label_0"].append(1.0 if first else 0.0)
+        rows["label_1"].append(0.0 if first else 1.0)
+        for k, i in enumerate(order):
+            rows[f"jpg_{k}"].append(images[i])
+            for name, values in scores.items():
+                rows[f"score_{name}_{k}"].append(float(values[i]))
+            rows[f"score_{k}"].append(float(combined[i]))
+            rows[f"seed_{k}"].append(int(seeds[i]))
+            rows[f"model_{k}"].append(model)
+        rows["pref_prob_0"].append(float(preference_of_first(combined[order[0]], combined[order[1]], logit_scale)))
+    return rows
+
+
+@dataclass
+class PairsJob:
+    """Everything `build_pairs` needs: what to make (settings that a resumed run must share) and how."""
+
+    prompts: list[str]
+    out: Path
+    model: str
+    scorers: list[str]
+    prompts_source: str = ""
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    scorer_options: dict[str, dict[str, object]] = field(default_factory=dict)
+    weights: list[float] | None = None
+    k: int = 4
+    steps: int = 20
+    guidance: float = 5.0
+    size: int | None = None
+    seed: int = 0
+    strategy: str = "best-worst"
+    min_margin: float = 0.0
+    shard_size: int = 1000
+    # run-time choices: they may change between a run and its resumption
+    max_prompts: int | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    scorer_dtype: str | None = None
+    batch_size: int = 32
+    overwrite: bool = False
+    progress: bool = True
+    command: str | None = None
+
+    def settings(self) -> dict:
+        """The choices that decide the data; a resumed run must use the same."""
+        digest = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16]
+        keep = ("model", "loras", "scorers", "scorer_options", "weights", "k", "steps", "guidance", "size", "seed",
+                "strategy", "min_margin", "shard_size")
+        data = asdict(self)
+        settings = {key: data[key] for key in keep}
+        settings["loras"] = [list(lora) for lora in self.loras]
+        settings.update(prompts=len(self.prompts), prompts_sha256=digest)
+        return json.loads(json.dumps(settings))
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first invalid choice."""
+        if not self.prompts:
+            raise ValueError(f"no prompts in {self.prompts_source or 'the prompt list'}")
+        if self.k < 2:
+            raise ValueError(f"--k must be at least 2 (images per prompt to compare), got {self.k}")
+        for name, value in (("--steps", self.steps), ("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"--max-prompts must be at least 1, got {self.max_prompts}")
+        choose_pairs(np.zeros(0), self.strategy, self.min_margin)
+
+
+def model_label(model: str, loras: Sequence[tuple[str, float]] = ()) -> str:
+    """How `model_0/1` name the generator: a local folder's name or the hub id, plus its LoRAs."""
+    local = Path(model).expanduser()
+    name = local.name if local.exists() else model
+    return "+".join([name, *(f"{Path(p).name}@{s:g}" for p, s in loras)])
+
+
+def load_generator(job: PairsJob):
+    """The job's pipeline with its LoRA adapters (diffusers' `load_lora_weights`) at their scales."""
+    from ..sampling.generate import load_pipeline
+
+    pipe = load_pipeline(job.model, device=job.device, dtype=job.dtype)
+    names = []
+    for n, (path, _) in enumerate(job.loras):
+        if not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"--lora {path}: not found")
+        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=f"lora{n}")
+        names.append(f"lora{n}")
+    if names:
+        pipe.set_adapters(names, adapter_weights=[s for _, s in job.loras])
+    return pipe
+
+
+def _part_path(out: Path, index: int) -> Path:
+    return out / PENDING_DIR / f"prompt-{index:08d}.part"
+
+
+def write_part(out: Path, index: int, rows: dict[str, list], stats: dict) -> Path:
+    """Write one prompt's pairs (images as PNG bytes) and its stats atomically as a pending part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = dict(rows)
+    for key in ("jpg_0", "jpg_1"):
+        columns[key] = [im if isinstance(im, bytes) else encode_png(im) for im in columns[key]]
+    table = pa.table(columns).replace_schema_metadata({"diffalign": json.dumps(stats)})
+    path = _part_path(out, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_part(path: Path) -> tuple[dict[str, list], dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    stats = json.loads((table.schema.metadata or {}).get(b"diffalign", b"{}"))
+    return table.to_pydict(), stats
+
+
+def _add_stats(totals: dict, stats: dict) -> None:
+    for key, value in stats.items():
+        totals[key] = totals.get(key, 0) + value
+
+
+def flush_parts(out: Path, state: dict, shard_size: int, final: bool) -> None:
+    """Gather pending parts (in prompt order) into shards of about `shard_size` rows (whole prompts;
+    with `final`, the remainder too), each written before `progress.json` names it."""
+    done = from_ranges(state.setdefault("done", []))
+    parts = []
+    for path in sorted((out / PENDING_DIR).glob("prompt-*.part")):
+        if int(path.stem.split("-")[1]) in done:  # recorded before a crash kept it from being deleted
+            path.unlink()
+        else:
+            parts.append(path)
+    import pyarrow.parquet as pq
+
+    batch: list[Path] = []
+    rows = 0
+    for n, path in enumerate(parts):
+        batch.append(path)
+        rows += pq.read_metadata(path).num_rows
+        if rows >= shard_size or (final and n == len(parts) - 1):
+            _write_shard(out, state, batch)
+            batch, rows = [], 0
+
+
+def _write_shard(out: Path, state: dict, parts: list[Path]) -> None:
+    merged: dict[str, list] = {}
+    totals = state.setdefault("totals", {})
+    for path in parts:
+        rows, stats = _read_part(path)
+        _add_stats(totals, stats)
+        if not rows or not len(next(iter(rows.values()))):
+            continue
+        for key, values in rows.items():
+            merged.setdefault(key, []).extend(values)
+    if merged:
+        name = shard_name(len(state["shards"]))
+        write_pair_table(out / name, merged)
+        state["shards"].append({"file": name, "rows": len(merged["caption"])})
+    indices = [int(p.stem.split("-")[1]) for p in parts]
+    state["done"] = to_ranges(sorted(from_ranges(state["done"]) | set(indices)))
+    save_progress(out, state)
+    for path in parts:
+        path.unlink()
+
+
+def _score_all(scorers: Sequence, images: list[Image.Image], prompts: list[str], first: bool) -> dict[str, np.ndarray]:
+    from ..evaluation.scoring import score_images
+
+    scores = {}
+    for scorer in scorers:
+        values, errors = score_images(scorer, images, prompts)
+        if first and all(errors):
+            raise ValueError(f"scorer {scorer.name!r} failed on every image of the first batch, e.g.: {errors[0]}")
+        scores[scorer.name] = values
+    return scores
+
+
+@dataclass
+class PairsResult:
+    """What `build_pairs` did: the output folder, the prompts done in this run and the totals so far."""
+
+    out: Path
+    prompts_done_now: int
+    totals: dict
+    shards: list[dict]
+    complete: bool
+
+
+def build_pairs(job: PairsJob) -> PairsResult:
+    """Generate, score and pair the images of every prompt not done yet (up to `max_prompts`), write
+    shards and the dataset card; see the module docstring for the layout and the resumption rules."""
+    from ..evaluation.scoring import build_scorers
+
+    job.check()
+    out = Path(job.out)
+    if job.overwrite:
+        shutil.rmtree(out / PENDING_DIR, ignore_errors=True)
+    state = open_progress(out, job.settings(), job.overwrite)
+    flush_parts(out, state, job.shard_size, final=False)  # parts a crashed run left
+    target = min(len(job.prompts), job.max_prompts or len(job.prompts))
+    pending = {int(p.stem.split("-")[1]) for p in (out / PENDING_DIR).glob("prompt-*.part")}
+    done = from_ranges(state.get("done", [])) | pending
+    todo = [i for i in range(target) if i not in done]
+
+    start = time.time()
+    if todo:
+        scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.scorer_dtype, job.batch_size)
+        weights, logit_scale = resolve_weights(job.scorers, [getattr(s, "logit_scale", 1.0) for s in scorers], job.weights)
+        state["scorers"] = {
+            s.name: {"scale": str(getattr(s, "scale", "")), "logit_scale": float(getattr(s, "logit_scale", 1.0)), "weight": w}
+            for s, w in zip(scorers, weights)
+        }
+        state["combined_logit_scale"] = logit_scale
+        pipe = load_generator(job)
+        _run(job, out, state, todo, pipe, scorers, dict(zip(job.scorers, weights)), logit_scale)
+    complete = _finish(job, out, state, target)
+    _write_card(job, out, state, complete, target, time.time() - start)
+    return PairsResult(out, len(todo), state.get("totals", {}), state["shards"], complete)
+
+
+def _run(job: PairsJob, out: Path, state: dict, todo: list[int], pipe, scorers, weights: dict, logit_scale: float) -> None:
+    from ..sampling.generate import generate
+
+    per_call = max(1, job.batch_size // job.k)
+    label = model_label(job.model, job.loras)
+    bar = tqdm(total=len(todo), desc=f"pairs ({', '.join(job.scorers)})", unit="prompt", disable=not job.progress)
+    with bar:
+        for chunk_start in range(0, len(todo), per_call):
+            chunk = todo[chunk_start : chunk_start + per_call]
+            texts = [job.prompts[i] for i in chunk for _ in range(job.k)]
+            seeds = [image_seed(job.seed, i, j) for i in chunk for j in range(job.k)]
+            arrays = generate(pipe, texts, seeds, job.steps, job.guidance, job.size, batch_size=job.batch_size)
+            images = [Image.fromarray(a) for a in arrays]
+            scores = _score_all(scorers, images, texts, first=chunk_start == 0)
+            combined = combine_scores(scores, weights)
+            for c, i in enumerate(chunk):
+                group = slice(c * job.k, (c + 1) * job.k)
+                pairs = choose_pairs(combined[group], job.strategy, job.min_margin)
+                sides = [winner_first(job.seed, i, p) for p in range(len(pairs))]
+                rows = group_rows(
+                    job.prompts[i], arrays[group], {n: v[group] for n, v in scores.items()}, combined[group],
+                    logit_scale, seeds[group], label, pairs, sides,
+                )
+                finite = combined[group][np.isfinite(combined[group])]
+                margins = [combined[group][w] - combined[group][l_] for w, l_ in pairs]
+                stats = {
+                    "prompts": 1, "pairs": len(pairs), "prompts_without_pairs": int(not pairs), "images": job.k,
+                    "images_failed": int(job.k - len(finite)), "score_sum": float(finite.sum()),
+                    "margin_sum": float(np.sum(margins)),
+                }
+                write_part(out, i, rows, stats)
+            flush_parts(out, state, job.shard_size, final=False)
+            bar.update(len(chunk))
+
+
+def _finish(job: PairsJob, out: Path, state: dict, target: int) -> bool:
+    """Gather the last parts into a final shard once every prompt up to `target` has its part."""
+    pending = {int(p.stem.split("-")[1]) for p in (out / PENDING_DIR).glob("prompt-*.part")}
+    if not all(i in pending or i in from_ranges(state.get("done", [])) for i in range(target)):
+        return False
+    flush_parts(out, state, job.shard_size, final=True)
+    shutil.rmtree(out / PENDING_DIR, ignore_errors=True)
+    return True
+
+
+def _write_card(job: PairsJob, out: Path, state: dict, complete: bool, target: int, seconds: float) -> None:
+    totals = state.get("totals", {})
+    pairs, images = totals.get("pairs", 0), totals.get("images", 0)
+    scored = images - totals.get("images_failed", 0)
+    details = {
+        "model": job.model,
+        "loras": [{"path": p, "scale": s} for p, s in job.loras],
+        "prompts": job.prompts_source,
+        "prompts_total": len(job.prompts),
+        "prompts_done": totals.get("prompts", 0),
+        "complete": complete and target == len(job.prompts),
+        "k": job.k, "steps": job.steps, "guidance": job.guidance, "size": job.size, "seed": job.seed,
+        "seeds": "image j of prompt i starts from the noise of derive_seed(seed, 0, i, j) "
+                 "(diffalign.data.build_pairs.image_seed), recorded in seed_0/seed_1",
+        "scorers": state.get("scorers", {}),
+        "combined_score": "sum of weight x score over the scorers (raw scores); score_0/score_1",
+        "combined_logit_scale": state.get("combined_logit_scale"),
+        "strategy": job.strategy, "min_margin": job.min_margin,
+        "pairs": pairs,
+        "prompts_without_pairs": totals.get("prompts_without_pairs", 0),
+        "images": images, "images_failed": totals.get("images_failed", 0),
+        "mean_score_of_samples": totals.get("score_sum", 0.0) / scored if scored else None,
+        "mean_margin": totals.get("margin_sum", 0.0) / pairs if pairs else None,
+        "shards": state["shards"],
+        "seconds_this_run": round(seconds, 1),
+    }
+    scorer_list = ", ".join(f"`{name}` ({info['scale']})" for name, info in details["scorers"].items()) or job.scorers
+    description = (
+        f"Preference pairs from AI feedback, made by `diffalign pairs`: for each prompt, `{model_label(job.model, job.loras)}` "
+        f"drew {job.k} images ({job.steps} steps, CFG {job.guidance}, recorded seeds), scored by {scorer_list}; "
+        f"pairs by the `{job.strategy}` strategy (combined-score margin at least {job.min_margin}), the winner on a "
+        "random side.\n\n"
+        "Columns: Pick-a-Pic v2 schema (`caption`, `jpg_0`, `jpg_1` PNG bytes, `label_0`, `label_1`) plus "
+        "`score_<scorer>_0/1` (each scorer), `score_0/1` (combined), `pref_prob_0` (P(image 0 preferred) = "
+        "sigmoid(combined_logit_scale x (score_0 - score_1)), SmPO's smoothed label), `seed_0/1`, `model_0/1`.\n\n"
+        "Train on it with `diffalign train data.path=<this folder>`."
+    )
+    write_dataset_card(out, "AI-feedback preference pairs", description, details, job.command, tags=("ai-feedback",))

@@ -1,0 +1,220 @@
+"""`diffalign relabel`: re-score a Pick-a-Pic-schema dataset and write it anew with the scores (and labels).
+
+Every row's `jpg_0` and `jpg_1` are scored against its caption by each scorer (robustly, as
+`diffalign score` does: an image that cannot be decoded or scored costs only its row, which is left
+out and listed). The new dataset keeps every original column and adds `score_<scorer>_0/1`, the
+combined score `score_0/1` (weighted sum, see `data.build_pairs`) and `pref_prob_0` = P(image 0
+preferred) = sigmoid(logit_scale x (score_0 - score_1)), SmPO's smoothed label. With
+`labels="scorer"` the labels are re-decided by the combined score (`data.relabel.decide_labels`,
+ties within the tolerance become 0.5/0.5): the AI-feedback variant of Diffusion-DPO; the original
+`label_0` is kept as `original_label_0`. Either way the agreement of the scorer with the original
+labels is counted (`data.relabel.label_stats`).
+
+Resumable by shard: shard n holds the rows [n x shard_size, (n+1) x shard_size) of the source that
+could be scored; each shard is written atomically before `progress.json` names it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .build_pairs import combine_scores, preference_of_first, resolve_weights
+from .cards import write_dataset_card
+from .pairs import source_key
+from .relabel import decide_labels, label_stats
+from .resume import open_progress, save_progress, shard_name
+
+LABEL_MODES = ("keep", "scorer")
+_COUNTS = ("rows", "decided", "ties", "flipped", "ties_decided", "compared")
+
+
+@dataclass
+class RelabelJob:
+    """What `relabel_dataset` reads, how it scores, and where it writes."""
+
+    source: str
+    out: Path
+    scorers: list[str]
+    scorer_options: dict[str, dict[str, object]] = field(default_factory=dict)
+    weights: list[float] | None = None
+    labels: str = "keep"
+    tie_tolerance: float = 0.0
+    shard_size: int = 1000
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 32
+    overwrite: bool = False
+    progress: bool = True
+    command: str | None = None
+
+    def check(self) -> None:
+        """Raise a ValueError naming the first invalid choice."""
+        if self.labels not in LABEL_MODES:
+            raise ValueError(f"unknown label mode {self.labels!r}; use one of {', '.join(LABEL_MODES)}")
+        if self.tie_tolerance < 0:
+            raise ValueError(f"--tie-tolerance must be >= 0, got {self.tie_tolerance}")
+        for name, value in (("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        sources = {Path(f).resolve().parent for f in _local_files(self.source)} | {Path(self.source).resolve()}
+        if Path(self.out).resolve() in sources:
+            raise ValueError(f"--out {self.out} is the source's own folder: write the relabelled dataset elsewhere")
+
+
+def _local_files(source: str) -> list[str]:
+    from .pairs import parquet_files
+
+    try:
+        return parquet_files(source) or []
+    except FileNotFoundError:
+        return []
+
+
+@dataclass
+class RelabelResult:
+    """What `relabel_dataset` did: totals over every shard and the rows left out with their errors."""
+
+    out: Path
+    totals: dict
+    errors: list[dict]
+    shards: list[dict]
+
+
+def totals_of(shards: list[dict]) -> dict:
+    """Counts summed over the shards, `agreement` = 1 - flipped / compared (None when nothing compares)."""
+    totals = {key: sum(s["stats"][key] for s in shards) for key in _COUNTS}
+    totals["source_rows"] = sum(s["source_rows"][1] - s["source_rows"][0] for s in shards)
+    totals["rows_left_out"] = sum(len(s["errors"]) for s in shards)
+    compared = totals["compared"]
+    totals["agreement"] = (compared - totals["flipped"]) / compared if compared else None
+    return totals
+
+
+def relabel_dataset(job: RelabelJob) -> RelabelResult:
+    """Score every row of `job.source` not yet in a shard, write the shards and the dataset card."""
+    from ..evaluation.image_inputs import pair_table_items
+    from ..evaluation.scoring import build_scorers
+
+    job.check()
+    out = Path(job.out)
+    table, items = pair_table_items(job.source)
+    settings = {
+        "source": job.source, "source_key": source_key(job.source, "train", None), "source_rows": len(table),
+        "scorers": job.scorers, "scorer_options": job.scorer_options, "weights": job.weights, "labels": job.labels,
+        "tie_tolerance": job.tie_tolerance, "shard_size": job.shard_size,
+    }
+    state = open_progress(out, settings, job.overwrite)
+    starts = range(len(state["shards"]) * job.shard_size, len(table), job.shard_size)
+    start_time = time.time()
+    if len(starts):
+        scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.dtype, job.batch_size)
+        weights, logit_scale = resolve_weights(job.scorers, [getattr(s, "logit_scale", 1.0) for s in scorers], job.weights)
+        state["scorers"] = {
+            s.name: {"scale": str(getattr(s, "scale", "")), "logit_scale": float(getattr(s, "logit_scale", 1.0)), "weight": w}
+            for s, w in zip(scorers, weights)
+        }
+        state["combined_logit_scale"] = logit_scale
+        bar = tqdm(total=len(table), initial=starts[0], desc=f"relabel ({', '.join(job.scorers)})", unit="pair",
+                   disable=not job.progress)
+        with bar:
+            for start in starts:
+                stop = min(start + job.shard_size, len(table))
+                _relabel_shard(job, out, state, table, items, scorers, dict(zip(job.scorers, weights)), logit_scale,
+                               start, stop)
+                bar.update(stop - start)
+    totals = totals_of(state["shards"])
+    errors = [e for s in state["shards"] for e in s["errors"]]
+    _write_card(job, out, state, totals, time.time() - start_time)
+    return RelabelResult(out, totals, errors, state["shards"])
+
+
+def _relabel_shard(job: RelabelJob, out: Path, state: dict, table, items, scorers, weights: dict, logit_scale: float,
+                   start: int, stop: int) -> None:
+    from ..evaluation.scoring import score_items
+
+    run = score_items(items[2 * start : 2 * stop], scorers, job.batch_size, progress=False)
+    if run.interrupted:
+        raise KeyboardInterrupt
+    n = stop - start
+    scores = {name: run.scores[name].reshape(n, 2) for name in run.scorer_names}
+    errors = []
+    for i in run.failed:
+        item = run.items[i]
+        errors.append({"row": item.row, "image": item.image, "error": run.error_of(i)})
+    bad = {e["row"] - start for e in errors}
+    keep = np.array([r for r in range(n) if r not in bad], dtype=np.int64)
+    combined = combine_scores({name: s[keep] for name, s in scores.items()}, weights)
+    labels = table.select((start + keep).tolist())["label_0"] if len(keep) else []
+    original = np.asarray([np.nan if v is None else v for v in labels], dtype=np.float64)
+    decided = decide_labels(combined[:, 0], combined[:, 1], job.tie_tolerance)
+    stats = label_stats(original, decided)
+    stats["compared"] = int((np.isin(original, (0.0, 1.0)) & (decided != 0.5)).sum())
+
+    rows = table.select((start + keep).tolist())
+    columns: dict[str, list] = {}
+    for name, s in scores.items():
+        columns[f"score_{name}_0"], columns[f"score_{name}_1"] = s[keep, 0].tolist(), s[keep, 1].tolist()
+    columns["score_0"], columns["score_1"] = combined[:, 0].tolist(), combined[:, 1].tolist()
+    columns["pref_prob_0"] = preference_of_first(combined[:, 0], combined[:, 1], logit_scale).tolist()
+    if job.labels == "scorer":
+        columns["original_label_0"] = original.tolist()
+        columns["label_0"], columns["label_1"] = decided.tolist(), (1.0 - decided).tolist()
+    rows = rows.remove_columns([c for c in columns if c in rows.column_names])
+    for name, values in columns.items():
+        rows = rows.add_column(name, values)
+
+    name = shard_name(len(state["shards"]))
+    path = out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    rows.to_parquet(str(tmp))
+    os.replace(tmp, path)
+    state["shards"].append({"file": name, "rows": len(keep), "source_rows": [start, stop], "stats": stats, "errors": errors})
+    save_progress(out, state)
+
+
+def format_totals(totals: dict, labels: str) -> str:
+    """A summary line: rows written and left out, flips, ties and agreement with the original labels."""
+    agreement = "n/a" if totals["agreement"] is None else f"{totals['agreement']:.1%}"
+    verb = "flipped" if labels == "scorer" else "would flip (labels kept; --labels scorer to apply)"
+    return (
+        f"{totals['rows']} pairs written, {totals['rows_left_out']} left out (images that could not be scored); "
+        f"scorer verdict: {totals['decided']} decided, {totals['ties']} ties, {totals['flipped']} {verb}, "
+        f"{totals['ties_decided']} original ties decided; agreement with the original labels {agreement} "
+        f"(of {totals['compared']} pairs decided by both)"
+    )
+
+
+def _write_card(job: RelabelJob, out: Path, state: dict, totals: dict, seconds: float) -> None:
+    details = {
+        "source": job.source,
+        "scorers": state.get("scorers", {}),
+        "combined_score": "sum of weight x score over the scorers (raw scores); score_0/score_1",
+        "combined_logit_scale": state.get("combined_logit_scale"),
+        "labels": job.labels,
+        "tie_tolerance": job.tie_tolerance,
+        "complete": totals["source_rows"] == state["settings"]["source_rows"],
+        **totals,
+        "rows_left_out_list": [e for s in state["shards"] for e in s["errors"]][:100],
+        "shards": [{k: s[k] for k in ("file", "rows", "source_rows")} for s in state["shards"]],
+        "seconds_this_run": round(seconds, 1),
+    }
+    names = ", ".join(f"`{n}` ({i['scale']})" for n, i in details["scorers"].items())
+    relabelled = (
+        "The labels were re-decided by the combined score (AI feedback; score differences within "
+        f"{job.tie_tolerance} are ties, 0.5/0.5); the original `label_0` is in `original_label_0`."
+        if job.labels == "scorer" else "The original labels are kept."
+    )
+    description = (
+        f"`{job.source}` re-scored by `diffalign relabel` with {names}. {relabelled}\n\n"
+        "Added columns: `score_<scorer>_0/1` (each scorer), `score_0/1` (combined), `pref_prob_0` "
+        "(P(image 0 preferred) = sigmoid(combined_logit_scale x (score_0 - score_1)), SmPO's smoothed label). "
+        "Rows with an image that could not be decoded or scored are left out and listed below."
+    )
+    write_dataset_card(out, "Re-scored preference pairs", description, details, job.command, tags=("ai-feedback",))
