@@ -43,7 +43,7 @@ def random_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
 
 def have_xformers() -> bool:
     try:
-        import xformers.ops
+        import xformers.ops  # noqa: F401
     except ImportError:
         return False
     return True
