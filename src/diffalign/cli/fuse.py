@@ -8,17 +8,11 @@ from pathlib import Path
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     """Fuse the LoRA of a run into its base (from the run's config unless --base) and save the pipeline."""
-    from ..config.core import load_config
-    from ..config.schema import RunConfig
     from ..models.fuse import fuse_lora
+    from .runs import base_model_of
 
     run = Path(args.run)
-    base = args.base
-    if base is None:
-        config = run / "config.yaml"
-        if not config.is_file():
-            raise FileNotFoundError(f"{config} not found: pass --base MODEL for a LoRA folder without a run config")
-        base = load_config(RunConfig, config).model.pretrained
+    base = base_model_of(run, args.base)
     out = fuse_lora(base, run, args.out, scale=args.scale, dtype=args.dtype)
     print(f"fused {run} into {base}: {out} (loads with DiffusionPipeline.from_pretrained, or as model.pretrained)")
     return 0

@@ -14,6 +14,7 @@ from .fuse import add_fuse_parser
 from .pairs import add_pairs_parser
 from .pipeline import add_pipeline_parser
 from .relabel import add_relabel_parser
+from .runs import base_model_of
 from .score import add_score_parser
 
 DEMO_HELD_OUT_PROMPTS = "assets/demo/prompts_heldout.txt"
@@ -78,12 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a folder: give the output_dir of a `diffalign train` run or a LoRA folder")
-    base = args.base
-    if base is None:
-        config = run / "config.yaml"
-        if not config.exists():
-            raise FileNotFoundError(f"{config} not found: pass --base MODEL for a LoRA folder without a run config")
-        base = load_config(RunConfig, config).model.pretrained
+    base = base_model_of(run, args.base)
     comparison = Comparison(
         base=base,
         lora=str(run),
