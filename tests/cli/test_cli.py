@@ -35,7 +35,7 @@ def test_missing_config_file(capsys):
 
 
 def test_help_of_every_subcommand():
-    for command in ("train", "config", "eval"):
+    for command in ("train", "config", "generate", "grid"):
         out = subprocess.run(
             [sys.executable, "-m", "diffalign.cli.main", command, "--help"], capture_output=True, text=True, check=True
         ).stdout
@@ -52,13 +52,14 @@ def test_demo_train_and_eval_end_to_end(tmp_path, capsys):
     assert (run / "pytorch_lora_weights.safetensors").exists()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on a blue background\na small green square on a white background\n")
-    assert main(["eval", str(run), "--prompts", str(prompts), "--seeds", "2", "--steps", "4", "--json"]) == 0
+    assert main(["eval", str(run), "--prompts", str(prompts), "--seeds", "2", "--steps", "4", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "4 prompt-seed pairs (2 prompts), scorer shapes" in out
+    assert f"report: {run / 'eval' / 'report.html'}" in out
     results = json.loads((run / "eval" / "results.json").read_text())
-    wtl = results["win_tie_loss"]
-    assert wtl["wins"] + wtl["ties"] + wtl["losses"] == 4
-    assert len(list((run / "eval" / "tuned").glob("*.png"))) == 4
+    c = results["comparisons"]["shapes"]["tuned"]
+    assert c["wins"] + c["ties"] + c["losses"] == results["pairs"] == 4
+    assert results["models"][0]["model"] == "assets/tiny-sd"  # the run's base, from its config.yaml
+    assert len(list((run / "eval" / "images" / "tuned").glob("*.png"))) == 4
 
 
 @pytest.mark.slow

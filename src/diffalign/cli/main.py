@@ -1,23 +1,20 @@
-"""The `diffalign` command line: train, cache, config, eval, score, pairs, relabel, fuse, pipeline."""
+"""The `diffalign` command line: train, cache, config, generate, eval, grid, score, pairs, relabel, fuse, pipeline."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
 from .fuse import add_fuse_parser
+from .generate import add_generate_parser
+from .grid import add_grid_parser
 from .pairs import add_pairs_parser
 from .pipeline import add_pipeline_parser
 from .relabel import add_relabel_parser
-from .runs import base_model_of
 from .score import add_score_parser
-
-DEMO_HELD_OUT_PROMPTS = "assets/demo/prompts_heldout.txt"
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -73,35 +70,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.compare import Comparison, compare_with_base, format_results
-
-    run = Path(args.run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run} is not a folder: give the output_dir of a `diffalign train` run or a LoRA folder")
-    base = base_model_of(run, args.base)
-    comparison = Comparison(
-        base=base,
-        lora=str(run),
-        prompts=args.prompts,
-        seeds=list(range(args.seeds)),
-        steps=args.steps,
-        guidance=args.guidance,
-        size=args.size,
-        scorer=args.scorer,
-        tie_tolerance=args.tie_tolerance,
-        batch_size=args.batch_size,
-        device=args.device,
-        out_dir=Path(args.out) if args.out else run / "eval",
-    )
-    results = compare_with_base(comparison)
-    print(format_results(results))
-    print(f"results in {comparison.out_dir / 'results.json'}")
-    if args.json:
-        print(json.dumps(results, indent=2))
-    return 0
-
-
 def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; `scorer_names` (the registered scorers) are listed in `score --help`."""
     scorer_names = ", ".join(scorer_names) if scorer_names else "see `diffalign score --help`"
@@ -152,30 +120,8 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file and overrides")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser(
-        "eval",
-        help="compare a tuned model (LoRA, full fine-tuning or pipeline) against its base model",
-        description="Generate with the base model and with base + LoRA on the same prompts and seeds, score "
-        "both, and report mean scores and the tuned model's win/tie/loss against the base.",
-    )
-    p.add_argument("run", help="the tuned model: output_dir of a training run (LoRA or full fine-tuning), a LoRA folder, "
-                   "or a pipeline folder (e.g. from `diffalign fuse`; then give --base)")
-    p.add_argument("--base", default=None, help="base model (default: model.pretrained of the run's config.yaml)")
-    p.add_argument("--prompts", default=DEMO_HELD_OUT_PROMPTS, help="prompt file (.txt, .csv, .jsonl)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per prompt (0..N-1)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--size", type=int, default=None, help="image size (default: the model's native size)")
-    p.add_argument("--scorer", default="shapes", help="registered scorer name")
-    p.add_argument(
-        "--tie-tolerance", type=float, default=0.0, help="score differences up to this count as ties (default: exact)"
-    )
-    p.add_argument("--batch-size", type=int, default=64, help="images per generation batch")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
-    p.add_argument("--json", action="store_true", help="also print the results as JSON")
-    p.set_defaults(func=cmd_eval)
-
+    add_generate_parser(sub)
+    add_grid_parser(sub)
     add_score_parser(sub, scorer_names)
     add_pairs_parser(sub)
     add_relabel_parser(sub)

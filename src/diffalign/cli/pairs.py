@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..evaluation.model_specs import parse_lora
+
 
 def parse_weights(text: str | None, names: list[str]) -> list[float] | None:
     """`--weights w1,w2` as floats, one per scorer; None when not given."""
@@ -19,17 +21,6 @@ def parse_weights(text: str | None, names: list[str]) -> list[float] | None:
     if len(weights) != len(names):
         raise ValueError(f"--weights {text!r}: {len(weights)} value(s) for {len(names)} scorer(s) ({', '.join(names)})")
     return weights
-
-
-def parse_lora(text: str) -> tuple[str, float]:
-    """`PATH` or `PATH@SCALE` as (path, scale)."""
-    path, sep, scale = text.rpartition("@")
-    if not sep:
-        return text, 1.0
-    try:
-        return path, float(scale)
-    except ValueError:
-        raise ValueError(f"--lora {text!r}: expected PATH or PATH@SCALE with a number as SCALE") from None
 
 
 def scorer_choices(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, object]], list[float] | None]:

@@ -241,16 +241,7 @@ def load_generator(job: PairsJob):
     """The job's pipeline with its LoRA adapters (diffusers' `load_lora_weights`) at their scales."""
     from ..sampling.generate import load_pipeline
 
-    pipe = load_pipeline(job.model, device=job.device, dtype=job.dtype)
-    names = []
-    for n, (path, _) in enumerate(job.loras):
-        if not Path(path).expanduser().exists():
-            raise FileNotFoundError(f"--lora {path}: not found")
-        pipe.load_lora_weights(str(Path(path).expanduser()), adapter_name=f"lora{n}")
-        names.append(f"lora{n}")
-    if names:
-        pipe.set_adapters(names, adapter_weights=[s for _, s in job.loras])
-    return pipe
+    return load_pipeline(job.model, device=job.device, dtype=job.dtype, loras=job.loras)
 
 
 def _part_path(out: Path, index: int) -> Path:

@@ -1,8 +1,11 @@
-"""Generating images with a pipeline, one fixed seed per image."""
+"""Generating images with a pipeline, one fixed seed per image: loading (model, LoRAs at scales, a fine-tuned
+UNet, the sampler) and drawing."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,10 +14,86 @@ from diffusers import DiffusionPipeline
 from ..models.loading import DTYPES, resolve_source
 
 
-def load_pipeline(model: str, device: str | None = None, dtype: str = "float32") -> DiffusionPipeline:
-    """Load a text-to-image pipeline (hub id or local folder) on `device` (default: CUDA if available)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+# Sampler names -> diffusers scheduler class names; "default" keeps the pipeline's own scheduler.
+SAMPLERS = {
+    "default": None,
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+@contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def default_device() -> str:
+    """CUDA when available, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto` is float16 on CUDA and float32 elsewhere; any other name is returned as given (checked)."""
+    if dtype == "auto":
+        return "float16" if str(device).startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected auto or one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def set_sampler(pipe: DiffusionPipeline, sampler: str) -> None:
+    """Replace the pipeline's scheduler by `sampler` (a key of SAMPLERS), built from the same config."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if SAMPLERS[sampler] is None:
+        return
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, SAMPLERS[sampler]).from_config(pipe.scheduler.config)
+
+
+def load_pipeline(
+    model: str,
+    device: str | None = None,
+    dtype: str = "float32",
+    loras: Sequence[tuple[str, float]] = (),
+    unet: str | Path | None = None,
+    sampler: str = "default",
+) -> DiffusionPipeline:
+    """Load a text-to-image pipeline (hub id or local folder) on `device` (default: CUDA if available).
+
+    `unet`: a fine-tuned UNet folder that replaces the pipeline's; `loras`: (folder, scale) adapters
+    loaded with diffusers' `load_lora_weights` and combined with `set_adapters`; `sampler`: see SAMPLERS.
+    """
+    device = device or default_device()
+    dtype = resolve_dtype(dtype, device)
     pipe = DiffusionPipeline.from_pretrained(resolve_source(model), dtype=DTYPES[dtype])
+    if unet is not None:
+        from diffusers import UNet2DConditionModel
+
+        pipe.unet = UNet2DConditionModel.from_pretrained(Path(unet), dtype=DTYPES[dtype])
+    names = []
+    for n, (path, _) in enumerate(loras):
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise FileNotFoundError(f"LoRA {path}: not found")
+        with _quiet_diffusers():  # our LoRAs adapt the UNet only: no warning that the text encoder has none
+            pipe.load_lora_weights(str(local), adapter_name=f"lora{n}")
+        names.append(f"lora{n}")
+    if names:
+        pipe.set_adapters(names, adapter_weights=[float(s) for _, s in loras])
+    set_sampler(pipe, sampler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -28,6 +107,7 @@ def generate(
     guidance: float = 5.0,
     size: int | None = None,
     batch_size: int = 32,
+    negative_prompt: str = "",
 ) -> np.ndarray:
     """Images (N, H, W, 3) uint8 for the (prompt, seed) pairs; image i starts from the noise of seeds[i].
 
@@ -48,6 +128,7 @@ def generate(
             height=size,
             width=size,
             generator=generators,
+            negative_prompt=[negative_prompt] * len(generators) if negative_prompt else None,
             output_type="np",
         ).images
         out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))

@@ -1,8 +1,9 @@
 """Validation images during training: fixed prompts and seeds, the base and the tuned model side by side.
 
 The base model's images are drawn once (they do not change); at every validation the tuned model
-draws from the same initial noise. The grid (one row per prompt; base | tuned for each seed) is saved
-as `OUTPUT_DIR/validation/step-NNNNNNNN.png` and sent to the trackers that take images.
+draws from the same initial noise. The grid (one row per prompt, its text on the left; base | tuned for
+each seed, under captions naming seed and model) is saved as `OUTPUT_DIR/validation/step-NNNNNNNN.png`
+and sent to the trackers that take images.
 """
 
 from __future__ import annotations
@@ -12,24 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-from PIL import Image
 
 from ..config.schema import RunConfig
+from ..evaluation.grid import comparison_grid, save_png
 from ..models.loading import DiffusionParts, load_parts
 from ..sampling.generate import generate
 
 VALIDATION_DIR = "validation"
-
-
-def image_grid(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
-    """Tile equally sized (H, W, 3) uint8 images, `rows[i][j]` at row i, column j, on a white background."""
-    h, w, _ = rows[0][0].shape
-    n_cols = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h + gap) - gap, n_cols * (w + gap) - gap, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            grid[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = image
-    return grid
 
 
 class Validator:
@@ -87,7 +77,8 @@ class Validator:
 
     @torch.no_grad()
     def run(self, unet: torch.nn.Module, step: int, out_dir: Path, autocast, save: bool = True) -> tuple[Path, np.ndarray]:
-        """Draw the tuned model's images (and, the first time, the base's); save (if `save`) and return the grid."""
+        """Draw the tuned model's images (and, the first time, the base's); save (if `save`) and return the grid
+        (uint8 HWC, captioned: `evaluation.grid.comparison_grid`)."""
         was_training = unet.training
         unet.eval()
         try:
@@ -98,18 +89,15 @@ class Validator:
         finally:
             unet.train(was_training)
         v = self.cfg.validation
-        rows = []
-        for i in range(len(v.prompts)):
-            row = []
-            for s in range(v.seeds):
-                k = i * v.seeds + s
-                row += [self.base_images[k], tuned[k]]
-            rows.append(row)
-        grid = image_grid(rows)
+        drawn = (self.base_images, tuned)
+        picture, _ = comparison_grid(
+            list(v.prompts), list(range(v.seeds)), ["base", "tuned"],
+            lambda row, seed, model: drawn[model][row * v.seeds + seed],
+        )
+        grid = np.array(picture)  # a writable copy for the trackers
         path = Path(out_dir) / VALIDATION_DIR / f"step-{step:08d}.png"
         if save:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(grid).save(path)
+            save_png(picture, path)
         return path, grid
 
 

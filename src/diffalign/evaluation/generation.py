@@ -1,0 +1,179 @@
+"""`diffalign generate`: images for a prompt set × seeds, written as a resumable, self-describing folder.
+
+Each image is `p{prompt_index:05d}-s{seed}.png`, written atomically; a line in `metadata.jsonl`
+(the Hugging Face imagefolder convention, so `diffalign score FOLDER` reads it) records its prompt,
+seed and every setting. `generation.json` holds the settings that shape the images. A rerun skips
+the images already written, so a stopped run continues where it stopped; a rerun with other
+settings is refused (naming the setting) instead of mixing two models in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..files import atomic_write_text
+from .model_specs import ModelSpec
+from .prompt_sets import PromptSet
+
+METADATA = "metadata.jsonl"
+SETTINGS = "generation.json"
+
+
+@dataclass
+class SamplingSettings:
+    """How images are drawn; every field shapes the pixels and is recorded with each image."""
+
+    sampler: str = "ddim"
+    steps: int = 20
+    guidance: float = 5.0
+    size: int | None = None  # None: the model's native size
+    negative_prompt: str = ""
+    dtype: str = "auto"  # auto: float16 on CUDA, float32 on the CPU
+
+
+@dataclass
+class GenerationResult:
+    """What a `generate_folder` call did."""
+
+    folder: Path
+    written: int  # images drawn in this call
+    skipped: int  # images found from an earlier run
+    total: int
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    """The file name of one image in a generation folder."""
+    return f"p{prompt_index:05d}-s{seed}.png"
+
+
+def _done(folder: Path) -> dict[tuple[int, int], str]:
+    """(prompt_index, seed) -> prompt text of the images already written (their file and metadata line exist).
+
+    `metadata.jsonl` is rewritten without the lines that do not count (a line cut short by a crash, an
+    image that is gone), so that appending to it again leaves every line whole.
+    """
+    done: dict[tuple[int, int], str] = {}
+    path = folder / METADATA
+    if not path.is_file():
+        return done
+    kept = []
+    lines = path.read_text().splitlines()
+    for line in lines:
+        try:
+            row = json.loads(line)
+            key = (int(row["prompt_index"]), int(row["seed"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # its image is drawn again
+        if (folder / str(row.get("file_name", ""))).is_file():
+            done[key] = row.get("prompt", "")
+            kept.append(line)
+    if len(kept) != len(lines) or (lines and not path.read_text().endswith("\n")):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return done
+
+
+def _check_settings(folder: Path, settings: dict) -> None:
+    path = folder / SETTINGS
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key, value in settings.items():
+        if key in old and old[key] != value:
+            raise ValueError(
+                f"{folder} was generated with {key}={old[key]!r}, not {value!r}: give another output folder "
+                "(or delete this one) rather than mixing two settings in one folder"
+            )
+
+
+def _save_image(image, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def generate_folder(
+    model: ModelSpec,
+    prompts: PromptSet,
+    seeds: Sequence[int],
+    out: str | Path,
+    sampling: SamplingSettings | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: bool = True,
+    pipe=None,
+) -> GenerationResult:
+    """Draw every (prompt, seed) of `prompts` × `seeds` with `model` into `out`, skipping those already there.
+
+    Image i of a batch starts from the noise of its own seed (a CPU generator), so an image depends
+    only on (model, prompt, seed, settings), not on batching, order or device. `pipe`: an already
+    loaded pipeline for `model` (tests, or callers generating several folders with one model).
+    """
+    from ..sampling.generate import default_device, generate, load_pipeline, resolve_dtype
+
+    sampling = sampling or SamplingSettings()
+    device = device or default_device()
+    dtype = resolve_dtype(sampling.dtype, device)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = {**model.as_dict(), **asdict(sampling), "dtype": dtype}
+    recorded.pop("name")
+    _check_settings(folder, recorded)
+
+    done = _done(folder)
+    todo = []
+    for index, prompt in enumerate(prompts.prompts):
+        for seed in seeds:
+            key = (index, int(seed))
+            if key in done:
+                if done[key] != prompt.text:
+                    raise ValueError(
+                        f"{folder}: image {image_name(*key)} was drawn for prompt {done[key]!r}, but prompt "
+                        f"{index} of {prompts.name} is {prompt.text!r}: this folder belongs to another prompt set"
+                    )
+                continue
+            todo.append((index, prompt, int(seed)))
+    total = len(prompts.prompts) * len(seeds)
+    atomic_write_text(
+        folder / SETTINGS,
+        json.dumps({**recorded, "prompt_set": prompts.name, "prompt_source": prompts.source,
+                    "prompts": len(prompts.prompts), "seeds": [int(s) for s in seeds]}, indent=2),
+    )
+    if not todo:
+        return GenerationResult(folder, 0, total - len(todo), total)
+
+    if pipe is None:
+        pipe = load_pipeline(model.pipeline, device=device, dtype=dtype, loras=model.loras, unet=model.unet,
+                             sampler=sampling.sampler)
+    size = sampling.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    bar = tqdm(total=len(todo), desc=f"generate {model.name}", unit="img", disable=not progress)
+    with (folder / METADATA).open("a") as metadata:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            images = generate(
+                pipe, [p.text for _, p, _ in batch], [s for _, _, s in batch], sampling.steps, sampling.guidance,
+                size, batch_size=len(batch), negative_prompt=sampling.negative_prompt,
+            )
+            for (index, prompt, seed), image in zip(batch, images):
+                name = image_name(index, seed)
+                _save_image(image, folder / name)
+                row = {"file_name": name, "prompt": prompt.text, "prompt_index": index, "category": prompt.category,
+                       "seed": seed, **recorded, "width": size, "height": size}
+                metadata.write(json.dumps(row) + "\n")
+            metadata.flush()
+            os.fsync(metadata.fileno())
+            bar.update(len(batch))
+    bar.close()
+    return GenerationResult(folder, len(todo), total - len(todo), total)

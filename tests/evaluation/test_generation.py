@@ -1,0 +1,85 @@
+"""`generate_folder`: one image per (prompt, seed), metadata per image, resumable, refuses mixed settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffalign.config.schema import LoraConfig, ModelConfig
+from diffalign.evaluation.generation import SamplingSettings, generate_folder, image_name
+from diffalign.evaluation.model_specs import ModelSpec
+from diffalign.evaluation.prompt_sets import Prompt, PromptSet
+from diffalign.models.loading import load_parts
+from diffalign.models.lora import attach_lora, save_lora
+
+FAST = SamplingSettings(steps=2, size=32, dtype="float32")
+
+
+def prompt_set(*texts: str) -> PromptSet:
+    return PromptSet("test", "test", [Prompt(t, "cat-a" if i % 2 else "cat-b") for i, t in enumerate(texts)])
+
+
+def pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def test_images_metadata_and_resume(tiny_models, tmp_path):
+    model = ModelSpec("base", str(tiny_models["sd15"]))
+    prompts = prompt_set("a red circle", "a blue square", "a green triangle")
+    out = tmp_path / "gen"
+    first = generate_folder(model, prompts, [0, 1], out, FAST, batch_size=4, device="cpu", progress=False)
+    assert (first.written, first.skipped, first.total) == (6, 0, 6)
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert sorted((r["prompt_index"], r["seed"]) for r in rows) == [(i, s) for i in range(3) for s in (0, 1)]
+    row = next(r for r in rows if (r["prompt_index"], r["seed"]) == (1, 1))
+    assert row["file_name"] == image_name(1, 1) == "p00001-s1.png"
+    assert row["prompt"] == "a blue square" and row["category"] == "cat-a"
+    assert (row["model"], row["sampler"], row["steps"], row["width"], row["dtype"]) == (
+        str(tiny_models["sd15"]), "ddim", 2, 32, "float32")
+    settings = json.loads((out / "generation.json").read_text())
+    assert settings["seeds"] == [0, 1] and settings["prompts"] == 3
+
+    before = pixels(out / image_name(2, 0))
+    (out / image_name(2, 0)).unlink()  # a lost image and a line cut short by a crash are drawn again
+    with (out / "metadata.jsonl").open("a") as f:
+        f.write('{"file_name": "p0000')
+    again = generate_folder(model, prompts, [0, 1], out, FAST, batch_size=4, device="cpu", progress=False)
+    assert (again.written, again.skipped) == (1, 5)
+    np.testing.assert_array_equal(pixels(out / image_name(2, 0)), before)  # independent of batch composition
+
+    more = generate_folder(model, prompts, [0, 1, 2], out, FAST, batch_size=4, device="cpu", progress=False)
+    assert (more.written, more.skipped, more.total) == (3, 6, 9)  # a new seed adds its images only
+
+
+def test_mixed_settings_or_prompt_sets_are_refused(tiny_models, tmp_path):
+    model = ModelSpec("base", str(tiny_models["sd15"]))
+    out = tmp_path / "gen"
+    generate_folder(model, prompt_set("a red circle"), [0], out, FAST, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="steps=2, not 3"):
+        generate_folder(model, prompt_set("a red circle"), [0], out, SamplingSettings(steps=3, size=32, dtype="float32"),
+                        device="cpu", progress=False)
+    with pytest.raises(ValueError, match="belongs to another prompt set"):
+        generate_folder(model, prompt_set("a blue square"), [0], out, FAST, device="cpu", progress=False)
+
+
+def test_lora_scale_is_applied(tiny_models, tmp_path):
+    base = str(tiny_models["sd15"])
+    unet = load_parts(ModelConfig(pretrained=base)).unet
+    with torch.no_grad():
+        for p in attach_lora(unet, LoraConfig(rank=4, alpha=4)):
+            p.add_(0.2)
+    save_lora(unet, tmp_path / "lora", "sd")
+    prompts = prompt_set("a red circle")
+    images = {}
+    for name, loras in (("base", []), ("off", [(str(tmp_path / "lora"), 0.0)]), ("on", [(str(tmp_path / "lora"), 1.0)])):
+        generate_folder(ModelSpec(name, base, None, loras), prompts, [0], tmp_path / name, FAST, device="cpu",
+                        progress=False)
+        images[name] = pixels(tmp_path / name / image_name(0, 0)).astype(int)
+    assert np.abs(images["off"] - images["base"]).max() <= 1  # scale 0: the base model (up to rounding)
+    assert np.abs(images["on"] - images["base"]).max() > 5
+    meta = json.loads((tmp_path / "on" / "metadata.jsonl").read_text().splitlines()[0])
+    assert meta["loras"] == [{"path": str(tmp_path / "lora"), "scale": 1.0}]
