@@ -35,7 +35,7 @@ def test_missing_config_file(capsys):
 
 
 def test_help_of_every_subcommand():
-    for command in ("train", "config", "generate", "grid"):
+    for command in ("train", "config", "generate", "eval", "grid"):
         out = subprocess.run(
             [sys.executable, "-m", "diffalign.cli.main", command, "--help"], capture_output=True, text=True, check=True
         ).stdout

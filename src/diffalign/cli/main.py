@@ -8,6 +8,7 @@ import sys
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
+from .evaluate import add_eval_parser
 from .fuse import add_fuse_parser
 from .generate import add_generate_parser
 from .grid import add_grid_parser
@@ -121,6 +122,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     p.set_defaults(func=cmd_config)
 
     add_generate_parser(sub)
+    add_eval_parser(sub)
     add_grid_parser(sub)
     add_score_parser(sub, scorer_names)
     add_pairs_parser(sub)

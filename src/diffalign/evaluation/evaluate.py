@@ -1,0 +1,224 @@
+"""`diffalign eval`: base and tuned models on one prompt set with identical seeds, scored, compared, reported.
+
+The steps, each reusing what a stopped run already wrote:
+1. generate every (prompt, seed) with every model into `OUT/images/<model>/` (resumable folders);
+2. score every image with every scorer (`scores.csv`: one row per prompt and seed);
+3. per scorer: each model's mean and median with a bootstrap CI over prompts; each tuned model's
+   win/tie/loss against the base with bootstrap CIs; the same per category when the set has them;
+4. grids of the first prompts (`grids/`), plots, `summary.md`, `report.html` and `results.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import __version__
+from ..files import atomic_write_text
+from .generated import read_generated
+from .generation import SamplingSettings, generate_folder, image_name
+from .grid import grids_from_folders, save_png
+from .model_specs import ModelSpec
+from .prompt_sets import PromptSet
+from .report import write_report
+from .stats import bootstrap_mean, compare_paired
+
+SCORE_CHUNK = 256  # images held in memory per scorer call
+
+
+@dataclass
+class EvalJob:
+    """What `diffalign eval` compares and how."""
+
+    base: ModelSpec
+    tuned: list[ModelSpec]
+    prompts: PromptSet
+    seeds: Sequence[int] = (0, 1, 2)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    scorers: Sequence[str] = ("shapes",)
+    scorer_options: dict[str, dict] = field(default_factory=dict)
+    tie_tolerance: float = 0.0
+    resamples: int = 2000
+    bootstrap_seed: int = 0
+    batch_size: int = 16
+    device: str | None = None
+    grid_prompts: int = 8  # prompt rows in the report's grids (first prompts of each category)
+    grid_seeds: int = 2
+    out: Path = Path("eval")
+    progress: bool = True
+
+
+def folder_name(name: str) -> str:
+    """A model name made safe as a folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def check_models(job: EvalJob) -> list[ModelSpec]:
+    """Base first, then the tuned models; names must be unique as folder names."""
+    models = [job.base, *job.tuned]
+    names = [folder_name(m.name) for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"model names must differ: {', '.join(duplicates)} is used twice (name them NAME=PATH)")
+    if not job.tuned:
+        raise ValueError("nothing to compare: give at least one tuned model")
+    return models
+
+
+def score_folder(scorer, folder: Path, keys: Sequence[tuple[int, int]], prompts: Sequence[str]) -> np.ndarray:
+    """Scores of the images `image_name(prompt_index, seed)` of `folder`, in the order of `keys`."""
+    out = []
+    for start in range(0, len(keys), SCORE_CHUNK):
+        chunk = keys[start : start + SCORE_CHUNK]
+        images = []
+        for index, seed in chunk:
+            with Image.open(folder / image_name(index, seed)) as im:
+                images.append(im.convert("RGB"))
+        out.append(scorer.score(images, [prompts[i] for i, _ in chunk]).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def criterion_means(per_image: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each criterion over the images whose prompt names it (prompts name different criteria:
+    only some captions give a size), in order of first appearance."""
+    keys = list(dict.fromkeys(key for d in per_image for key in d))
+    return {key: float(np.mean([d[key] for d in per_image if key in d])) for key in keys}
+
+
+def _grid_prompts(prompts: PromptSet, count: int) -> list[int]:
+    """`count` prompt indices spread over the categories (round robin), in set order without categories."""
+    if not prompts.has_categories:
+        return list(range(min(count, len(prompts.prompts))))
+    by_category: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts.prompts):
+        by_category.setdefault(str(p.category), []).append(i)
+    picked: list[int] = []
+    queues = list(by_category.values())
+    while len(picked) < count and any(queues):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    return sorted(picked)
+
+
+def _write_scores_csv(path: Path, keys, prompts: PromptSet, columns: dict[str, np.ndarray]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index", "prompt_index", "prompt", "category", "seed", *columns])
+    for row, (index, seed) in enumerate(keys):
+        p = prompts.prompts[index]
+        writer.writerow([row, index, p.text, p.category or "", seed, *(f"{v[row]:.6f}" for v in columns.values())])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _statistics(job: EvalJob, models, scores, groups, categories) -> tuple[dict, dict, dict]:
+    base = models[0].name
+    boot = {"resamples": job.resamples, "seed": job.bootstrap_seed}
+    summary: dict = {}
+    comparisons: dict = {}
+    per_category: dict = {}
+    for scorer, by_model in scores.items():
+        summary[scorer] = {m: bootstrap_mean(s, groups, **boot) for m, s in by_model.items()}
+        comparisons[scorer] = {
+            m.name: compare_paired(by_model[m.name], by_model[base], groups, job.tie_tolerance, **boot).as_dict()
+            for m in models[1:]
+        }
+        if categories is None:
+            continue
+        per_category[scorer] = {}
+        for category in dict.fromkeys(categories):
+            mask = categories == category
+            per_category[scorer][category] = {
+                "n": int(mask.sum()),
+                "prompts": int(len(np.unique(groups[mask]))),
+                "scores": {m: {"mean": float(s[mask].mean()), "median": float(np.median(s[mask]))}
+                           for m, s in by_model.items()},
+                "comparisons": {
+                    m.name: compare_paired(by_model[m.name][mask], by_model[base][mask], groups[mask],
+                                           job.tie_tolerance, **boot).as_dict()
+                    for m in models[1:]
+                },
+            }
+    return summary, comparisons, per_category
+
+
+def run_eval(job: EvalJob) -> dict:
+    """Generate, score, compare and report (see the module docstring); returns the results dict."""
+    from ..rewards import build_scorer
+    from ..sampling.generate import default_device, resolve_dtype
+
+    models = check_models(job)
+    out = Path(job.out)
+    device = job.device or default_device()
+    folders = {}
+    for model in models:
+        folder = out / "images" / folder_name(model.name)
+        generate_folder(model, job.prompts, job.seeds, folder, job.sampling, job.batch_size, device, job.progress)
+        folders[model.name] = folder
+
+    keys = [(i, int(s)) for i in range(len(job.prompts.prompts)) for s in job.seeds]
+    texts = job.prompts.texts
+    groups = np.array([i for i, _ in keys])
+    categories = np.array([str(job.prompts.prompts[i].category) for i, _ in keys]) if job.prompts.has_categories else None
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    scorer_info: dict[str, dict] = {}
+    criteria: dict[str, dict[str, dict[str, float]]] = {}
+    for name in job.scorers:
+        options = job.scorer_options.get(name, {})
+        scorer = build_scorer(name, device=device, **options)
+        scorer_info[name] = {"scale": getattr(scorer, "scale", None), "options": options}
+        scores[name] = {m.name: score_folder(scorer, folders[m.name], keys, texts) for m in models}
+        if hasattr(scorer, "details"):  # scorers made of several criteria report each one's mean
+            criteria[name] = {}
+            for m in models:
+                images = [np.asarray(Image.open(folders[m.name] / image_name(i, s)).convert("RGB")) for i, s in keys]
+                criteria[name][m.name] = criterion_means(scorer.details(np.stack(images), [texts[i] for i, _ in keys]))
+        del scorer
+
+    columns = {f"{m}/{scorer}": s for scorer, by_model in scores.items() for m, s in by_model.items()}
+    _write_scores_csv(out / "scores.csv", keys, job.prompts, columns)
+    summary, comparisons, per_category = _statistics(job, models, scores, groups, categories)
+
+    grids = []
+    generated = {m.name: read_generated(folders[m.name]) for m in models}
+    grid_seeds = [int(s) for s in job.seeds][: job.grid_seeds]
+    pages = grids_from_folders(generated, _grid_prompts(job.prompts, job.grid_prompts), grid_seeds)
+    for n, (image, info) in enumerate(pages, 1):
+        path = out / "grids" / f"grid-{n:02d}.png"
+        save_png(image, path)
+        grids.append({"file": path.relative_to(out).as_posix(), **info})
+
+    size = job.sampling.size or Image.open(folders[models[0].name] / image_name(*keys[0])).size[0]
+    results = {
+        "diffalign_version": __version__,
+        "settings": {
+            "prompt_set": job.prompts.name, "prompt_source": job.prompts.source, "prompts": len(texts),
+            "seeds": [int(s) for s in job.seeds], "sampler": job.sampling.sampler, "steps": job.sampling.steps,
+            "guidance": job.sampling.guidance, "width": size, "height": size,
+            "negative_prompt": job.sampling.negative_prompt, "tie_tolerance": job.tie_tolerance,
+            "bootstrap": {"resamples": job.resamples, "seed": job.bootstrap_seed, "unit": "prompt"},
+            "device": device, "dtype": resolve_dtype(job.sampling.dtype, device),
+        },
+        "models": [{**m.as_dict(), "role": "base" if i == 0 else "tuned",
+                    "images": folders[m.name].relative_to(out).as_posix()} for i, m in enumerate(models)],
+        "scorers": scorer_info,
+        "pairs": len(keys),
+        "scores": summary,
+        "comparisons": comparisons,
+        "categories": per_category,
+        "criteria": criteria,
+        "grids": grids,
+        "plots": [],
+        "files": {"scores": "scores.csv", "summary": "summary.md", "report": "report.html"},
+    }
+    write_report(results, out)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,95 @@
+"""`run_eval` end to end on the tiny model: generation, scores, statistics, report files, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from diffalign.config.schema import LoraConfig, ModelConfig
+from diffalign.evaluation.evaluate import EvalJob, criterion_means, run_eval
+from diffalign.evaluation.generation import SamplingSettings
+from diffalign.evaluation.model_specs import ModelSpec
+from diffalign.evaluation.prompt_sets import Prompt, PromptSet
+from diffalign.models.loading import load_parts
+from diffalign.models.lora import attach_lora, save_lora
+
+
+def test_criterion_means_cover_criteria_that_only_some_prompts_name():
+    per_image = [
+        {"colour": 1.0, "shape": 0.5, "reward": 0.75},
+        {"colour": 0.0, "shape": 1.0, "size": 0.2, "reward": 0.4},
+        {"colour": 0.5, "shape": 0.0, "size": 0.6, "reward": 0.3},
+    ]
+    means = criterion_means(per_image)
+    assert list(means) == ["colour", "shape", "reward", "size"]
+    assert means["colour"] == pytest.approx(0.5)
+    assert means["size"] == pytest.approx(0.4)  # over the two images whose prompt names a size
+    assert means["reward"] == pytest.approx(1.45 / 3)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_models, tmp_path_factory):
+    unet = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"]))).unet
+    with torch.no_grad():
+        for p in attach_lora(unet, LoraConfig(rank=4, alpha=4)):
+            p.add_(0.1)
+    folder = tmp_path_factory.mktemp("lora")
+    save_lora(unet, folder, "sd")
+    return folder
+
+
+def test_eval_writes_results_report_and_resumes(tiny_models, lora_dir, tmp_path, monkeypatch):
+    base = str(tiny_models["sd15"])
+    prompts = PromptSet("test", "test", [
+        Prompt("a red circle on a blue background", "circle"),
+        Prompt("a small green square on a white background", "square"),
+        Prompt("a large blue circle on a yellow background", "circle"),
+    ])
+    job = EvalJob(
+        base=ModelSpec("base", base), tuned=[ModelSpec("tuned", base, None, [(str(lora_dir), 1.0)]),
+                                             ModelSpec("half", base, None, [(str(lora_dir), 0.5)])],
+        prompts=prompts, seeds=[0, 1], sampling=SamplingSettings(steps=2, size=32, dtype="float32"),
+        scorers=["shapes"], resamples=200, device="cpu", grid_prompts=2, out=tmp_path / "eval", progress=False,
+    )
+    results = run_eval(job)
+    out = tmp_path / "eval"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["pairs"] == 6 and on_disk["settings"]["seeds"] == [0, 1]
+    assert [m["name"] for m in on_disk["models"]] == ["base", "tuned", "half"]
+    comparison = on_disk["comparisons"]["shapes"]["tuned"]
+    assert comparison["wins"] + comparison["ties"] + comparison["losses"] == 6
+    assert set(on_disk["categories"]["shapes"]) == {"circle", "square"}
+    assert on_disk["categories"]["shapes"]["circle"]["n"] == 4
+    assert set(on_disk["criteria"]["shapes"]["base"]) >= {"colour", "shape", "reward"}
+    for entry in (*on_disk["grids"], *on_disk["plots"]):
+        assert (out / entry["file"]).is_file()
+    assert on_disk["grids"][0]["models"] == ["base", "tuned", "half"]
+    for name in ("summary.md", "report.html", "scores.csv"):
+        assert (out / name).is_file()
+    with (out / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {"base/shapes", "tuned/shapes", "half/shapes", "category"} <= set(rows[0])
+    mean = sum(float(r["tuned/shapes"]) for r in rows) / 6
+    assert results["scores"]["shapes"]["tuned"]["mean"] == pytest.approx(mean, abs=1e-5)
+
+    # a rerun reuses every image: generation must not load a pipeline again
+    import diffalign.sampling.generate as generate
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the rerun should not generate")
+
+    monkeypatch.setattr(generate, "load_pipeline", no_loading)
+    again = run_eval(job)
+    assert again["comparisons"] == results["comparisons"]
+
+
+def test_eval_refuses_duplicate_names_and_no_tuned_model(tiny_models, tmp_path):
+    base = ModelSpec("base", str(tiny_models["sd15"]))
+    prompts = PromptSet("t", "t", [Prompt("a red circle")])
+    with pytest.raises(ValueError, match="base is used twice"):
+        run_eval(EvalJob(base=base, tuned=[ModelSpec("base", "x")], prompts=prompts, out=tmp_path))
+    with pytest.raises(ValueError, match="at least one tuned model"):
+        run_eval(EvalJob(base=base, tuned=[], prompts=prompts, out=tmp_path))
