@@ -22,6 +22,14 @@
 #                      without / with gradient checkpointing / with checkpointing and the latent+text cache
 #   sd15-baseline      SD1.5 LoRA, 512 px, 4 pairs, fp16 (the README's row: 0.39 s/step, 11.1 GiB)
 #   xformers           train.attention=xformers vs sdpa on that SD1.5 run (skipped without xformers)
+#   eval-demo          the embedded demo: a short `diffalign train`, then `diffalign eval` with float16 (the CUDA
+#                      default) and float32, timed, and each rerun (images reused); reports copied to $OUT
+#   generate           `diffalign generate` on the SD1.5 architecture, 512 px, float16: images/s at batch 16, a
+#                      resuming rerun, batch 1 vs batch 16 pixels
+#
+# GPUCHK_ONLY="env eval-demo ..." runs only the named checks (setup always runs; GPUCHK_BUILD="sd15" builds only
+# that full-size model in the background); GPUCHK_OFFLOAD_REPEAT=1 makes
+# offload-reference repeat its on-GPU run, to tell run-to-run nondeterminism from offloading numerics.
 #
 # Writes $OUT/gpu_checks.jsonl (one JSON object per check: name, ok [true/false/null=skipped], seconds,
 # figures, error tail) and $OUT/gpu_checks.log (everything the checks printed); prints one line per check.
@@ -71,6 +79,7 @@ log "setup: wheel install rc=$setup_rc (${took}s); total budget ${TOTAL_BUDGET}s
 run_check() {
     local name=$1 budget=$(( $2 * FACTOR )) now left limit offset t1 t2 ms rc skip=""
     shift 2
+    if [ -n "${GPUCHK_ONLY:-}" ] && [[ " $GPUCHK_ONLY " != *" $name "* ]]; then return; fi
     now=$(date +%s)
     left=$(( TOTAL_BUDGET - (now - START) ))
     limit=$(( budget < left - 5 ? budget : left - 5 ))
@@ -115,15 +124,19 @@ fi
 
 # ---- the full-size random-weight models (SD1.5, SDXL) are built in the background while the tiny-model
 #      checks run; the checks that time them wait for the build to end (nothing else on the GPU then) ----
-timeout 300 "$PY" scripts/gpu_checks/checks.py build-models sd15 sdxl >"$GPUCHK_WORK/build.log" 2>&1 &
+timeout 300 "$PY" scripts/gpu_checks/checks.py build-models ${GPUCHK_BUILD:-sd15 sdxl} >"$GPUCHK_WORK/build.log" 2>&1 &
 BUILD_PID=$!
+
+# ---- evaluation: the tiny demo first (while the full-size model builds), then generation at full size ----
+run_check eval-demo         200 $CHECKS eval-demo
+run_check generate          150 $CHECKS generate
 
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora
 run_check fsdp-full          60 $CHECKS fsdp-full
 run_check fp16-resume        50 $CHECKS fp16-resume
 run_check adamw8bit-resume   50 $CHECKS adamw8bit-resume
-run_check offload-reference 100 $CHECKS offload-reference
+run_check offload-reference "${GPUCHK_OFFLOAD_BUDGET:-100}" $CHECKS offload-reference
 run_check sdxl-memory       150 $CHECKS sdxl-memory
 run_check sd15-baseline      40 $CHECKS sd15-baseline
 run_check xformers           60 $CHECKS xformers

@@ -627,6 +627,11 @@ def check_offload_reference(fig: Figures) -> None:
     fig["reference_on_gpu"] = bench("sd15-full-ref-gpu", extra=full, timeout=120, **common)
     fig["reference_offloaded"] = bench("sd15-full-ref-offload", extra=[*full, "train.offload_reference=true"],
                                        timeout=150, **common)
+    if os.environ.get("GPUCHK_OFFLOAD_REPEAT") == "1":  # the same config again: run-to-run (non)determinism
+        again = bench("sd15-full-ref-gpu-again", extra=full, timeout=120, **common)
+        fig["reference_on_gpu_again_losses"] = again["losses"]
+        fig["same_config_loss_max_abs_diff"] = max(
+            (abs(x - y) for x, y in zip(fig["reference_on_gpu"]["losses"], again["losses"])), default=None)
     a, b = fig["reference_on_gpu"], fig["reference_offloaded"]
     fig["peak_saved_gib"] = round(a["peak_memory_gib"] - b["peak_memory_gib"], 3)
     fig["step_time_ratio_offloaded"] = (round(b["median_step_s"] / a["median_step_s"], 3)
@@ -669,6 +674,85 @@ def check_xformers(fig: Figures) -> None:
                                            if fig["sdpa"]["median_step_s"] and fig["xformers_run"]["median_step_s"] else None)
     if fig["loss_max_abs_diff"] is None or fig["loss_max_abs_diff"] > 0.05:
         raise CheckFailed(f"losses differ by up to {fig['loss_max_abs_diff']} (sdpa vs xformers)")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "diffalign.cli.main", *args]
+
+
+def _keep(src: Path, name: str) -> None:
+    """Copy an eval's report (not its images) to $OUT/NAME, which comes back from the GPU machine."""
+    dest = Path(os.environ.get("OUT", WORK / "out")) / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for item in ("results.json", "summary.md", "report.html", "scores.csv", "plots", "grids"):
+        if (src / item).is_dir():
+            shutil.copytree(src / item, dest / item)
+        elif (src / item).is_file():
+            shutil.copy2(src / item, dest / item)
+
+
+def _win(results_file: Path) -> dict:
+    results = json.loads(results_file.read_text())
+    c = results["comparisons"]["shapes"]["tuned"]
+    return {"wins": c["wins"], "ties": c["ties"], "losses": c["losses"], "win_rate": c["win_rate"]["value"],
+            "mean_base": results["scores"]["shapes"]["base"]["mean"],
+            "mean_tuned": results["scores"]["shapes"]["tuned"]["mean"], "dtype": results["settings"]["dtype"]}
+
+
+def check_eval_demo(fig: Figures) -> None:
+    """The embedded demo on the GPU: a short `diffalign train`, then `diffalign eval` with the default precision
+    (float16 on CUDA) and with float32, timed; the two reports come back under $OUT."""
+    run_dir = fresh(WORK / "eval-demo-run")
+    steps = "20" if CPU else "100"
+    result = must(run(_cli("train", f"train.output_dir={run_dir}", f"train.max_steps={steps}", "validation.every=0",
+                           "train.trackers=[]", "train.checkpoint_every=0"), 150), "diffalign train (demo)")
+    fig["train_s"] = round(result.seconds, 1)
+    for dtype in ("auto", "float32"):
+        out = run_dir / f"eval-{dtype}"
+        extra = ["--steps", "4", "--seeds", "1", "--max-prompts", "8"] if CPU else []
+        result = must(run(_cli("eval", str(run_dir), "--out", str(out), "--dtype", dtype, "--no-progress", *extra),
+                          150), f"diffalign eval --dtype {dtype}")
+        fig[f"eval_{dtype}_s"] = round(result.seconds, 1)
+        fig[f"eval_{dtype}"] = _win(out / "results.json")
+        _keep(out, f"eval-demo-{dtype}")
+        rerun = must(run(_cli("eval", str(run_dir), "--out", str(out), "--dtype", dtype, "--no-progress", *extra),
+                         90), "diffalign eval rerun")
+        fig[f"eval_{dtype}_rerun_s"] = round(rerun.seconds, 1)  # images reused: scoring and report only
+
+
+def check_generate(fig: Figures) -> None:
+    """`diffalign generate` on the SD1.5 architecture (random weights), 512 px, 20 DDIM steps, float16: images/s at
+    batch 16, a rerun that finds every image, and whether batch 1 gives the same pixels as batch 16."""
+    started = time.time()
+    model = build_model("sd15")
+    fig["waited_for_model_s"] = round(time.time() - started, 1)
+    size, count = str(resolution(512)), 8 if CPU else 64
+    out, single = fresh(WORK / "gen-b16"), fresh(WORK / "gen-b1")
+    common = ["--prompts", "parti", "--seeds", "1", "--steps", "20", "--size", size, "--dtype",
+              "float32" if CPU else "float16", "--no-progress"]
+    first = must(run(_cli("generate", str(model), "--max-prompts", str(count), "--batch-size", "16", "--out", str(out),
+                          *common), 200), "diffalign generate")
+    fig["images"] = count
+    fig["batch16_run_s"] = round(first.seconds, 1)
+    again = must(run(_cli("generate", str(model), "--max-prompts", str(count), "--batch-size", "16", "--out",
+                          str(out), *common), 60), "diffalign generate (rerun)")
+    fig["rerun_s"] = round(again.seconds, 1)
+    fig["rerun_drew_nothing"] = any("(0 drawn now" in line for line in again.tail)
+    one = must(run(_cli("generate", str(model), "--max-prompts", "4", "--batch-size", "1", "--out", str(single),
+                        *common), 120), "diffalign generate --batch-size 1")
+    fig["batch1_4_images_run_s"] = round(one.seconds, 1)
+    import numpy as np
+    from PIL import Image
+
+    diffs = []
+    for image in sorted(single.glob("p*.png")):
+        a = np.asarray(Image.open(image), dtype=int)
+        b = np.asarray(Image.open(out / image.name), dtype=int)
+        diffs.append(int(np.abs(a - b).max()))
+    fig["batch1_vs_batch16_max_pixel_diff"] = diffs
+    if not fig["rerun_drew_nothing"]:
+        raise CheckFailed("the rerun drew images again instead of resuming")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -749,6 +833,8 @@ CHECKS = {
     "offload-reference": check_offload_reference,
     "sd15-baseline": check_sd15_baseline,
     "xformers": check_xformers,
+    "eval-demo": check_eval_demo,
+    "generate": check_generate,
 }
 
 
