@@ -124,6 +124,17 @@ def category_table(results: dict, scorer: str) -> Table | None:
     return Table(header, rows, [False, True, True, False, True, True, True, True])
 
 
+def criteria_table(results: dict, scorer: str) -> Table | None:
+    """For scorers made of several criteria (the demo's `shapes`): each criterion's mean per model."""
+    by_model = results.get("criteria", {}).get(scorer) or {}
+    if not by_model:
+        return None
+    models = list(by_model)
+    names = list(dict.fromkeys(k for means in by_model.values() for k in means))
+    rows = [[name, *(_num(by_model[m].get(name)) for m in models)] for name in names]
+    return Table(["criterion", *models], rows, [False] + [True] * len(models))
+
+
 def _sections(results: dict) -> list[tuple[str, str, list[tuple[str, Table]]]]:
     """Per scorer: (name, description, [(caption, table)]) in the order of results["scores"]."""
     out = []
@@ -132,6 +143,8 @@ def _sections(results: dict) -> list[tuple[str, str, list[tuple[str, Table]]]]:
         tables = [("Scores per model", score_table(results, scorer)), ("Tuned vs base, pair by pair", comparison_table(results, scorer))]
         if (cats := category_table(results, scorer)) is not None:
             tables.append(("By category", cats))
+        if (crit := criteria_table(results, scorer)) is not None:
+            tables.append(("Mean of each criterion", crit))
         out.append((scorer, str(info.get("scale", "")), [(cap, t) for cap, t in tables if t.rows]))
     return out
 
