@@ -134,7 +134,7 @@ run_check generate          150 $CHECKS generate
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora
 run_check fsdp-full          60 $CHECKS fsdp-full
-run_check fp16-resume        50 $CHECKS fp16-resume
+run_check fp16-resume       120 $CHECKS fp16-resume
 run_check adamw8bit-resume   50 $CHECKS adamw8bit-resume
 run_check offload-reference "${GPUCHK_OFFLOAD_BUDGET:-100}" $CHECKS offload-reference
 run_check sdxl-memory       150 $CHECKS sdxl-memory

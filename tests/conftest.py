@@ -40,6 +40,25 @@ def tiny_models(tmp_path_factory, clip_tokenizers) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def make_lora():
+    """make_lora(base, folder, shift): a rank-4 LoRA on the base's UNet with every weight moved by `shift`,
+    saved in diffusers' format in `folder` (returned)."""
+    from diffalign.config.schema import LoraConfig, ModelConfig
+    from diffalign.models.loading import load_parts
+    from diffalign.models.lora import attach_lora, save_lora
+
+    def make(base: str | Path, folder: Path, shift: float = 0.1) -> Path:
+        unet = load_parts(ModelConfig(pretrained=str(base))).unet
+        with torch.no_grad():
+            for p in attach_lora(unet, LoraConfig(rank=4, alpha=4)):
+                p.add_(shift)
+        save_lora(unet, folder, "sd")
+        return folder
+
+    return make
+
+
 def png_bytes(array) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")

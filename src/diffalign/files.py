@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -18,6 +19,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.umask(umask)
     os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600; give the file the usual permissions
     os.replace(tmp.name, path)
+
+
+def read_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, int, object]]:
+    """(where, line number, value) of each non-blank line of a JSON Lines file; a line that is not JSON
+    raises `error` naming the file, the line and the column."""
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                yield where, number, json.loads(line)
+            except json.JSONDecodeError as bad:
+                raise error(f"{where}: not valid JSON ({bad.msg} at column {bad.colno})") from None
 
 
 def atomic_save(out_dir: Path, write: Callable[[Path], Path]) -> Path:

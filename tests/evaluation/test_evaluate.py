@@ -6,15 +6,11 @@ import csv
 import json
 
 import pytest
-import torch
 
-from diffalign.config.schema import LoraConfig, ModelConfig
 from diffalign.evaluation.evaluate import EvalJob, criterion_means, run_eval
 from diffalign.evaluation.generation import SamplingSettings
 from diffalign.evaluation.model_specs import ModelSpec
 from diffalign.evaluation.prompt_sets import Prompt, PromptSet
-from diffalign.models.loading import load_parts
-from diffalign.models.lora import attach_lora, save_lora
 
 
 def test_criterion_means_cover_criteria_that_only_some_prompts_name():
@@ -31,14 +27,8 @@ def test_criterion_means_cover_criteria_that_only_some_prompts_name():
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tiny_models, tmp_path_factory):
-    unet = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"]))).unet
-    with torch.no_grad():
-        for p in attach_lora(unet, LoraConfig(rank=4, alpha=4)):
-            p.add_(0.1)
-    folder = tmp_path_factory.mktemp("lora")
-    save_lora(unet, folder, "sd")
-    return folder
+def lora_dir(tiny_models, make_lora, tmp_path_factory):
+    return make_lora(tiny_models["sd15"], tmp_path_factory.mktemp("lora"), 0.1)
 
 
 def test_eval_writes_results_report_and_resumes(tiny_models, lora_dir, tmp_path, monkeypatch):

@@ -6,15 +6,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from diffalign.config.schema import LoraConfig, ModelConfig
-from diffalign.evaluation.generation import SamplingSettings, generate_folder, image_name
+from diffalign.evaluation.generation import (
+    SamplingSettings,
+    generate_folder,
+    image_name,
+)
 from diffalign.evaluation.model_specs import ModelSpec
 from diffalign.evaluation.prompt_sets import Prompt, PromptSet
-from diffalign.models.loading import load_parts
-from diffalign.models.lora import attach_lora, save_lora
 
 FAST = SamplingSettings(steps=2, size=32, dtype="float32")
 
@@ -66,13 +66,9 @@ def test_mixed_settings_or_prompt_sets_are_refused(tiny_models, tmp_path):
         generate_folder(model, prompt_set("a blue square"), [0], out, FAST, device="cpu", progress=False)
 
 
-def test_lora_scale_is_applied(tiny_models, tmp_path):
+def test_lora_scale_is_applied(tiny_models, make_lora, tmp_path):
     base = str(tiny_models["sd15"])
-    unet = load_parts(ModelConfig(pretrained=base)).unet
-    with torch.no_grad():
-        for p in attach_lora(unet, LoraConfig(rank=4, alpha=4)):
-            p.add_(0.2)
-    save_lora(unet, tmp_path / "lora", "sd")
+    make_lora(base, tmp_path / "lora", 0.2)
     prompts = prompt_set("a red circle")
     images = {}
     for name, loras in (("base", []), ("off", [(str(tmp_path / "lora"), 0.0)]), ("on", [(str(tmp_path / "lora"), 1.0)])):

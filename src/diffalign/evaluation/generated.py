@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import read_jsonl
+
 METADATA_FILE = "metadata.jsonl"
 SETTINGS_FILE = "generation.json"
 REQUIRED_KEYS = {"file_name": str, "prompt": str, "prompt_index": int, "seed": int}
@@ -63,11 +65,7 @@ class GeneratedFolder:
         return sorted({image.seed for image in self.images})
 
 
-def _parse_line(line: str, where: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+def _check_record(record, where: str) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     for key, kind in REQUIRED_KEYS.items():
@@ -106,12 +104,9 @@ def read_generated(folder: str | Path) -> GeneratedFolder:
             "`diffalign generate` (see `diffalign generate --help`)"
         )
     records: dict[tuple[int, int], tuple[int, dict]] = {}
-    with metadata.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            record = _parse_line(line, f"{metadata} line {number}")
-            records[(record["prompt_index"], record["seed"])] = (number, record)  # a later line wins
+    for where, number, value in read_jsonl(metadata):
+        record = _check_record(value, where)
+        records[(record["prompt_index"], record["seed"])] = (number, record)  # a later line wins
     images, missing = [], 0
     texts: dict[int, tuple[int, str]] = {}
     for (prompt_index, seed), (number, record) in sorted(records.items()):

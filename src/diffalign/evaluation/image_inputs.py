@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.pairs import REQUIRED_COLUMNS, decode_image, load_pair_table
+from ..files import read_jsonl
 from .prompts import PROMPT_KEYS
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
@@ -109,16 +110,10 @@ def read_metadata_rows(path: Path) -> list[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path} line {i + 1}: not valid JSON ({error})") from error
+        for where, _, row in read_jsonl(path, InputError):
             if not isinstance(row, dict):
-                raise InputError(f"{path} line {i + 1}: expected a JSON object with file_name, got {line.strip()!r}")
-            rows.append((f"{path} line {i + 1}", row))
+                raise InputError(f"{where}: expected a JSON object with file_name, got {json.dumps(row)}")
+            rows.append((where, row))
         return rows
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import read_jsonl
 from ..paths import resolve_local
 
 PROMPT_KEYS = ("prompt", "caption", "Prompt", "text")
@@ -156,16 +157,7 @@ def _from_object(item: object, where: str) -> Prompt:
 
 
 def _read_jsonl(path: Path) -> list[Prompt]:
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PromptFileError(f"{path} line {number}: not valid JSON ({error.msg} at column {error.colno})") from error
-        prompts.append(_from_object(item, f"{path} line {number}"))
-    return prompts
+    return [_from_object(item, where) for where, _, item in read_jsonl(path, PromptFileError)]
 
 
 def _read_json(path: Path) -> list[Prompt]:
