@@ -81,13 +81,13 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="compare tuned models with their base: scores, win rates with CIs, grids and an HTML report",
-        description="Generate every prompt × seed with the base model and each tuned model from the same initial "
-        "noise, score every image with each scorer, and report per scorer: each model's mean and median (95 %% "
-        "bootstrap CI over prompts), each tuned model's win / tie / loss rates against the base with bootstrap 95 %% "
-        "CIs (prompts resampled, so a prompt's seeds move together), and the same per category when the prompt set "
-        "has categories. Writes OUT/results.json, scores.csv, summary.md, plots/, grids/ and report.html (one "
-        "file, opens from disk, images by relative path). Images are kept in OUT/images/<model>/: a rerun "
-        "resumes generation and only rescores.",
+        description="Generate every prompt x seed with the base model and each tuned model from the same initial\n"
+        "noise, score every image with each scorer, and report per scorer: each model's mean and median (95 %\n"
+        "bootstrap CI over prompts), each tuned model's win / tie / loss rates against the base with bootstrap\n"
+        "95 % CIs (prompts resampled, so a prompt's seeds move together), and the same per category when the\n"
+        "prompt set has categories. Writes OUT/results.json, scores.csv, summary.md, plots/, grids/ and\n"
+        "report.html (one file that opens from disk; images by relative path). Images are kept in\n"
+        "OUT/images/<model>/: a rerun resumes generation and only rescores.",
         epilog="examples:\n"
         "  diffalign eval out/demo                       # the embedded demo: tuned LoRA vs tiny base, shapes scorer\n"
         "  diffalign eval out/sd15-dpo --prompts parti --seeds 1 --scorer pickscore,hpsv2.1 --out eval/parti\n"

@@ -87,11 +87,11 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
         help="generate images for a prompt set and seeds (resumable)",
-        description="Draw every prompt of a prompt set with every seed, from a model with zero or more LoRAs, into a "
-        "folder: p{prompt:05d}-s{seed}.png images and a metadata.jsonl line per image recording its prompt, seed and "
-        "every setting (Hugging Face imagefolder layout: `diffalign score FOLDER` and `diffalign grid` read it). "
-        "Images already in the folder are skipped, so an interrupted run resumes; a rerun with other settings is "
-        "refused. Image (prompt, seed) starts from the noise of `seed`, whatever the batch or device.",
+        description="Draw every prompt of a prompt set with every seed, from a model with zero or more LoRAs, into\n"
+        "a folder: p{prompt:05d}-s{seed}.png images and one metadata.jsonl line per image recording its prompt,\n"
+        "seed and every setting (Hugging Face imagefolder layout: `diffalign score FOLDER` and `diffalign grid`\n"
+        "read it). Images already in the folder are skipped, so an interrupted run resumes; a rerun with other\n"
+        "settings is refused. Image (prompt, seed) starts from the noise of `seed`, whatever the batch or device.",
         epilog="examples:\n"
         "  diffalign generate assets/tiny-sd --prompts demo --seeds 2 --out samples/base\n"
         "  diffalign generate out/demo --out samples/tuned            # a training run: its base + its LoRA\n"
