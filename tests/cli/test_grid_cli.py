@@ -67,7 +67,9 @@ def test_pages_names_and_selection(tmp_path, capsys):
 
     assert main(["grid", str(a), str(b), "--names", "base,tuned", "--prompts", "2,0", "--seeds", "1",
                  "--cell", "64", "--out", str(out)]) == 0
-    assert "prompts 2..0, seeds [1], models base, tuned" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prompts 2..0, seeds [1], models base, tuned" in printed
+    assert not any(p.exists() for p in pages) and "removed (a page of an earlier, longer grid)" in printed
     grid = np.asarray(Image.open(out))
     layout = layout_of(2, 1, 2, cell=64)
     assert grid.shape == (layout.height, layout.width, 3)

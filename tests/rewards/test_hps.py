@@ -102,7 +102,7 @@ def test_clear_errors(tiny_hps, tmp_path, monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(WeightsNotFound, match="huggingface-cli download xswu/HPSv2 HPS_v2.1_compressed.pt"):
+    with pytest.raises(WeightsNotFound, match="hf download xswu/HPSv2 HPS_v2.1_compressed.pt"):
         build_scorer("hpsv2.1", architecture=architecture)
     torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="never unpickles"):

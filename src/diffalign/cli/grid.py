@@ -54,6 +54,15 @@ def page_paths(out: Path, pages: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{k:02d}{suffix}") for k in range(1, pages + 1)]
 
 
+def stale_pages(out: Path, pages: int) -> list[Path]:
+    """Pages STEM-NN beside `out` that an earlier run with more pages wrote and this run does not."""
+    suffix = out.suffix or ".png"
+    pattern = re.compile(rf"{re.escape(out.stem)}-(\d{{2,}}){re.escape(suffix)}")
+    keep = set(page_paths(out, pages))
+    return sorted(path for path in out.parent.glob(f"{out.stem}-*{suffix}")
+                  if pattern.fullmatch(path.name) and path not in keep)
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     """Read the folders, lay out their images as captioned grids, save the pages and print their paths."""
     from ..evaluation.generated import read_generated
@@ -77,6 +86,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
         save_png(image, path)
         print(f"{path}  (prompts {info['prompts'][0]}..{info['prompts'][-1]}, seeds {info['seeds']}, "
               f"models {', '.join(info['models'])})")
+    for path in stale_pages(Path(args.out), len(pages)):
+        path.unlink()
+        print(f"{path}  removed (a page of an earlier, longer grid)")
     return 0
 
 

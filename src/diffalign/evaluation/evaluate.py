@@ -191,6 +191,8 @@ def run_eval(job: EvalJob) -> dict:
     generated = {m.name: read_generated(folders[m.name]) for m in models}
     grid_seeds = [int(s) for s in job.seeds][: job.grid_seeds]
     pages = grids_from_folders(generated, _grid_prompts(job.prompts, job.grid_prompts), grid_seeds)
+    for stale in (out / "grids").glob("grid-*.png"):  # pages of an earlier run with other settings
+        stale.unlink()
     for n, (image, info) in enumerate(pages, 1):
         path = out / "grids" / f"grid-{n:02d}.png"
         save_png(image, path)

@@ -26,7 +26,7 @@ IMAGE_PROCESSORS = {"pil": CLIPImageProcessorPil, "torchvision": CLIPImageProces
 def _unreachable(what: str, source: str, error: Exception) -> OSError:
     return OSError(
         f"{what}: cannot load {source!r} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-        f"Offline, download the hub repo elsewhere (huggingface-cli download {source}) and pass its local folder"
+        f"Offline, download the hub repo elsewhere (hf download {source}) and pass its local folder"
     )
 
 

@@ -42,7 +42,7 @@ def hub_file(source: str, filename: str, what: str) -> Path:
     except Exception as error:  # offline, unknown repo, gated: one actionable message
         raise WeightsNotFound(
             f"{what}: could not get {filename} from the hub repo {source!r} ({type(error).__name__}). "
-            f"Offline, download it elsewhere (huggingface-cli download {source} {filename}) and pass the "
+            f"Offline, download it elsewhere (hf download {source} {filename}) and pass the "
             f"local file or folder instead of {source!r}"
         ) from error
 
