@@ -8,17 +8,33 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Let `write(file)` fill a temporary file next to `path`, then rename it over `path`.
+
+    Readers see the old file or the new one, never a partial one; a failed write leaves no temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile creates 0600; give the file the usual permissions
-    os.replace(tmp.name, path)
+    """Write `text` (UTF-8) to a temporary file next to `path`, then rename it over `path`."""
+    atomic_write(path, lambda out: out.write(text.encode("utf-8")))
 
 
 def read_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, int, object]]:

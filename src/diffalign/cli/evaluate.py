@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..evaluation.model_specs import ModelSpec, resolve_model
+from ..evaluation.model_specs import ModelSpec, parse_lora, resolve_model
 from .generate import add_sampling_args, sampling_from_args
 
 
@@ -21,7 +21,7 @@ def split_named(text: str) -> tuple[str | None, str]:
 
 def default_base(tuned: str) -> str | None:
     """The base model a tuned model names: its run's `model.pretrained` or a fused folder's `fused_from.json`."""
-    from ..evaluation.model_specs import parse_lora, run_base_model
+    from ..evaluation.model_specs import run_base_model
 
     path = Path(parse_lora(tuned)[0]).expanduser()
     fused = path / "fused_from.json"
@@ -55,8 +55,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prompts, seeds, sampling = sampling_from_args(args)
     scorers = split_scorer_names(args.scorer) or ["shapes"]
     check_scorer_names(scorers)
-    first = Path(tuned[0].loras[0][0]) if tuned[0].loras else None
-    out = Path(args.out) if args.out else (first / "eval" if first is not None and first.is_dir() else Path("eval"))
+    first = Path(parse_lora(split_named(args.tuned[0])[1])[0]).expanduser()
+    out = Path(args.out) if args.out else (first / "eval" if first.is_dir() else Path("eval"))
     job = EvalJob(
         base=base, tuned=tuned, prompts=prompts, seeds=seeds, sampling=sampling, scorers=scorers,
         scorer_options=parse_scorer_options(args.scorer_option, scorers), tie_tolerance=args.tie_tolerance,

@@ -3,7 +3,7 @@
 Plain agreement: among the pairs with a decided human label (`label_0` 1 or 0), a pair is agreed
 when the image the scorer scores higher is the labelled winner. Human ties (`label_0` = 0.5) are
 excluded and counted; equal scores (|s0 - s1| <= tolerance) are score ties, counted apart and left
-out of the accuracy, as `winrate.win_tie_loss` leaves ties out of the win rate; pairs with an image
+out of the accuracy, as `eval` leaves ties out of its win rate among decided pairs; pairs with an image
 the scorer could not score (NaN) are excluded and counted. The 95 % interval is Wilson's.
 
 Tie-aware agreement (PickScore's protocol, Kirstain et al. 2023, `eval_preference_predictor.py`):

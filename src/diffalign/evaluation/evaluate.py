@@ -73,17 +73,22 @@ def check_models(job: EvalJob) -> list[ModelSpec]:
     return models
 
 
-def score_folder(scorer, folder: Path, keys: Sequence[tuple[int, int]], prompts: Sequence[str]) -> np.ndarray:
-    """Scores of the images `image_name(prompt_index, seed)` of `folder`, in the order of `keys`."""
-    out = []
+def score_folder(scorer, folder: Path, keys: Sequence[tuple[int, int]], prompts: Sequence[str]
+                 ) -> tuple[np.ndarray, list[dict[str, float]] | None]:
+    """Scores of the images `image_name(prompt_index, seed)` of `folder`, in the order of `keys`, and, for a
+    scorer made of several criteria (one with `details`), each image's criteria from the same decoded images."""
+    scores, details = [], [] if hasattr(scorer, "details") else None
     for start in range(0, len(keys), SCORE_CHUNK):
         chunk = keys[start : start + SCORE_CHUNK]
         images = []
         for index, seed in chunk:
             with Image.open(folder / image_name(index, seed)) as im:
                 images.append(im.convert("RGB"))
-        out.append(scorer.score(images, [prompts[i] for i, _ in chunk]).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+        texts = [prompts[i] for i, _ in chunk]
+        scores.append(scorer.score(images, texts).float().cpu().numpy())
+        if details is not None:
+            details += scorer.details(np.stack([np.asarray(im) for im in images]), texts)
+    return (np.concatenate(scores) if scores else np.zeros(0)), details
 
 
 def criterion_means(per_image: list[dict[str, float]]) -> dict[str, float]:
@@ -175,12 +180,11 @@ def run_eval(job: EvalJob) -> dict:
         options = job.scorer_options.get(name, {})
         scorer = build_scorer(name, device=device, **options)
         scorer_info[name] = {"scale": getattr(scorer, "scale", None), "options": options}
-        scores[name] = {m.name: score_folder(scorer, folders[m.name], keys, texts) for m in models}
-        if hasattr(scorer, "details"):  # scorers made of several criteria report each one's mean
-            criteria[name] = {}
-            for m in models:
-                images = [np.asarray(Image.open(folders[m.name] / image_name(i, s)).convert("RGB")) for i, s in keys]
-                criteria[name][m.name] = criterion_means(scorer.details(np.stack(images), [texts[i] for i, _ in keys]))
+        scores[name] = {}
+        for m in models:
+            scores[name][m.name], details = score_folder(scorer, folders[m.name], keys, texts)
+            if details is not None:
+                criteria.setdefault(name, {})[m.name] = criterion_means(details)
         del scorer
 
     columns = {f"{m}/{scorer}": s for scorer, by_model in scores.items() for m, s in by_model.items()}

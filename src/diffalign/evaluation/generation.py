@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 
@@ -65,7 +64,8 @@ def _done(folder: Path) -> dict[tuple[int, int], str]:
     if not path.is_file():
         return done
     kept = []
-    lines = path.read_text().splitlines()
+    text = path.read_text()
+    lines = text.splitlines()
     for line in lines:
         try:
             row = json.loads(line)
@@ -75,7 +75,7 @@ def _done(folder: Path) -> dict[tuple[int, int], str]:
         if (folder / str(row.get("file_name", ""))).is_file():
             done[key] = row.get("prompt", "")
             kept.append(line)
-    if len(kept) != len(lines) or (lines and not path.read_text().endswith("\n")):
+    if len(kept) != len(lines) or (lines and not text.endswith("\n")):
         atomic_write_text(path, "".join(line + "\n" for line in kept))
     return done
 
@@ -93,17 +93,6 @@ def _check_settings(folder: Path, settings: dict) -> None:
             )
 
 
-def _save_image(image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def generate_folder(
     model: ModelSpec,
     prompts: PromptSet,
@@ -113,15 +102,18 @@ def generate_folder(
     batch_size: int = 16,
     device: str | None = None,
     progress: bool = True,
-    pipe=None,
 ) -> GenerationResult:
     """Draw every (prompt, seed) of `prompts` × `seeds` with `model` into `out`, skipping those already there.
 
     Image i of a batch starts from the noise of its own seed (a CPU generator), so an image depends
-    only on (model, prompt, seed, settings), not on batching, order or device. `pipe`: an already
-    loaded pipeline for `model` (tests, or callers generating several folders with one model).
+    only on (model, prompt, seed, settings), not on batching, order or device (up to float rounding).
     """
-    from ..sampling.generate import default_device, generate, load_pipeline, resolve_dtype
+    from ..sampling.generate import (
+        default_device,
+        generate,
+        load_pipeline,
+        resolve_dtype,
+    )
 
     sampling = sampling or SamplingSettings()
     device = device or default_device()
@@ -154,9 +146,8 @@ def generate_folder(
     if not todo:
         return GenerationResult(folder, 0, total - len(todo), total)
 
-    if pipe is None:
-        pipe = load_pipeline(model.pipeline, device=device, dtype=dtype, loras=model.loras, unet=model.unet,
-                             sampler=sampling.sampler)
+    pipe = load_pipeline(model.pipeline, device=device, dtype=dtype, loras=model.loras, unet=model.unet,
+                         sampler=sampling.sampler)
     size = sampling.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     bar = tqdm(total=len(todo), desc=f"generate {model.name}", unit="img", disable=not progress)
     with (folder / METADATA).open("a") as metadata:
@@ -168,7 +159,7 @@ def generate_folder(
             )
             for (index, prompt, seed), image in zip(batch, images):
                 name = image_name(index, seed)
-                _save_image(image, folder / name)
+                atomic_write(folder / name, lambda out, im=image: Image.fromarray(im).save(out, format="PNG"))
                 row = {"file_name": name, "prompt": prompt.text, "prompt_index": index, "category": prompt.category,
                        "seed": seed, **recorded, "width": size, "height": size}
                 metadata.write(json.dumps(row) + "\n")

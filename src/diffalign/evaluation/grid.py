@@ -8,8 +8,6 @@ pixels of a 32-px tiny-model image stay visible.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from ..files import atomic_write
 from .generated import GeneratedFolder
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive
@@ -319,18 +318,5 @@ def grids_from_folders(
 
 def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
     """Write `image` as a PNG at `path` atomically (a temporary file next to it, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     picture = image if isinstance(image, Image.Image) else _as_image(image)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            picture.save(out, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda out: picture.save(out, format="PNG"))
