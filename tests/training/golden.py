@@ -1,0 +1,75 @@
+"""Short runs of the embedded demo whose per-step losses and final weights are recorded in `golden/`.
+
+The values were recorded from the code before the method-architecture refactor (issue 14); the test
+`test_golden.py` re-runs the same jobs and requires the same losses and weights, so a refactor of the
+loop, the methods or the data path that changes what is trained is caught. Re-record (only when a
+change of behaviour is intended, and say so in the commit):
+
+    python tests/training/golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+COMMON = [
+    "train.max_steps=4", "train.batch_size=4", "train.log_every=1", "train.warmup_steps=1", "train.trackers=[]",
+    "train.checkpoint_every=0", "validation.every=0", "data.max_pairs=48", "data.empty_prompt_prob=0.3",
+    "train.seed=3",
+]
+JOBS: dict[str, list[str]] = {
+    "dpo-lora": ["data.cache=off", "train.grad_accum=2", "lora.dropout=0.1"],
+    "dpo-lora-cached": ["data.cache=require"],
+    "sft-lora": ["data.cache=off", "objective.name=sft"],
+    "dpo-full": ["data.cache=off", "lora.enabled=false", "train.max_steps=3", "train.learning_rate=1e-4"],
+}
+
+
+def run_job(name: str, out: Path, cache_dir: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train job `name` into `out` (building the latent cache in `cache_dir` first if it needs one) and
+    return its per-step losses and its trainable weights (LoRA file, or the UNet's for full fine-tuning)."""
+    from diffalign.config.core import load_config
+    from diffalign.config.schema import RunConfig
+    from diffalign.training.loop import train
+
+    overrides = [f"train.output_dir={out}", f"data.cache_dir={cache_dir}", *COMMON, *JOBS[name]]
+    cfg = load_config(RunConfig, ROOT / "configs/demo/dpo.yaml", overrides)
+    cfg.model.pretrained = str(ROOT / cfg.model.pretrained)
+    cfg.data.path = str(ROOT / cfg.data.path)
+    if cfg.data.cache == "require":
+        from diffalign.data.cache import build_cache
+        from diffalign.models.loading import load_parts
+
+        build_cache(load_parts(cfg.model, unet=False), cfg.model, cfg.data)
+    result = train(cfg)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if cfg.lora.enabled:
+        weights = load_file(str(result.weights))
+    else:
+        weights = load_file(str(result.weights / "diffusion_pytorch_model.safetensors"))
+        weights = {k: v for k, v in sorted(weights.items())[::40]}  # a sample of the full UNet's tensors
+    return losses, weights
+
+
+def main() -> None:
+    import tempfile
+
+    GOLDEN.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in JOBS:
+            losses, weights = run_job(name, Path(tmp) / name, Path(tmp) / "cache")
+            (GOLDEN / f"{name}.json").write_text(json.dumps({"losses": losses}, indent=1) + "\n")
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(GOLDEN / f"{name}.safetensors"))
+            print(name, losses, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
