@@ -22,8 +22,9 @@ import torch
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
-from diffalign.training.encode import encode_pairs
-from diffalign.training.loop import build_dataset, build_loader, build_optimizer, prepare_unet
+from diffalign.training.encode import encode_batch
+from diffalign.training.setup import build_optimizer, prepare_unet
+from diffalign.training.sources.offline import build_dataset, build_loader
 from diffalign.training.methods import TrainableModel, build_method
 from diffalign.training.randomness import BatchRandom
 
@@ -42,7 +43,7 @@ def main() -> None:
     torch.manual_seed(0)
     parts = load_parts(cfg.model)
     method = build_method(cfg.objective)
-    params, reference = prepare_unet(cfg, parts, method.needs_reference, device)
+    params, reference = prepare_unet(cfg, parts, method.reference, device)
     for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device)
     loader = build_loader(cfg, build_dataset(cfg))
@@ -60,7 +61,7 @@ def main() -> None:
         batch = next(batches)
         rand = BatchRandom(cfg.train.seed, step, len(batch), device=device)
         marks.append(time.perf_counter())
-        pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
+        pairs = encode_batch(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
         sync()
         marks.append(time.perf_counter())
         out = method(model, pairs, rand)

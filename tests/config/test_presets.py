@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from diffalign.config import RunConfig, load_config
-from diffalign.config.schema import DPOObjectiveConfig, SFTObjectiveConfig
+from diffalign.config.objectives import DPOConfig, SFTConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAMILIES = ("sd15", "sd21", "sdxl")
@@ -55,9 +55,9 @@ def test_preset_loads_with_its_model_data_and_objective(path):
     assert cfg.train.output_dir == f"runs/{family}-{method}"
     assert cfg.lora.enabled  # LoRA by default; lora.enabled=false for full fine-tuning
     if method == "dpo":
-        assert isinstance(cfg.objective, DPOObjectiveConfig) and cfg.objective.beta == 5000.0
+        assert isinstance(cfg.objective, DPOConfig) and cfg.objective.beta == 5000.0
     else:
-        assert isinstance(cfg.objective, SFTObjectiveConfig)
+        assert isinstance(cfg.objective, SFTConfig)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from diffalign.config import ConfigError, RunConfig, dump_yaml, from_dict, load_config
-from diffalign.config.schema import DPOObjectiveConfig, SFTObjectiveConfig
+from diffalign.config.objectives import DPOConfig, SFTConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -14,7 +14,7 @@ def test_demo_config_is_the_default():
 
 def test_sft_demo_composes_from_dpo():
     cfg = load_config(RunConfig, CONFIGS / "demo" / "sft.yaml")
-    assert isinstance(cfg.objective, SFTObjectiveConfig)
+    assert isinstance(cfg.objective, SFTConfig)
     assert cfg.train.output_dir == "runs/demo-sft" and cfg.train.max_steps == RunConfig().train.max_steps
 
 
@@ -27,7 +27,7 @@ def test_every_shipped_config_loads():
 
 def test_overrides_and_errors():
     cfg = load_config(RunConfig, None, ["objective.beta=2000", "train.learning_rate=1e-4", "lora.target_modules=[to_q]"])
-    assert isinstance(cfg.objective, DPOObjectiveConfig) and cfg.objective.beta == 2000.0
+    assert isinstance(cfg.objective, DPOConfig) and cfg.objective.beta == 2000.0
     assert cfg.train.learning_rate == 1e-4 and cfg.lora.target_modules == ["to_q"]
     with pytest.raises(ConfigError, match=r"unknown key 'objective.bta'; did you mean 'objective.beta'"):
         load_config(RunConfig, None, ["objective.bta=1"])

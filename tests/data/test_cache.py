@@ -11,9 +11,10 @@ import torch
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.data.cache import CachedPairs, build_cache, cache_folders, find_cache
-from diffalign.data.pairs import PreferencePairs, collate_pairs
+from diffalign.data.pairs import PreferencePairs
+from diffalign.data.record import collate_items
 from diffalign.models.loading import load_parts
-from diffalign.training.encode import encode_cached, encode_pairs
+from diffalign.training.encode import encode_batch
 from diffalign.training.loop import train
 from diffalign.training.randomness import BatchRandom
 
@@ -42,17 +43,17 @@ def test_cached_batch_equals_the_encoded_batch(tiny_models, pair_file, tmp_path,
     cached = CachedPairs(pairs, latents, text)
     empty = text.conditioning([""])
     keys = [(3, i) for i in range(len(pairs))]  # epoch 3: some images flipped, some not
-    live = encode_pairs(parts, collate_pairs([pairs[k] for k in keys]), 0.5, BatchRandom(0, 5, len(keys)),
+    live = encode_batch(parts, collate_items([pairs[k] for k in keys]), 0.5, BatchRandom(0, 5, len(keys)),
                         d.resolution, torch.device("cpu"))
-    read = encode_cached(parts, cached.collate([cached[k] for k in keys]), empty, 0.5,
-                         BatchRandom(0, 5, len(keys)), d.resolution, torch.device("cpu"))
-    for a, b in [(live.latents_w, read.latents_w), (live.latents_l, read.latents_l),
-                 (live.cond_w.hidden_states, read.cond_w.hidden_states),
-                 (live.cond_l.hidden_states, read.cond_l.hidden_states)]:
+    read = encode_batch(parts, cached.collate([cached[k] for k in keys]), 0.5, BatchRandom(0, 5, len(keys)),
+                        d.resolution, torch.device("cpu"), empty=empty)
+    for a, b in [(live.w.latents, read.w.latents), (live.l.latents, read.l.latents),
+                 (live.w.cond.hidden_states, read.w.cond.hidden_states),
+                 (live.l.cond.hidden_states, read.l.cond.hidden_states)]:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     if family == "sdxl":
-        torch.testing.assert_close(live.cond_w.pooled, read.cond_w.pooled, rtol=1e-4, atol=1e-5)
-        assert torch.equal(live.time_ids_w, read.time_ids_w) and torch.equal(live.time_ids_l, read.time_ids_l)
+        torch.testing.assert_close(live.w.cond.pooled, read.w.cond.pooled, rtol=1e-4, atol=1e-5)
+        assert torch.equal(live.w.time_ids, read.w.time_ids) and torch.equal(live.l.time_ids, read.l.time_ids)
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffalign.data.pairs import PreferencePairs, collate_pairs, load_pair_table, write_pair_table
+from diffalign.data.pairs import PreferencePairs, load_pair_table, write_pair_table
+from diffalign.data.record import collate_items
 from diffalign.data.transforms import prepare_image
 
 
@@ -28,11 +29,11 @@ def test_winner_first_and_ties_dropped(tmp_path):
     )
     pairs = PreferencePairs(str(path), resolution=32)
     assert len(pairs) == 2 and pairs.dropped == 1
-    batch = collate_pairs([pairs[0], pairs[1]])
+    batch = collate_items([pairs[0], pairs[1]])
     assert batch.captions == ["a", "b"]
-    assert batch.pixels_w[0].mean().item() == -1.0 and batch.pixels_l[0].mean().item() == 1.0  # label_0 = 1
-    assert batch.pixels_w[1].mean().item() == 1.0 and batch.pixels_l[1].mean().item() == -1.0  # label_0 = 0
-    assert batch.original_sizes_w.tolist() == [[32, 32], [32, 32]]
+    assert batch.w.pixels[0].mean().item() == -1.0 and batch.l.pixels[0].mean().item() == 1.0  # label_0 = 1
+    assert batch.w.pixels[1].mean().item() == 1.0 and batch.l.pixels[1].mean().item() == -1.0  # label_0 = 0
+    assert batch.w.original_sizes.tolist() == [[32, 32], [32, 32]]
 
 
 def test_missing_column_names_found_and_expected(tmp_path):

@@ -68,7 +68,8 @@ import torch  # noqa: E402
 
 from diffalign.data.filters import PairFilter, caption_subset  # noqa: E402
 from diffalign.data.order import EpochBatches  # noqa: E402
-from diffalign.data.pairs import PreferencePairs, collate_pairs, load_pair_table  # noqa: E402
+from diffalign.data.pairs import PreferencePairs, load_pair_table  # noqa: E402
+from diffalign.data.record import collate_items  # noqa: E402
 from diffalign.data.skip_report import read_skipped  # noqa: E402
 from diffalign.data.streaming import StreamingPairs  # noqa: E402
 
@@ -97,7 +98,7 @@ def test_corrupt_image_is_skipped_reported_and_the_epoch_completes(shard, tmp_pa
     report = tmp_path / "out" / "skipped_rows.jsonl"
     pairs = PreferencePairs(str(shard), resolution=8, skip_report=report)
     sampler = EpochBatches(len(pairs), 2, seed=0)
-    loader = torch.utils.data.DataLoader(pairs, batch_sampler=sampler, collate_fn=collate_pairs)
+    loader = torch.utils.data.DataLoader(pairs, batch_sampler=sampler, collate_fn=collate_items)
     batches = [b for _, b in zip(range(2 * sampler.batches_per_epoch), loader)]  # two whole epochs
     assert all(len(b) == 2 for b in batches)
     assert "a broken one" not in {c for b in batches for c in b.captions}
@@ -124,12 +125,12 @@ def test_pick_double_caption_reaches_the_batch(tmp_path):
             row(1, "q", png(3), png(4), 0.0, caption_0="c0 second", caption_1="c1 second")]
     path = write_rows(tmp_path / "dcpo.parquet", rows, schema)
     pairs = PreferencePairs(str(path), resolution=8, dual_captions=True)
-    batch = collate_pairs([pairs[0], pairs[1]])
+    batch = collate_items([pairs[0], pairs[1]])
     assert batch.captions == ["p", "q"]
-    assert batch.captions_w == ["c0 first", "c1 second"] and batch.captions_l == ["c1 first", "c0 second"]
+    assert batch.w.own_captions == ["c0 first", "c1 second"] and batch.l.own_captions == ["c1 first", "c0 second"]
     stream = StreamingPairs(str(path), resolution=8, dual_captions=True)
-    streamed = collate_pairs([item for _, item in zip(range(2), stream)])
-    assert streamed.captions_w == batch.captions_w and streamed.captions_l == batch.captions_l
+    streamed = collate_items([item for _, item in zip(range(2), stream)])
+    assert streamed.w.own_captions == batch.w.own_captions and streamed.l.own_captions == batch.l.own_captions
 
 
 def test_caption_split_has_no_prompt_in_both_sides(tmp_path):

@@ -14,7 +14,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from diffalign.training.checkpoint import checkpoint_dir
-from diffalign.training.loop import check_distributed
+from diffalign.training.setup import check_distributed
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 

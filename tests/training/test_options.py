@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
-from diffalign.training.loop import build_optimizer, configure_unet, prepare_unet
+from diffalign.training.setup import build_optimizer, configure_unet, prepare_unet
 
 
 def _cfg(*overrides):
@@ -41,7 +41,7 @@ def test_offloading_the_reference_is_for_full_finetuning_only(tiny_models):
     cfg = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.offload_reference=true")
     parts = load_parts(cfg.model, encoders=False)
     with pytest.raises(ValueError, match="offload_reference is for full fine-tuning"):
-        prepare_unet(cfg, parts, True, torch.device("cpu"))
+        prepare_unet(cfg, parts, "base", torch.device("cpu"))
     full = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.offload_reference=true", "lora.enabled=false")
-    params, reference = prepare_unet(full, load_parts(full.model, encoders=False), True, torch.device("cpu"))
+    params, reference = prepare_unet(full, load_parts(full.model, encoders=False), "base", torch.device("cpu"))
     assert reference is not None and reference.unet is not parts.unet and params

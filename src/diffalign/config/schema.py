@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .core import Variant, cfg_field, register_variant, variants
+from .core import cfg_field
+from .objectives import DPOConfig, ObjectiveConfig
 
 DEMO_MODEL = "assets/tiny-sd"
 DEMO_TRAIN_PAIRS = "assets/demo/pairs_train.parquet"
@@ -136,36 +137,6 @@ class DataConfig:
     )
 
 
-@variants("name")
-@dataclass
-class ObjectiveConfig(Variant):
-    """The training objective; `name` picks one of the registered objectives."""
-
-    name: str = cfg_field("dpo", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
-
-
-@register_variant(ObjectiveConfig, "dpo")
-@dataclass
-class DPOObjectiveConfig(ObjectiveConfig):
-    """Diffusion-DPO (Wallace et al. 2024), Eq. 14 in the official code's form."""
-
-    name: str = cfg_field("dpo", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
-    beta: float = cfg_field(
-        2000.0,
-        "KL strength beta in -log sigmoid(-0.5*beta*[(err_θ(w)-err_θ(l))-(err_ref(w)-err_ref(l))]), errors "
-        "averaged over latent elements: the official code's beta_dpo (SD1.5 paper: 2000, SDXL: 5000).",
-        min=0.0,
-    )
-
-
-@register_variant(ObjectiveConfig, "sft")
-@dataclass
-class SFTObjectiveConfig(ObjectiveConfig):
-    """Supervised fine-tuning on the preferred image of each pair (Diffusion-DPO's SFT baseline)."""
-
-    name: str = cfg_field("sft", "Objective: 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images).")
-
-
 @dataclass
 class TrainConfig:
     """Optimisation, precision and bookkeeping."""
@@ -218,6 +189,40 @@ class TrainConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """Online methods (data source 'rollouts'): each round the current policy samples images for a set of
+    prompts with the DDIM sampler, keeping every step, and a registered reward judges them."""
+
+    prompts: str = cfg_field(
+        DEMO_TRAIN_PAIRS,
+        "Training prompts: a text file (one prompt per line) or a pair table (its distinct captions).",
+    )
+    prompts_per_round: int = cfg_field(
+        8, "Prompts sampled per round (over all processes); a multiple of train.batch_size x processes.", min=1
+    )
+    images_per_prompt: int = cfg_field(2, "Images sampled per prompt, from the same initial noise (D3PO).", min=2)
+    steps: int = cfg_field(20, "DDIM sampling steps of a rollout.", min=1)
+    guidance: float = cfg_field(5.0, "Classifier-free guidance scale of the sampler.", min=0.0)
+    eta: float = cfg_field(1.0, "DDIM eta: 1 samples every step stochastically (D3PO); 0 is deterministic.", min=0.0)
+    reward: str = cfg_field("shapes", "Registered scorer that judges the rollouts (`diffalign score --help` lists them).")
+    sample_batch_size: int = cfg_field(16, "Images per sampler batch.", min=1)
+    resolution: int | None = cfg_field(None, "Image size of the rollouts (None: the model's default size).", min=8)
+
+
+@dataclass
+class ReferencePoolConfig:
+    """Methods whose reference is a pool of earlier states of the run (SePPO): which states it keeps and uses."""
+
+    every: int = cfg_field(30, "Keep the LoRA weights every N optimizer steps (30: a secondary review's value).", min=1)
+    keep: int = cfg_field(7, "Keep the newest K states beside the initial model (7: a secondary review's value).", min=1)
+    selection: Literal["random", "latest", "initial"] = cfg_field(
+        "random",
+        "Which member is the reference of a micro-step: uniformly at random over the initial model and the kept "
+        "states (the paper's Random Checkpoint Replay), the latest, or the initial model only.",
+    )
+
+
+@dataclass
 class ValidationConfig:
     """Images sampled during training from fixed prompts and seeds, base and tuned side by side."""
 
@@ -245,6 +250,10 @@ class RunConfig:
     model: ModelConfig = cfg_field(ModelConfig, "Base model.")
     lora: LoraConfig = cfg_field(LoraConfig, "LoRA adapters.")
     data: DataConfig = cfg_field(DataConfig, "Preference data.")
-    objective: ObjectiveConfig = cfg_field(DPOObjectiveConfig, "Training objective.")
+    objective: ObjectiveConfig = cfg_field(DPOConfig, "Training objective (the method).")
     train: TrainConfig = cfg_field(TrainConfig, "Optimisation and bookkeeping.")
     validation: ValidationConfig = cfg_field(ValidationConfig, "Validation images during training.")
+    rollout: RolloutConfig = cfg_field(RolloutConfig, "Online sampling (methods that learn from their own images).")
+    reference: ReferencePoolConfig = cfg_field(
+        ReferencePoolConfig, "Reference pool (methods whose reference is earlier states of the run)."
+    )

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from ..models.conditioning import TextConditioning, encode_prompts
 from ..models.loading import DiffusionParts, resolve_source
 from .order import derive_seed
 from .pairs import PreferencePairs, decode_image, load_pair_table, source_key
+from .record import DUAL_CAPTION_COLUMNS, WEIGHT_COLUMN, PairBatch, collate_items, pair_fields
 from .transforms import prepare_image
 
 CACHE_VERSION = 1
@@ -133,26 +133,6 @@ class TextCache(_Shards):
         return TextConditioning(hidden, pooled)
 
 
-@dataclass
-class CachedBatch:
-    """A batch read from the cache: winner/loser posterior moments and text conditioning."""
-
-    mean_w: torch.Tensor
-    std_w: torch.Tensor
-    mean_l: torch.Tensor
-    std_l: torch.Tensor
-    cond_w: TextConditioning
-    cond_l: TextConditioning
-    original_sizes_w: torch.Tensor
-    original_sizes_l: torch.Tensor
-    crops_w: torch.Tensor
-    crops_l: torch.Tensor
-    weight: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.mean_w)
-
-
 class CachedPairs(torch.utils.data.Dataset):
     """The pairs of a `PreferencePairs` served from the cache: no image is decoded, no encoder runs.
 
@@ -164,12 +144,8 @@ class CachedPairs(torch.utils.data.Dataset):
         needed = max(pairs.source_rows) + 1
         if latents.index["rows"] < needed:
             raise ValueError(f"{latents.folder} holds {latents.index['rows']} rows, the data needs {needed}")
-        self.labels = pairs.table.select_columns(["label_0"])["label_0"]
-        self.captions = pairs.table.select_columns(["caption"])["caption"]
-        self.own_captions = [  # per-image captions (Pick-Double-Caption), else the shared one
-            pairs.table.select_columns([c])[c] if c in pairs.table.column_names else None
-            for c in ("caption_0", "caption_1")
-        ]
+        columns = [c for c in ("caption", "label_0", *DUAL_CAPTION_COLUMNS, WEIGHT_COLUMN) if c in pairs.table.column_names]
+        self.rows = pairs.table.select_columns(columns).to_list()  # the small columns, for `pair_fields`
         self.source_rows = pairs.source_rows
         self.flip = pairs.random_flip
         self.seed = pairs.seed
@@ -183,28 +159,23 @@ class CachedPairs(torch.utils.data.Dataset):
         epoch, index = key
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, index))
         row = self.source_rows[index]
-        first = 0 if self.labels[index] == 1 else 1
-        caption = self.captions[index] or ""
-        item: dict = {}
-        for side, k in (("w", first), ("l", 1 - first)):
-            own = self.own_captions[k]
-            item[f"caption_{side}"] = (own[index] if own is not None else None) or caption
+        fields = pair_fields(self.rows[index])
+        item: dict = {"fields": fields}
+        for side, k in zip(("w", "l"), fields.order):
             flipped = self.flip and float(torch.rand((), generator=generator)) < 0.5
             suffix = "_flip" if flipped else ""
-            item[f"mean_{side}"] = self.latents.get(f"mean_{k}{suffix}", row)
-            item[f"std_{side}"] = self.latents.get(f"std_{k}{suffix}", row)
-            item[f"size_{side}"] = self.latents.get(f"size_{k}", row)
-            item[f"crop_{side}"] = self.latents.get(f"crop_{k}", row)
+            item[side] = {"mean": self.latents.get(f"mean_{k}{suffix}", row), "std": self.latents.get(f"std_{k}{suffix}", row),
+                          "original_sizes": self.latents.get(f"size_{k}", row), "crops": self.latents.get(f"crop_{k}", row)}
         return item
 
-    def collate(self, items: Sequence[dict]) -> CachedBatch:
-        """Stack items and look up their captions' conditioning."""
-        stack = {key: torch.stack([it[key] for it in items]) for key in items[0] if not key.startswith("caption")}
-        captions_w, captions_l = [it["caption_w"] for it in items], [it["caption_l"] for it in items]
-        cond_w = self.text.conditioning(captions_w)
-        cond_l = cond_w if captions_l == captions_w else self.text.conditioning(captions_l)
-        return CachedBatch(stack["mean_w"], stack["std_w"], stack["mean_l"], stack["std_l"], cond_w, cond_l,
-                           stack["size_w"], stack["size_l"], stack["crop_w"], stack["crop_l"])
+    def collate(self, items: Sequence[dict]) -> PairBatch:
+        """Stack items and look up the conditioning of their prompts (and of per-image captions that differ)."""
+        batch = collate_items(items)
+        batch.prompt_cond = self.text.conditioning(batch.captions)
+        for side in (batch.w, batch.l):
+            if side is not None and side.own_captions != batch.captions:
+                side.own_cond = self.text.conditioning(side.own_captions)
+        return batch
 
 
 def find_cache(model: ModelConfig, data: DataConfig) -> tuple[LatentCache, TextCache] | None:

@@ -12,7 +12,6 @@ import glob
 import io
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -23,6 +22,7 @@ from ..paths import resolve_local
 from .filters import PairFilter
 from .local_pairs import load_local_pairs, local_pairs_file
 from .order import derive_seed
+from .record import DUAL_CAPTION_COLUMNS, PairFields, pair_fields
 from .skip_report import SkipReport
 from .transforms import prepare_image
 
@@ -111,31 +111,6 @@ def source_key(path: str, split: str, max_pairs: int | None) -> str:
     return "|".join(parts)
 
 
-@dataclass
-class PairBatch:
-    """A batch of preference pairs: winner/loser images in [-1, 1] and their conditioning inputs.
-
-    `captions` condition both images (Diffusion-DPO); `captions_w`/`captions_l` are each image's
-    own caption when the data has them (DCPO), else equal to `captions`. `weight` is an optional
-    per-pair loss weight (SmPO's smoothed labels). Sizes/crops are SDXL's micro-conditioning.
-    """
-
-    pixels_w: torch.Tensor
-    pixels_l: torch.Tensor
-    captions: list[str]
-    captions_w: list[str]
-    captions_l: list[str]
-    original_sizes_w: torch.Tensor
-    original_sizes_l: torch.Tensor
-    crops_w: torch.Tensor
-    crops_l: torch.Tensor
-    weight: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-
-DUAL_CAPTION_COLUMNS = ("caption_0", "caption_1")
 
 
 def filter_rows(table: datasets.Dataset, pair_filter: PairFilter, batch_size: int = 1024) -> list[int]:
@@ -229,9 +204,9 @@ class PreferencePairs(torch.utils.data.Dataset):
     def _item(self, position: int, generator: torch.Generator) -> tuple[dict | None, str]:
         row = self.table[position]
         source_row = self.source_rows[position]
-        first = 0 if row["label_0"] == 1 else 1
+        fields = pair_fields(row)
         images = []
-        for k in (first, 1 - first):
+        for k in fields.order:
             url = row.get(f"image_{k}_url")
             where = f"{self.path} row {source_row} jpg_{k}" + (f" ({url})" if url else "")
             try:
@@ -239,29 +214,18 @@ class PreferencePairs(torch.utils.data.Dataset):
             except ValueError as error:
                 self.skip_report.record(source_row, f"jpg_{k}", str(error), row.get("ranking_id"))
                 return None, str(error)
-        prepared = [
-            prepare_image(im, self.resolution, self.random_crop, self.random_flip, generator) for im in images
-        ]
-        caption = row["caption"] or ""
-        own = [row.get(f"caption_{k}") or caption for k in (first, 1 - first)]
-        return {"prepared": prepared, "caption": caption, "own_captions": own}, ""
+        return image_item(fields, images, self.resolution, self.random_crop, self.random_flip, generator), ""
 
 
-def collate_pairs(items: Sequence[dict]) -> PairBatch:
-    """Stack dataset items into a `PairBatch`."""
-    w = [it["prepared"][0] for it in items]
-    l_ = [it["prepared"][1] for it in items]
-    return PairBatch(
-        pixels_w=torch.stack([p.pixels for p in w]),
-        pixels_l=torch.stack([p.pixels for p in l_]),
-        captions=[it["caption"] for it in items],
-        captions_w=[it["own_captions"][0] for it in items],
-        captions_l=[it["own_captions"][1] for it in items],
-        original_sizes_w=torch.tensor([p.original_size for p in w]),
-        original_sizes_l=torch.tensor([p.original_size for p in l_]),
-        crops_w=torch.tensor([p.crop_top_left for p in w]),
-        crops_l=torch.tensor([p.crop_top_left for p in l_]),
-    )
+def image_item(fields: PairFields, images: Sequence[Image.Image], resolution: int, random_crop: bool,
+               random_flip: bool, generator: torch.Generator) -> dict:
+    """A reader item (see `record.collate_items`) of a pair's decoded images (winner first), prepared for training."""
+    item: dict = {"fields": fields}
+    for side, image in zip(("w", "l"), images):
+        prepared = prepare_image(image, resolution, random_crop, random_flip, generator)
+        item[side] = {"pixels": prepared.pixels, "original_sizes": prepared.original_size,
+                      "crops": prepared.crop_top_left}
+    return item
 
 
 def encode_png(image) -> bytes:

@@ -33,9 +33,9 @@ from ..paths import resolve_local
 from .filters import PairFilter
 from .local_pairs import load_local_pairs, local_pairs_file
 from .order import derive_seed
-from .pairs import DUAL_CAPTION_COLUMNS, check_columns, decode_image, parquet_files
+from .pairs import check_columns, decode_image, image_item, parquet_files
+from .record import DUAL_CAPTION_COLUMNS, PairFields, pair_fields
 from .skip_report import SkipReport
-from .transforms import prepare_image
 
 
 def open_stream(path: str, split: str = "train") -> datasets.IterableDataset:
@@ -109,10 +109,9 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                 kept += 1
                 yield position, row
 
-    def _decode(self, position: int, row: dict) -> list | None:
-        first = 0 if row["label_0"] == 1 else 1
+    def _decode(self, position: int, row: dict, fields: PairFields) -> list | None:
         images = []
-        for k in (first, 1 - first):
+        for k in fields.order:
             try:
                 images.append(decode_image(row[f"jpg_{k}"], f"{self.path} stream row {position} jpg_{k}"))
             except ValueError as error:
@@ -128,7 +127,8 @@ class StreamingPairs(torch.utils.data.IterableDataset):
             self.epoch = epoch
             good = 0
             for position, row in self.rows(epoch):
-                images = self._decode(position, row)
+                fields = pair_fields(row)
+                images = self._decode(position, row, fields)
                 if images is None:
                     continue
                 good += 1
@@ -136,12 +136,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                 if served <= self.start:
                     continue
                 generator = torch.Generator().manual_seed(derive_seed(self.seed, self.world, self.rank, served))
-                first = 0 if row["label_0"] == 1 else 1
-                prepared = [prepare_image(im, self.resolution, self.random_crop, self.random_flip, generator)
-                            for im in images]
-                caption = row["caption"] or ""
-                own = [row.get(f"caption_{k}") or caption for k in (first, 1 - first)]
-                yield {"prepared": prepared, "caption": caption, "own_captions": own}
+                yield image_item(fields, images, self.resolution, self.random_crop, self.random_flip, generator)
             if good == 0:
                 raise ValueError(f"{self.path}: no decodable pairs left after filtering ({self.report.describe()})")
             epoch += 1

@@ -1,7 +1,7 @@
 """Objectives as pure functions of tensors: no models, no I/O, easy to check against the papers."""
 
-from .dpo import diffusion_dpo_loss, dpo_logits
+from .dpo import dpo_logits, dpo_loss
 from .sft import sft_loss
 from .types import ObjectiveOutput, denoising_error
 
-__all__ = ["ObjectiveOutput", "denoising_error", "diffusion_dpo_loss", "dpo_logits", "sft_loss"]
+__all__ = ["ObjectiveOutput", "denoising_error", "dpo_logits", "dpo_loss", "sft_loss"]

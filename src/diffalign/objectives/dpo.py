@@ -31,7 +31,7 @@ def dpo_logits(
     return -0.5 * beta * ((model_err_w - model_err_l) - (ref_err_w - ref_err_l))
 
 
-def diffusion_dpo_loss(
+def dpo_loss(
     model_err_w: torch.Tensor,
     model_err_l: torch.Tensor,
     ref_err_w: torch.Tensor,

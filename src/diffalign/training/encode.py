@@ -1,32 +1,20 @@
-"""Turn a batch of pairs into what the UNet consumes: VAE latents, text conditioning, SDXL time ids."""
+"""Encode a batch of pairs for the UNet: VAE latents, text conditioning, SDXL time ids.
+
+Whether the batch was read from images (VAE and text encoders run now) or from the latent cache, the
+random draws are the same and in the same order (the empty-caption coin, then each side's posterior
+noise, winner first), so the same pairs give the same inputs either way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import torch
 
-from ..data.cache import CachedBatch
-from ..data.pairs import PairBatch
+from ..data.record import PairBatch, Side
 from ..models.conditioning import TextConditioning, encode_prompts, sdxl_time_ids
 from ..models.loading import DiffusionParts
 from .randomness import BatchRandom
-
-
-@dataclass
-class EncodedPairs:
-    """Latents (B, 4, h, w) and conditioning of winners and losers; the input of every pair method."""
-
-    latents_w: torch.Tensor
-    latents_l: torch.Tensor
-    cond_w: TextConditioning
-    cond_l: TextConditioning
-    time_ids_w: torch.Tensor | None = None
-    time_ids_l: torch.Tensor | None = None
-    weight: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.latents_w)
 
 
 def latent_moments(parts: DiffusionParts, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,55 +37,6 @@ def drop_captions(captions: list[str], drop: torch.Tensor) -> list[str]:
     return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
 
-def _assemble(
-    parts: DiffusionParts,
-    batch: PairBatch | CachedBatch,
-    latents_w: torch.Tensor,
-    latents_l: torch.Tensor,
-    cond_w: TextConditioning,
-    cond_l: TextConditioning,
-    resolution: int,
-    device: torch.device,
-) -> EncodedPairs:
-    """Add SDXL's time ids (original size, crop, target size) and the pair weights."""
-    time_ids_w = time_ids_l = None
-    if parts.family == "sdxl":
-        target = (resolution, resolution)
-        time_ids_w = sdxl_time_ids(batch.original_sizes_w, batch.crops_w, target).to(device)
-        time_ids_l = sdxl_time_ids(batch.original_sizes_l, batch.crops_l, target).to(device)
-    weight = None if batch.weight is None else batch.weight.to(device)
-    return EncodedPairs(latents_w, latents_l, cond_w, cond_l, time_ids_w, time_ids_l, weight)
-
-
-@torch.no_grad()
-def encode_pairs(
-    parts: DiffusionParts,
-    batch: PairBatch,
-    empty_prompt_prob: float,
-    rand: BatchRandom,
-    resolution: int,
-    device: torch.device,
-) -> EncodedPairs:
-    """VAE-encode both images and the captions; one empty-caption draw per pair (both images share it).
-
-    The draws, in order: the empty-caption coin, the winner's and the loser's posterior noise.
-    """
-    drop = rand.rand() < empty_prompt_prob
-    mean, std = latent_moments(parts, torch.cat([batch.pixels_w, batch.pixels_l]))
-    mean_w, mean_l = mean.chunk(2)
-    std_w, std_l = std.chunk(2)
-    latents_w = sample_latents(parts, mean_w, std_w, rand.randn(*mean_w.shape[1:])).to(device)
-    latents_l = sample_latents(parts, mean_l, std_l, rand.randn(*mean_l.shape[1:])).to(device)
-    captions_w, captions_l = drop_captions(batch.captions_w, drop), drop_captions(batch.captions_l, drop)
-    if captions_w == captions_l:
-        cond_w = encode_prompts(parts, captions_w)
-        cond_l = cond_w
-    else:
-        both = encode_prompts(parts, captions_w + captions_l)
-        cond_w, cond_l = both[: len(batch)], both[len(batch) :]
-    return _assemble(parts, batch, latents_w, latents_l, cond_w, cond_l, resolution, device)
-
-
 def _with_dropped(cond: TextConditioning, drop: torch.Tensor, empty: TextConditioning) -> TextConditioning:
     """`cond` with the rows where `drop` is true replaced by the empty caption's conditioning."""
     if not bool(drop.any()):
@@ -110,22 +49,65 @@ def _with_dropped(cond: TextConditioning, drop: torch.Tensor, empty: TextConditi
     return TextConditioning(hidden, pooled)
 
 
-def encode_cached(
+def _moments(parts: DiffusionParts, sides: list[Side]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each side's posterior (mean, std): from the cache, or by one VAE pass over every side's pixels."""
+    if sides[0].pixels is None:
+        return [(side.mean.float(), side.std.float()) for side in sides]  # type: ignore[union-attr]
+    mean, std = latent_moments(parts, torch.cat([side.pixels for side in sides]))  # type: ignore[misc]
+    return list(zip(mean.chunk(len(sides)), std.chunk(len(sides))))
+
+
+def _conditioning(
+    parts: DiffusionParts, batch: PairBatch, sides: list[Side], drop: torch.Tensor, empty: TextConditioning | None,
+    per_image_captions: bool,
+) -> list[TextConditioning]:
+    """What conditions each side: the prompts, or each image's own caption with `per_image_captions`;
+    dropped rows get the empty caption. Sides with the same captions share one conditioning."""
+    captions = [side.own_captions if per_image_captions else batch.captions for side in sides]
+    if batch.prompt_cond is None:  # read from images: run the text encoder(s)
+        texts = [drop_captions(c, drop) for c in captions]
+        if all(t == texts[0] for t in texts):
+            return [encode_prompts(parts, texts[0])] * len(sides)
+        both = encode_prompts(parts, [c for t in texts for c in t])
+        return [both[k * len(batch) : (k + 1) * len(batch)] for k in range(len(sides))]
+    assert empty is not None, "a cached batch needs the empty caption's cached conditioning"
+    prompt = _with_dropped(batch.prompt_cond, drop, empty)
+    out = []
+    for side, own in zip(sides, captions):
+        cached = side.own_cond if per_image_captions and own != batch.captions else None
+        out.append(prompt if cached is None else _with_dropped(cached, drop, empty))
+    return out
+
+
+@torch.no_grad()
+def encode_batch(
     parts: DiffusionParts,
-    batch: CachedBatch,
-    empty: TextConditioning,
+    batch: PairBatch,
     empty_prompt_prob: float,
     rand: BatchRandom,
     resolution: int,
     device: torch.device,
-) -> EncodedPairs:
-    """`encode_pairs` for a batch read from the latent and text cache: the same draws in the same order
-    (empty-caption coin, winner's and loser's posterior noise), so the same pairs give the same inputs."""
+    *,
+    empty: TextConditioning | None = None,
+    per_image_captions: bool = False,
+) -> PairBatch:
+    """The batch with each side's latents, conditioning and (SDXL) time ids filled in, on `device`.
+
+    One empty-caption draw per pair (every side of a pair shares it), then each side's posterior noise.
+    `empty` is the empty caption's conditioning, needed for a batch read from the latent cache.
+    `per_image_captions` (a method's capability, DCPO's) conditions each image on its own caption.
+    """
     drop = rand.rand() < empty_prompt_prob
-    latents_w = sample_latents(parts, batch.mean_w.float(), batch.std_w.float(), rand.randn(*batch.mean_w.shape[1:]))
-    latents_l = sample_latents(parts, batch.mean_l.float(), batch.std_l.float(), rand.randn(*batch.mean_l.shape[1:]))
-    cond_w = _with_dropped(batch.cond_w, drop, empty)
-    cond_l = cond_w if batch.cond_l is batch.cond_w else _with_dropped(batch.cond_l, drop, empty)
-    cond_w, cond_l = (TextConditioning(c.hidden_states.to(device), None if c.pooled is None else c.pooled.to(device))
-                      for c in (cond_w, cond_l))
-    return _assemble(parts, batch, latents_w.to(device), latents_l.to(device), cond_w, cond_l, resolution, device)
+    sides = [side for side in (batch.w, batch.l) if side is not None]
+    moments = _moments(parts, sides)
+    latents = [sample_latents(parts, mean, std, rand.randn(*mean.shape[1:])).to(device) for mean, std in moments]
+    conds = _conditioning(parts, batch, sides, drop, empty, per_image_captions)
+    encoded = []
+    for side, lat, cond in zip(sides, latents, conds):
+        time_ids = None
+        if parts.family == "sdxl":
+            time_ids = sdxl_time_ids(side.original_sizes, side.crops, (resolution, resolution)).to(device)
+        cond = TextConditioning(cond.hidden_states.to(device), None if cond.pooled is None else cond.pooled.to(device))
+        encoded.append(dataclasses.replace(side, latents=lat, cond=cond, time_ids=time_ids))
+    weight = None if batch.weight is None else batch.weight.to(device)
+    return dataclasses.replace(batch, w=encoded[0], l=encoded[1] if len(encoded) > 1 else None, weight=weight)

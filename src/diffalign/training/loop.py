@@ -1,9 +1,11 @@
-"""The training loop on accelerate that every objective plugs into.
+"""The training loop on accelerate that every method plugs into.
 
-`train(cfg)` loads the base model, attaches LoRA (or prepares full fine-tuning with a frozen copy as
-reference), streams preference pairs, and runs the objective's method for `train.max_steps`
-optimizer steps with a progress bar (loss, implicit accuracy, reward margin, ETA). At the end it
-writes the LoRA in diffusers' format (or the full UNet), the resolved config and the metrics log.
+`train(cfg)` sets the run up (`setup`: the trainable UNet, the reference the method declared, the
+optimizer), builds the batch source the method declared (`sources`: offline pairs or online rollouts),
+and runs micro-steps through the step runner (`steps`) for `train.max_steps` optimizer steps, with a
+progress bar (loss, implicit accuracy, reward margin, ETA), metrics, validation grids and resumable
+checkpoints. At the end it writes the LoRA in diffusers' format (or the full UNet), the resolved config
+and the metrics log. It never branches on a method's name, only on what the method declares.
 """
 
 from __future__ import annotations
@@ -22,23 +24,24 @@ from tqdm.auto import tqdm
 
 from ..config.core import dump_yaml
 from ..config.schema import RunConfig
-from ..data.cache import CachedPairs, find_cache
-from ..data.order import EpochBatches
-from ..data.filters import PairFilter
-from ..data.pairs import PreferencePairs, collate_pairs
-from ..data.skip_report import SKIP_FILE, SkipReport, read_skipped
-from ..data.streaming import StreamingPairs
-from ..data.relabel import make_relabeller
-from ..models.loading import DTYPES, DiffusionParts, load_parts
-from ..models.lora import attach_lora, save_lora
-from ..models.reference import AdapterDisabledReference, FrozenCopyReference
-from .encode import encode_cached, encode_pairs
+from ..data.cache import find_cache
+from ..data.skip_report import SKIP_FILE
 from ..files import atomic_save, atomic_write_text
+from ..models.loading import DTYPES, DiffusionParts, load_parts
+from ..models.lora import save_lora
+from ..models.reference import FrozenCopyReference
 from .checkpoint import resolve_resume
-from .methods import TrainableModel, build_method
+from .methods import Method, TrainableModel, build_method
 from .randomness import BatchRandom
+from .reference_pool import ReferencePool
+from .setup import build_optimizer, check_distributed, configure_unet, prepare_unet
+from .sources.base import BatchSource
+from .sources.offline import OfflinePairs, build_dataset
 from .state import TrainingState, full_trainable_state
+from .steps import StepRunner, TrainingDiverged
 from .validation import Validator, log_grid
+
+__all__ = ["TrainResult", "TrainingDiverged", "describe_batch", "train"]
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -64,55 +67,13 @@ def _save_unet(unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], folde
     return folder / "unet"
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW, 8-bit AdamW (bitsandbytes) or Adafactor (fixed learning rate, as the Diffusion-DPO SDXL recipe)."""
-    t = cfg.train
-    if t.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            params, lr=lr, weight_decay=t.weight_decay, clip_threshold=1.0, scale_parameter=False, relative_step=False
-        )
-    kwargs = dict(lr=lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes
-        except ImportError as error:
-            raise RuntimeError(
-                "train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); or use adamw"
-            ) from error
-        return bitsandbytes.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
-
-
-def configure_unet(unet: torch.nn.Module, cfg: RunConfig) -> None:
-    """Gradient checkpointing and the attention backend of the trained UNet; TF32 matmuls."""
-    t = cfg.train
-    torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32
-    torch.backends.cudnn.allow_tf32 = t.allow_tf32
-    if t.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if t.attention == "xformers":
-        try:
-            import xformers  # noqa: F401
-        except ImportError as error:
-            raise RuntimeError(
-                "train.attention=xformers but xformers is not installed: pip install 'diffalign[gpu]', "
-                "or use train.attention=sdpa (PyTorch's fused attention, the default)"
-            ) from error
-        try:
-            unet.enable_xformers_memory_efficient_attention()
-        except (ValueError, NotImplementedError) as error:
-            raise RuntimeError(f"train.attention=xformers cannot run here ({error}); use train.attention=sdpa") from error
-
-
-def describe_batch(cfg: RunConfig, processes: int) -> str:
-    """The effective-batch arithmetic printed at start (ddpo-pytorch style)."""
+def describe_batch(cfg: RunConfig, processes: int, unit: str = "pairs") -> str:
+    """The effective-batch arithmetic printed at start (ddpo-pytorch style); `unit` names what a batch holds."""
     t = cfg.train
     per_step = t.batch_size * t.grad_accum * processes
     return (
-        f"effective batch: {t.batch_size} pairs/device x {t.grad_accum} accumulation x {processes} process(es) "
-        f"= {per_step} pairs per optimizer step; {t.max_steps} steps = {per_step * t.max_steps} pairs"
+        f"effective batch: {t.batch_size} {unit}/device x {t.grad_accum} accumulation x {processes} process(es) "
+        f"= {per_step} {unit} per optimizer step; {t.max_steps} steps = {per_step * t.max_steps} {unit}"
     )
 
 
@@ -132,93 +93,6 @@ class _Averages:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
         self.sums, self.count = {}, 0
         return out
-
-
-def prepare_unet(cfg: RunConfig, parts: DiffusionParts, needs_reference: bool, device: torch.device):
-    """Make the UNet trainable (LoRA or full) and build the reference: adapters off, or a frozen copy
-    (on the CPU and streamed to `device` per call with `train.offload_reference`)."""
-    unet = parts.unet
-    reference: AdapterDisabledReference | FrozenCopyReference | None = None
-    if cfg.lora.enabled:
-        if cfg.train.offload_reference:
-            raise ValueError(
-                "train.offload_reference is for full fine-tuning (lora.enabled=false): with LoRA the reference is "
-                "the trained UNet with its adapters switched off, there is no second UNet to offload"
-            )
-        unet.to(DTYPES[cfg.model.frozen_dtype])
-        params = attach_lora(unet, cfg.lora)
-        if needs_reference:
-            reference = AdapterDisabledReference(unet)
-    else:
-        unet.requires_grad_(True)
-        params = list(unet.parameters())
-        if needs_reference:
-            reference = FrozenCopyReference(unet, DTYPES[cfg.model.frozen_dtype])
-            if cfg.train.offload_reference and device.type != "cpu":
-                from accelerate import cpu_offload
-
-                cpu_offload(reference.unet, execution_device=device)
-            else:
-                reference.unet.to(device)
-    unet.train()
-    return params, reference
-
-
-def filter_options(cfg: RunConfig) -> dict:
-    """The `PairFilter` keyword arguments of `cfg.data`."""
-    d = cfg.data
-    return dict(require_different=d.require_different, dedupe=d.dedupe,
-                validation_fraction=d.validation_fraction, subset=d.subset)
-
-
-def build_dataset(
-    cfg: RunConfig,
-    device: torch.device | None = None,
-    *,
-    rank: int = 0,
-    world: int = 1,
-    skip_report: str | Path | None = None,
-) -> PreferencePairs | StreamingPairs:
-    """The filtered pairs of `cfg.data` (a table, or with `data.streaming` this process's stream), relabelled
-    by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`."""
-    d = cfg.data
-    report = SkipReport(skip_report)
-    if d.streaming:
-        if d.relabel_with:
-            raise ValueError("data.relabel_with needs the whole table (scores are cached by row): set data.streaming=false")
-        if d.num_workers:
-            raise ValueError("data.streaming reads in the training process: set data.num_workers=0")
-        return StreamingPairs(
-            d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed,
-            filter_options=filter_options(cfg), skip_report=report, dual_captions=d.dual_captions,
-            shuffle_buffer=d.shuffle_buffer, rank=rank, world=world,
-        )
-    relabel = None
-    if d.relabel_with:
-        relabel = make_relabeller(d.relabel_with, d.relabel_tie_tolerance, d.cache_dir, device=device)
-    return PreferencePairs(
-        d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel,
-        pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=d.dual_captions,
-    )
-
-
-def build_loader(
-    cfg: RunConfig, dataset: PreferencePairs | CachedPairs | StreamingPairs, rank: int = 0, world: int = 1,
-    start: int = 0,
-) -> torch.utils.data.DataLoader:
-    """This process's endless stream of batches from global micro-step `start` on (see `data.order`; a
-    stream skips the `start * batch_size` pairs this process consumed)."""
-    if isinstance(dataset, StreamingPairs):
-        dataset.start = start * cfg.train.batch_size
-        return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, collate_fn=collate_pairs)
-    sampler = EpochBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world, start)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=dataset.collate if isinstance(dataset, CachedPairs) else collate_pairs,
-        num_workers=cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds: leaves the global RNG alone
-    )
 
 
 def _save_weights(
@@ -260,26 +134,24 @@ def _resume_metrics_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def check_distributed(accelerator: Accelerator) -> None:
-    """Refuse the accelerate set-ups the loop cannot checkpoint or validate correctly."""
-    kind = accelerator.distributed_type
-    if kind == DistributedType.DEEPSPEED:
-        raise ValueError(
-            "accelerate is configured for DeepSpeed, which diffalign does not support: its ZeRO optimizer state "
-            "only saves in DeepSpeed's pickled format. For ZeRO-2/3-style sharding use FSDP2 "
-            "(accelerate launch --config_file configs/accelerate/fsdp.yaml -m diffalign.cli.main train ...), "
-            "or DDP (configs/accelerate/ddp.yaml)"
-        )
-    if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
-        raise ValueError(
-            "accelerate is configured for FSDP version 1; diffalign needs FSDP2 (fsdp_version: 2 in the accelerate "
-            "config, as in configs/accelerate/fsdp.yaml): FSDP1 flattens parameters, which LoRA and the "
-            "reference passes cannot address by name"
-        )
 
 
-class TrainingDiverged(FloatingPointError):
-    """A non-finite loss stopped the run."""
+def build_source(
+    cfg: RunConfig, method: Method, parts: DiffusionParts, cache, accelerator: Accelerator, skip_path: Path,
+    resuming: bool,
+) -> BatchSource:
+    """The batch source the method declared: offline pairs (from the latent cache when there is one), or
+    online rollouts of the policy judged by `rollout.reward`."""
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if method.data == "rollouts":
+        from .sources.online import OnlineRollouts
+
+        return OnlineRollouts(cfg, parts, device, rank, world)
+    with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
+        if accelerator.is_main_process and not resuming:
+            skip_path.unlink(missing_ok=True)
+        pairs = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path)
+    return OfflinePairs(cfg, parts, pairs, cache, method.per_image_captions, device, rank, world, skip_path)
 
 
 def train(cfg: RunConfig) -> TrainResult:
@@ -299,32 +171,28 @@ def train(cfg: RunConfig) -> TrainResult:
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)
+    method = build_method(cfg.objective)
 
-    if cfg.data.streaming and cfg.data.cache == "require":
+    online = method.data == "rollouts"
+    if cfg.data.streaming and cfg.data.cache == "require" and not online:
         raise ValueError(
             "data.cache=require cannot apply to data.streaming=true (the latent cache is indexed by the rows of a "
             "downloaded table): set data.cache=auto (encode on the fly) or data.streaming=false"
         )
-    cache = None if cfg.data.streaming else find_cache(cfg.model, cfg.data)
+    cache = None if cfg.data.streaming or online else find_cache(cfg.model, cfg.data)
     # LoRA leaves the UNet frozen: load it straight in the frozen dtype (no float32 copy of SDXL in memory)
     parts = load_parts(
         cfg.model,
         trainable_dtype=DTYPES[cfg.model.frozen_dtype] if cfg.lora.enabled else torch.float32,
         encoders=cache is None,
     )
-    method = build_method(cfg.objective)
-    params, reference = prepare_unet(cfg, parts, method.needs_reference, device)
+    params, reference = prepare_unet(cfg, parts, method.reference, device)
     configure_unet(parts.unet, cfg)
     for frozen in (parts.vae, *parts.text_encoders):
         if frozen is not None:
             frozen.to(device)
     skip_path = out_dir / SKIP_FILE
-    with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
-        if accelerator.is_main_process and resume_from is None:
-            skip_path.unlink(missing_ok=True)
-        pairs_table = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path)
-    dataset = pairs_table if cache is None else CachedPairs(pairs_table, *cache)
-    empty = None if cache is None else cache[1].conditioning([""])
+    source = build_source(cfg, method, parts, cache, accelerator, skip_path, resume_from is not None)
     lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
     optimizer = build_optimizer(params, cfg, lr)
     lr_scheduler = get_scheduler(
@@ -337,32 +205,27 @@ def train(cfg: RunConfig) -> TrainResult:
     unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
     params = [p for p in unet.parameters() if p.requires_grad]  # FSDP2 swaps in sharded parameters
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
+    if online:
+        source.attach_policy(accelerator.unwrap_model(unet), accelerator.autocast)  # type: ignore[attr-defined]
     base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
     validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None
     config_text = dump_yaml(cfg)
     state = TrainingState(
-        accelerator, unet, optimizer, lr_scheduler, cfg.lora.enabled, parts.family, t.batch_size * world, config_text
+        accelerator, unet, optimizer, lr_scheduler, cfg.lora.enabled, parts.family, t.batch_size * world, config_text,
+        extras=[x for x in (source, reference) if hasattr(x, "save") and hasattr(x, "restore")],
     )
     step = micro = 0
     if resume_from is not None:
         step, micro = state.restore(resume_from)
-    loader = build_loader(cfg, dataset, rank, world, start=micro)
+    runner = StepRunner(accelerator, method, model, params, optimizer, lr_scheduler, t.max_grad_norm, resume_from)
 
     metrics_path = out_dir / METRICS_FILE
+    unit = "prompts" if online else "pairs"
     if accelerator.is_main_process:
         print(f"model {parts.source} ({parts.family}, {parts.prediction_type}); objective {cfg.objective.name}")
-        if isinstance(dataset, StreamingPairs):
-            described = "streamed, filters applied on the fly (counts at the end)"
-        else:
-            described = f"{len(dataset)} decided pairs ({pairs_table.report.describe()})"
-        print(
-            f"data {cfg.data.path}: {described}; "
-            f"trainable parameters {n_trainable:,}"
-            f" ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})"
-        )
-        print(describe_batch(cfg, world) + f"; learning rate {lr:g}")
-        if cache is not None:
-            print(f"latent and text cache: {cache[0].folder}, {cache[1].folder} (no VAE or text encoder loaded)")
+        print(source.describe())
+        print(f"trainable parameters {n_trainable:,} ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})")
+        print(describe_batch(cfg, world, unit) + f"; learning rate {lr:g}")
         if resume_from is not None:
             print(f"resumed from {resume_from} at step {step} (micro-step {micro})")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -382,39 +245,14 @@ def train(cfg: RunConfig) -> TrainResult:
     averages = _Averages()
     last: dict[str, float] = {}
     start, last_time, last_step = time.time(), time.time(), step
-    last_checkpoint = resume_from
-    for batch in loader if step < t.max_steps else []:
-        rand = BatchRandom(t.seed, micro, len(batch), rank, world, device)
+    for raw in source.batches(micro) if step < t.max_steps else []:
+        if isinstance(reference, ReferencePool):
+            reference.refresh(step, t.seed, micro)
+        rand = BatchRandom(t.seed, micro, len(raw), rank, world, device)
         micro += 1
-        with accelerator.accumulate(unet):
-            if empty is None:
-                pairs = encode_pairs(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
-            else:
-                pairs = encode_cached(parts, batch, empty, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
-            with accelerator.autocast():
-                out = method(model, pairs, rand)
-            finite = torch.isfinite(out.loss.detach()).float()
-            if world > 1:
-                finite = accelerator.reduce(finite, "min")
-            if finite.item() < 1:
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step + 1}: stopped. The last good checkpoint is "
-                    f"{last_checkpoint or 'none (train.checkpoint_every=0 or not reached yet)'}; lower "
-                    f"train.learning_rate or the objective's beta, or use train.mixed_precision=bf16 instead of fp16, "
-                    f"then continue with train.resume=latest"
-                )
-            accelerator.backward(out.loss)
-            step_metrics = {"loss": out.loss.detach(), **out.metrics}
-            if accelerator.sync_gradients:
-                limit = t.max_grad_norm if t.max_grad_norm is not None else float("inf")
-                grad_norm = accelerator.clip_grad_norm_(params, limit)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        averages.add(step_metrics)
+        averages.add(runner.run(source.prepare(raw, rand), rand, step))
         if not accelerator.sync_gradients:
             continue
-        last_grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         step += 1
         progress.update(1)
         if step % t.log_every == 0 or step == t.max_steps:
@@ -427,8 +265,8 @@ def train(cfg: RunConfig) -> TrainResult:
             last.update(
                 step=step,
                 lr=lr_scheduler.get_last_lr()[0],
-                grad_norm=last_grad_norm,
-                pairs_per_s=(step - last_step) * t.batch_size * t.grad_accum * world / max(now - last_time, 1e-9),
+                grad_norm=runner.grad_norm,
+                **{f"{unit}_per_s": (step - last_step) * t.batch_size * t.grad_accum * world / max(now - last_time, 1e-9)},
                 peak_memory_gib=_peak_memory_gib(device),
                 seconds=now - start,
             )
@@ -446,7 +284,7 @@ def train(cfg: RunConfig) -> TrainResult:
             if trackers and accelerator.is_main_process:
                 log_grid(accelerator, grid, step)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
-            last_checkpoint = state.save(out_dir, step, micro, t.keep_checkpoints)
+            runner.last_checkpoint = state.save(out_dir, step, micro, t.keep_checkpoints)
         if step >= t.max_steps:
             break
     progress.close()
@@ -455,11 +293,9 @@ def train(cfg: RunConfig) -> TrainResult:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if isinstance(dataset, StreamingPairs):
-            print(f"streamed data, epoch {dataset.epoch} so far on this process: {dataset.report.describe()}")
-        skipped = read_skipped(skip_path)
-        if skipped:
-            print(f"{len(skipped)} pair(s) skipped for undecodable images, listed in {skip_path}")
+        summary = source.summary()
+        if summary:
+            print(summary)
     weights = out_dir
     state_dict, _ = full_trainable_state(unet)  # every process: gathers FSDP shards
     if accelerator.is_main_process:

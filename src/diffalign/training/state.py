@@ -10,7 +10,7 @@ tests resume it under one process and under FSDP2; the global batch must stay th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -70,6 +70,8 @@ class TrainingState:
     family: str
     global_batch: int  # pairs per micro-step over all processes
     config_text: str
+    extras: list = field(default_factory=list)  # objects with save(folder, rank) / restore(folder, rank): the
+    # batch source's position beyond the micro-step, the reference pool
 
     def save(self, out_dir: Path, step: int, micro_step: int, keep: int) -> Path:
         """Write the checkpoint of `step` (every process must call this)."""
@@ -78,6 +80,8 @@ class TrainingState:
 
         def write_own(folder: Path) -> None:
             save_state_files(folder, f"rng-{acc.process_index}", rng_state())
+            for extra in self.extras:
+                extra.save(folder, acc.process_index)
 
         def write_shared(folder: Path) -> None:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / TRAINABLE_FILE))
@@ -125,6 +129,8 @@ class TrainingState:
         self.lr_scheduler.load_state_dict(schedule["lr_scheduler"])
         if acc.scaler is not None and schedule["scaler"] is not None:
             acc.scaler.load_state_dict(schedule["scaler"])
+        for extra in self.extras:
+            extra.restore(folder, acc.process_index)
         own = folder / f"rng-{acc.process_index}.json"
         if own.is_file():
             set_rng_state(load_state_files(folder, f"rng-{acc.process_index}"))

@@ -1,0 +1,89 @@
+"""The objectives (training methods) a run can choose with `objective.name`, and their settings.
+
+Each objective is declared once, by decorating its config dataclass with `@objective(name, method=...)`:
+that registers the config variant and links it, lazily, to the method class that trains it
+(`"module:Class"`, imported only when training starts, so `import diffalign.config` stays torch-free).
+The naming convention, checked by `tests/training/test_method_registry.py`:
+
+    config/objectives.py            <Name>Config           (this file)
+    training/methods/<name>.py      <Name>                 (the method: what it needs, how a batch becomes a loss)
+    objectives/<name>.py            <name>_loss            (the loss as a pure function of tensors)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .core import Variant, cfg_field, register_variant, variants
+
+T = TypeVar("T")
+
+_NAME_HELP = "Objective (training method): 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images)."
+
+# objective name -> "module:Class" of its training method (or the class itself, for methods defined
+# outside the package, e.g. in a user's own module or a test)
+_METHODS: dict[str, str | type] = {}
+
+
+@variants("name")
+@dataclass
+class ObjectiveConfig(Variant):
+    """The training objective; `name` picks one of the registered objectives."""
+
+    name: str = cfg_field("dpo", _NAME_HELP)
+
+
+def objective(name: str, method: str | type) -> Callable[[type[T]], type[T]]:
+    """Class decorator: register a config dataclass as the objective `name`, trained by `method`
+    (`"module:Class"`, imported on first use by `diffalign.training.methods.method_class`, or the class)."""
+
+    def decorate(cls: type[T]) -> type[T]:
+        if isinstance(method, str) and ":" not in method:
+            raise ValueError(f"@objective({name!r}): method must be 'module:Class', got {method!r}")
+        register_variant(ObjectiveConfig, name)(cls)
+        _METHODS[name] = method
+        return cls
+
+    return decorate
+
+
+def unregister_objective(name: str) -> None:
+    """Remove objective `name` (for tests that register a temporary one)."""
+    _METHODS.pop(name, None)
+    ObjectiveConfig.__variant_registry__.pop(name, None)  # type: ignore[attr-defined]
+
+
+def method_path(name: str) -> str | type:
+    """The `"module:Class"` of the method that trains objective `name` (or the class itself)."""
+    if name not in _METHODS:
+        raise KeyError(f"no objective named {name!r}; registered: {sorted(_METHODS)}")
+    return _METHODS[name]
+
+
+def registered_objectives() -> dict[str, str | type]:
+    """Every registered objective name and its method's `"module:Class"`."""
+    return dict(_METHODS)
+
+
+@objective("dpo", method="diffalign.training.methods.dpo:DPO")
+@dataclass
+class DPOConfig(ObjectiveConfig):
+    """Diffusion-DPO (Wallace et al. 2024), Eq. 14 in the official code's form."""
+
+    name: str = cfg_field("dpo", _NAME_HELP)
+    beta: float = cfg_field(
+        2000.0,
+        "KL strength beta in -log sigmoid(-0.5*beta*[(err_θ(w)-err_θ(l))-(err_ref(w)-err_ref(l))]), errors "
+        "averaged over latent elements: the official code's beta_dpo (SD1.5 paper: 2000, SDXL: 5000).",
+        min=0.0,
+    )
+
+
+@objective("sft", method="diffalign.training.methods.sft:SFT")
+@dataclass
+class SFTConfig(ObjectiveConfig):
+    """Supervised fine-tuning on the preferred image of each pair (Diffusion-DPO's SFT baseline)."""
+
+    name: str = cfg_field("sft", _NAME_HELP)

@@ -1,0 +1,133 @@
+"""Offline preference pairs as a batch source: a pair table (decoded and encoded every step), its latent
+cache, or a stream, in the data order of `data.order`, encoded for the method at each micro-step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from ...config.schema import RunConfig
+from ...data.cache import CachedPairs, LatentCache, TextCache
+from ...data.filters import PairFilter
+from ...data.order import EpochBatches
+from ...data.pairs import PreferencePairs
+from ...data.record import PairBatch, collate_items
+from ...data.relabel import make_relabeller
+from ...data.skip_report import SkipReport, read_skipped
+from ...data.streaming import StreamingPairs
+from ...models.loading import DiffusionParts
+from ..encode import encode_batch
+from ..randomness import BatchRandom
+
+
+def filter_options(cfg: RunConfig) -> dict:
+    """The `PairFilter` keyword arguments of `cfg.data`."""
+    d = cfg.data
+    return dict(require_different=d.require_different, dedupe=d.dedupe,
+                validation_fraction=d.validation_fraction, subset=d.subset)
+
+
+def build_dataset(
+    cfg: RunConfig,
+    device: torch.device | None = None,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    skip_report: str | Path | None = None,
+) -> PreferencePairs | StreamingPairs:
+    """The filtered pairs of `cfg.data` (a table, or with `data.streaming` this process's stream), relabelled
+    by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`."""
+    d = cfg.data
+    report = SkipReport(skip_report)
+    if d.streaming:
+        if d.relabel_with:
+            raise ValueError("data.relabel_with needs the whole table (scores are cached by row): set data.streaming=false")
+        if d.num_workers:
+            raise ValueError("data.streaming reads in the training process: set data.num_workers=0")
+        return StreamingPairs(
+            d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed,
+            filter_options=filter_options(cfg), skip_report=report, dual_captions=d.dual_captions,
+            shuffle_buffer=d.shuffle_buffer, rank=rank, world=world,
+        )
+    relabel = None
+    if d.relabel_with:
+        relabel = make_relabeller(d.relabel_with, d.relabel_tie_tolerance, d.cache_dir, device=device)
+    return PreferencePairs(
+        d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel,
+        pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=d.dual_captions,
+    )
+
+
+def build_loader(
+    cfg: RunConfig, dataset: PreferencePairs | CachedPairs | StreamingPairs, rank: int = 0, world: int = 1,
+    start: int = 0,
+) -> torch.utils.data.DataLoader:
+    """This process's endless stream of batches from global micro-step `start` on (see `data.order`; a
+    stream skips the `start * batch_size` pairs this process consumed)."""
+    if isinstance(dataset, StreamingPairs):
+        dataset.start = start * cfg.train.batch_size
+        return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, collate_fn=collate_items)
+    sampler = EpochBatches(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world, start)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=dataset.collate if isinstance(dataset, CachedPairs) else collate_items,
+        num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # worker seeds: leaves the global RNG alone
+    )
+
+
+class OfflinePairs:
+    """The pairs of `cfg.data`, from the latent cache when `cache` is given, encoded for the method.
+
+    Its position is the global micro-step alone (the data order is a function of it), so it saves nothing.
+    """
+
+    def __init__(
+        self, cfg: RunConfig, parts: DiffusionParts, pairs: PreferencePairs | StreamingPairs,
+        cache: tuple[LatentCache, TextCache] | None, per_image_captions: bool, device: torch.device,
+        rank: int = 0, world: int = 1, skip_path: Path | None = None,
+    ) -> None:
+        self.cfg, self.parts, self.pairs, self.device = cfg, parts, pairs, device
+        self.rank, self.world, self.skip_path = rank, world, skip_path
+        self.per_image_captions = per_image_captions
+        self.cache = cache
+        self.dataset = pairs if cache is None else CachedPairs(pairs, *cache)  # type: ignore[arg-type]
+        self.empty = None if cache is None else cache[1].conditioning([""])
+
+    def describe(self) -> str:
+        d = self.cfg.data
+        if isinstance(self.pairs, StreamingPairs):
+            described = "streamed, filters applied on the fly (counts at the end)"
+        else:
+            described = f"{len(self.dataset)} decided pairs ({self.pairs.report.describe()})"
+        text = f"data {d.path}: {described}"
+        if self.cache is not None:
+            text += (f"\nlatent and text cache: {self.cache[0].folder}, {self.cache[1].folder} "
+                     "(no VAE or text encoder loaded)")
+        return text
+
+    def batches(self, micro: int) -> Iterator[PairBatch]:
+        return iter(build_loader(self.cfg, self.dataset, self.rank, self.world, start=micro))
+
+    def prepare(self, raw: PairBatch, rand: BatchRandom) -> PairBatch:
+        d = self.cfg.data
+        return encode_batch(self.parts, raw, d.empty_prompt_prob, rand, d.resolution, self.device, empty=self.empty,
+                            per_image_captions=self.per_image_captions)
+
+    def save(self, folder: Path, rank: int) -> None:
+        del folder, rank
+
+    def restore(self, folder: Path, rank: int) -> None:
+        del folder, rank
+
+    def summary(self) -> str | None:
+        lines = []
+        if isinstance(self.pairs, StreamingPairs):
+            lines.append(f"streamed data, epoch {self.pairs.epoch} so far on this process: {self.pairs.report.describe()}")
+        skipped = read_skipped(self.skip_path) if self.skip_path is not None else []
+        if skipped:
+            lines.append(f"{len(skipped)} pair(s) skipped for undecodable images, listed in {self.skip_path}")
+        return "\n".join(lines) or None
