@@ -6,7 +6,7 @@
 For `--groups` captions (every training caption of the shapes world in turn, held-out captions
 excluded, each several times with new seeds), the tiny model draws `--k` images (DDIM 20 steps, CFG 5, recorded seeds); the rule-based `shapes`
 reward scores them, and the best and the worst become a pair when their scores differ by at least
-`--min-margin`. This is `diffalign pairs --prompts demo --scorer shapes` (`diffalign.data.build_pairs`),
+`--min-margin`. This is `diffalign pairs --prompts demo --scorer shapes` (`diffalign.feedback.build_pairs`),
 written as one file: `pairs_train.parquet` in the Pick-a-Pic v2 schema (`caption`, `jpg_0`, `jpg_1`
 as PNG bytes, `label_0`, `label_1`, plus `score_*`, `seed_*`, `model_*`, `pref_prob_0`), the winner on
 a random side. `prompts_heldout.txt` lists the held-out captions, which no training pair uses, for
@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from diffalign.data.build_pairs import PairsJob, build_pairs, demo_captions
+from diffalign.feedback.build_pairs import PairsJob, build_pairs, demo_captions
 from diffalign.data.cards import write_dataset_card
 from diffalign.synthetic.domain import split_specs
 

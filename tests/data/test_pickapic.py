@@ -107,7 +107,7 @@ def test_corrupt_image_is_skipped_reported_and_the_epoch_completes(shard, tmp_pa
     assert len(report.read_text().splitlines()) == 1  # one line per bad row per process, not per encounter
     # the replacement is the next pair in table order, the same for the same key
     position = pairs.source_rows.index(5)
-    assert pairs[(0, position)]["caption"] == pairs[(0, position + 1)]["caption"] == "twins"
+    assert pairs[(0, position)]["fields"].caption == pairs[(0, position + 1)]["fields"].caption == "twins"
 
 
 def test_missing_column_names_found_and_expected_and_dual_captions(tmp_path, shard):
@@ -156,22 +156,22 @@ def test_streaming_equals_map_style_without_shuffling(shard):
     assert stream.report == table.report
     good = [i for i, r in enumerate(table.source_rows) if r != 5]
     streamed = [item for _, item in zip(range(len(good)), stream)]
-    assert [it["caption"] for it in streamed] == [table[i]["caption"] for i in good]
+    assert [it["fields"].caption for it in streamed] == [table[i]["fields"].caption for i in good]
     for i, item in zip(good, streamed):
-        assert torch.equal(item["prepared"][0].pixels, table[i]["prepared"][0].pixels)
+        assert torch.equal(item["w"]["pixels"], table[i]["w"]["pixels"])
     assert stream.skip_report.rows == {5}  # stream position 5 = source row 5 without shuffling
 
 
 def test_streaming_order_is_seeded_and_resumes_by_skipping(shard):
     def captions(start=0, n=7):  # one epoch: datasets 5.2 takes ~5 s to start each shuffled pass
         s = StreamingPairs(str(shard), resolution=8, seed=0, shuffle_buffer=4, start=start)
-        return [it["caption"] for _, it in zip(range(n), s)]
+        return [it["fields"].caption for _, it in zip(range(n), s)]
 
     first = captions()
     assert sorted(first) != first and first == captions()
     assert captions(start=3, n=4) == first[3:]
     capped = StreamingPairs(str(shard), resolution=8, max_pairs=3)
-    assert [it["caption"] for _, it in zip(range(6), capped)] == ["a red circle", "a blue square", "same looking"] * 2
+    assert [it["fields"].caption for _, it in zip(range(6), capped)] == ["a red circle", "a blue square", "same looking"] * 2
 
 
 def test_local_jsonl_and_csv_pairs(tmp_path):
@@ -188,15 +188,15 @@ def test_local_jsonl_and_csv_pairs(tmp_path):
     report = tmp_path / "skipped.jsonl"
     pairs = PreferencePairs(str(folder), resolution=8, skip_report=report)
     item = pairs[1]  # the missing image: reported, replaced by the next (wrapped) pair
-    assert item["own_captions"] == ["cw", "cl"] and item["caption"] == "one"
-    assert item["prepared"][0].pixels.mean() < item["prepared"][1].pixels.mean()  # winner (dark) first
+    assert item["fields"].own_captions == ("cw", "cl") and item["fields"].caption == "one"
+    assert item["w"]["pixels"].mean() < item["l"]["pixels"].mean()  # winner (dark) first
     skipped = read_skipped(report)
     assert skipped[0]["row"] == 1 and "gone.png" in skipped[0]["error"]
 
     csv_file = folder / "other.csv"
     csv_file.write_text("prompt,chosen,rejected\nthree,img/l1.png,img/w1.png\n")
     csv_pairs = PreferencePairs(str(csv_file), resolution=8)
-    assert len(csv_pairs) == 1 and csv_pairs[0]["prepared"][0].pixels.mean() > 0
+    assert len(csv_pairs) == 1 and csv_pairs[0]["w"]["pixels"].mean() > 0
     (folder / "bad.csv").write_text("prompt,winner\nx,y\n")
     with pytest.raises(ValueError, match=r"bad.csv: missing column\(s\) \['chosen', 'rejected'\]"):
         load_pair_table(str(folder / "bad.csv"))

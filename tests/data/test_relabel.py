@@ -58,7 +58,7 @@ def test_scorer_flips_wrong_label_and_decides_source_tie(tmp_path):
     relabelled, stats = relabel_table(table, s0, s1, tie_tolerance=0.05)
     assert relabelled["label_0"] == [1.0, 0.0, 0.5, 0.0]
     assert relabelled["label_1"] == [0.0, 1.0, 0.5, 1.0]
-    assert np.allclose(relabelled["ai_score_0"], s0) and np.allclose(relabelled["ai_score_1"], s1)
+    assert np.allclose(relabelled["score_0"], s0) and np.allclose(relabelled["score_1"], s1)
     assert stats == {"rows": 4, "decided": 3, "ties": 1, "flipped": 1, "ties_decided": 1, "agreement": 0.5}
     strict, strict_stats = relabel_table(table, s0, s1, tie_tolerance=0.0)
     assert strict["label_0"][2] == 1.0 and strict_stats["ties"] == 0

@@ -15,16 +15,15 @@ from diffalign.evaluation.score_files import (
     write_scores,
 )
 from diffalign.evaluation.scoring import (
-    ScorerFailure,
     build_scorers,
     parse_option_value,
     parse_scorer_options,
-    score_images,
     score_items,
     split_scorer_names,
     summarize,
 )
 from diffalign.rewards import build_scorer
+from diffalign.rewards.batch import ScorerFailure, score_in_batches
 from diffalign.synthetic.domain import random_spec
 from diffalign.synthetic.render import render
 
@@ -167,23 +166,23 @@ class PickyScorer:
         return torch.tensor([np.asarray(image, dtype=np.float64).mean() / 255 for image in images])
 
 
-def test_score_images_isolates_failures_and_groups_sizes():
+def test_batch_scoring_isolates_failures_and_groups_sizes():
     sizes = [32, 64, 32, 48, 64, 32]
     images = [Image.new("RGB", (s, s), (10 * i, 0, 0)) for i, s in enumerate(sizes)]
     prompts = ["ok"] * 6
     prompts[3] = "bad"
     scorer = PickyScorer()
-    values, errors = score_images(scorer, images, prompts)
-    assert errors[3] == "picky: cannot parse a bad prompt"
-    assert [e is None for e in errors] == [True, True, True, False, True, True]
+    result = score_in_batches(scorer, images, prompts)
+    assert [tuple(f) for f in result.failures] == [(3, "picky: cannot parse a bad prompt", "picky")]
+    values = result.values().numpy()
     expected = [10 * i / 255 / 3 for i in range(6)]
     assert np.allclose(np.delete(values, 3), np.delete(expected, 3)) and np.isnan(values[3])
     assert scorer.calls == [6, 3, 2, 1]  # the whole list, then one call per size: 32 px, 64 px, 48 px (the bad one)
     scorer.calls.clear()
     same_size = [images[0]] * 4
-    values, errors = score_images(scorer, same_size, ["ok", "ok", "ok", "bad"])
+    result = score_in_batches(scorer, same_size, ["ok", "ok", "ok", "bad"])
     assert scorer.calls == [4, 2, 2, 1, 1]  # halved until the bad image is alone
-    assert [e is None for e in errors] == [True, True, True, False]
+    assert result.failed == [3]
 
 
 def test_shapes_scores_mixed_sizes_like_single_images(tmp_path: Path):

@@ -41,7 +41,7 @@ def command_line() -> str:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from ..data.build_pairs import DEMO_GROUPS, PairsJob, build_pairs, demo_captions
+    from ..feedback.build_pairs import DEMO_GROUPS, PairsJob, build_pairs, demo_captions
     from ..evaluation.prompts import load_prompts
 
     names, options, weights = scorer_choices(args)
@@ -112,7 +112,8 @@ def add_pairs_parser(sub: argparse._SubParsersAction) -> None:
         "derived from (--seed, i, j), recorded), score them with one or several scorers, and write pairs in\n"
         "the Pick-a-Pic v2 schema (parquet shards in OUT/data/, a dataset card OUT/README.md), the winner on\n"
         "a random side, with every scorer's score (score_<scorer>_0/1), the combined score (score_0/1),\n"
-        "pref_prob_0 (P(image 0 preferred), SmPO's smoothed label), seed_0/1 and model_0/1.\n\n"
+        "pref_prob_0 (P(image 0 preferred), the Bradley-Terry probability of the combined score),\n"
+        "seed_0/1 and model_0/1.\n\n"
         "  --strategy best-worst   the best and the worst image of each prompt (one pair per prompt)\n"
         "  --strategy margin       every pair of the K images\n"
         "Either way a pair needs a combined-score margin of at least --min-margin (and above 0).\n\n"

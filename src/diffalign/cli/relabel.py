@@ -12,7 +12,7 @@ MAX_LISTED_ERRORS = 20
 
 
 def cmd_relabel(args: argparse.Namespace) -> int:
-    from ..data.relabel_dataset import RelabelJob, format_totals, relabel_dataset
+    from ..feedback.relabel_dataset import RelabelJob, format_totals, relabel_dataset
 
     names, options, weights = scorer_choices(args)
     labels = "scorer" if args.flip else args.labels
@@ -57,8 +57,8 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
         description="Score jpg_0 and jpg_1 of every row of a Pick-a-Pic-schema dataset against its caption with\n"
         "one or several scorers and write a new dataset (parquet shards in OUT/data/, a dataset card\n"
         "OUT/README.md) with every original column plus score_<scorer>_0/1, the combined score score_0/1\n"
-        "and pref_prob_0 = P(image 0 preferred) = sigmoid(logit_scale x (score_0 - score_1)) (SmPO's\n"
-        "smoothed label).\n\n"
+        "and pref_prob_0 = P(image 0 preferred) = sigmoid(logit_scale x (score_0 - score_1)), the\n"
+        "Bradley-Terry preference probability of the combined score.\n\n"
         "  --labels keep     (default) the original labels stay; the flips the scorer would make are counted\n"
         "  --labels scorer   (or --flip) the combined score decides each pair, differences up to\n"
         "                    --tie-tolerance are ties (0.5/0.5): Diffusion-DPO's AI-feedback variant;\n"

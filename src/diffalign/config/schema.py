@@ -98,8 +98,9 @@ class DataConfig:
     )
     relabel_with: str | None = cfg_field(
         None,
-        "AI feedback: a registered scorer (e.g. shapes; `diffalign.rewards.available_scorers()`) re-decides the winner of every pair from the "
-        "images (Diffusion-DPO's AI-feedback variant); the scores are computed once and kept in cache_dir/relabel.",
+        "AI feedback: a registered scorer (e.g. shapes; `diffalign.rewards.available_scorers()`) re-decides the winner of "
+        "every pair from the images (Diffusion-DPO's AI-feedback variant) and its scores become the score_0/score_1 "
+        "columns; the scores are computed once and kept in cache_dir/relabel.",
     )
     relabel_tie_tolerance: float = cfg_field(
         0.0, "With relabel_with: pairs whose two scores differ by at most this are ties and dropped.", min=0.0

@@ -3,11 +3,13 @@
 Diffusion-DPO's AI-feedback variant replaces the human labels of Pick-a-Pic by the verdict of a
 reward model: each pair's two images are scored against the caption and the higher score wins;
 pairs whose scores differ by at most a tolerance become ties (0.5/0.5), which `decided_pairs` drops.
+The scores stay in the table as `score_0`/`score_1`, the columns `diffalign relabel` writes too.
 
 Scoring a large table is expensive, so `make_relabeller` keeps the scores in
 `<cache_dir>/relabel/<scorer>-<hash>.safetensors` (float32 `score_0`, `score_1`) and a later run
 with the same data and scorer reuses them without building the scorer. The tie tolerance is applied
-after loading, so changing it does not invalidate the cache.
+after loading, so changing it does not invalidate the cache. (The cache has always named its tensors
+`score_0`/`score_1`, so caches written while the table columns were `ai_score_0/1` are still read.)
 """
 
 from __future__ import annotations
@@ -20,32 +22,19 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
+from ..files import atomic_save
 from ..rewards import build_scorer
 from ..rewards.base import Scorer
-from ..files import atomic_save
-from .pairs import decode_image
+from ..rewards.batch import score_in_batches
+from .pair_images import PairImages
 
 Relabel = Callable[[datasets.Dataset, str], datasets.Dataset]
 
-SCORE_COLUMNS = ("ai_score_0", "ai_score_1")
-
-
-def _scores_by_size(scorer: Scorer, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
-    """Score images in groups of equal size (scorers stack a call's images into one tensor)."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(image.size, []).append(i)
-    out = np.empty(len(images), dtype=np.float64)
-    for indices in groups.values():
-        result = scorer.score([images[i] for i in indices], [prompts[i] for i in indices])
-        values = torch.as_tensor(result).detach().float().cpu().reshape(-1).numpy()
-        if len(values) != len(indices):
-            raise ValueError(f"scorer {scorer.name!r} returned {len(values)} scores for {len(indices)} images")
-        out[indices] = values
-    return out
+# The scores that decided the labels, under the names `diffalign relabel` and `diffalign pairs` use too.
+SCORE_COLUMNS = ("score_0", "score_1")
+# Their earlier name: dropped from a table being relabelled, so that no table holds both.
+LEGACY_SCORE_COLUMNS = ("ai_score_0", "ai_score_1")
 
 
 def score_pairs(
@@ -55,37 +44,33 @@ def score_pairs(
     progress: bool = True,
     source: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Score `jpg_0` and `jpg_1` of every row against the row's caption, `batch_size` rows per step.
+    """Score `jpg_0` and `jpg_1` of every row against the row's caption, `batch_size` rows per step
+    (`rewards.batch.score_in_batches`).
 
-    Returns two float64 arrays of length `len(table)`. Undecodable images and non-finite scores raise
-    a ValueError naming the row (prefixed by `source`, e.g. the data path).
+    Returns two float64 arrays of length `len(table)`. Every pair must be scored (its label depends
+    on both scores): an undecodable image or a failed or non-finite score stops the scoring after its
+    batch with a ValueError naming the row at fault (prefixed by `source`, e.g. the data path).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    prefix = f"{source} " if source else ""
-    columns = table.select_columns(["caption", "jpg_0", "jpg_1"])
-    n = len(columns)
-    scores = np.empty((2, n), dtype=np.float64)
-    bar = tqdm(total=n, desc=f"scoring pairs ({scorer.name})", disable=not progress, unit="pair")
-    with torch.no_grad(), bar:
-        for start in range(0, n, batch_size):
-            rows = columns[start : start + batch_size]
-            count = len(rows["caption"])
-            prompts = [caption or "" for caption in rows["caption"]]
-            images = []
-            for k in (0, 1):
-                for offset, data in enumerate(rows[f"jpg_{k}"]):
-                    where = f"{prefix}row {start + offset} jpg_{k}"
-                    image = data if isinstance(data, Image.Image) else decode_image(data, where)
-                    images.append(image.convert("RGB"))
-            batch = _scores_by_size(scorer, images, prompts + prompts).reshape(2, count)
-            bad = np.argwhere(~np.isfinite(batch))
-            if len(bad):
-                k, offset = bad[0]
-                raise ValueError(f"{prefix}row {start + offset} jpg_{k}: non-finite score from {scorer.name!r}")
-            scores[:, start : start + count] = batch
-            bar.update(count)
-    return scores[0], scores[1]
+    images = PairImages(table, source)
+    captions = [caption or "" for caption in table["caption"]]
+    result = score_in_batches(
+        scorer,
+        images,
+        [captions[i // 2] for i in range(len(images))],
+        batch_size=2 * batch_size,
+        progress=progress,
+        desc=f"scoring pairs ({scorer.name})",
+        stop_after_failure=True,
+    )
+    if result.failures:
+        failure = result.failures[0]
+        # a loading error names its row itself (decode_image); a scorer's error is located here
+        raise ValueError(failure.reason if failure.scorer is None else f"{images.where(failure.index)}: {failure.reason}")
+    # float32, as the cache keeps them: a computed and a cached run decide the same labels
+    scores = result.values().float().double().numpy().reshape(len(table), 2)
+    return scores[:, 0].copy(), scores[:, 1].copy()
 
 
 def decide_labels(scores_0: np.ndarray, scores_1: np.ndarray, tie_tolerance: float) -> np.ndarray:
@@ -123,7 +108,7 @@ def label_stats(original_label_0: np.ndarray, label_0: np.ndarray) -> dict:
 def relabel_table(
     table: datasets.Dataset, scores_0: np.ndarray, scores_1: np.ndarray, tie_tolerance: float
 ) -> tuple[datasets.Dataset, dict]:
-    """Replace `label_0`/`label_1` by the scores' verdict and add the scores as `ai_score_0`/`ai_score_1`.
+    """Replace `label_0`/`label_1` by the scores' verdict and the score columns `score_0`/`score_1` by the scores.
 
     The higher score wins (1/0 or 0/1); |s0 - s1| <= tie_tolerance is a tie (0.5/0.5). The stats
     are `label_stats` of the original and the new labels.
@@ -135,13 +120,13 @@ def relabel_table(
     label_0 = decide_labels(scores_0, scores_1, tie_tolerance)
     stats = label_stats(np.asarray(table["label_0"], dtype=np.float64), label_0)
 
-    replaced = [c for c in ("label_0", "label_1", *SCORE_COLUMNS) if c in table.column_names]
+    replaced = [c for c in ("label_0", "label_1", *SCORE_COLUMNS, *LEGACY_SCORE_COLUMNS) if c in table.column_names]
     out = table.remove_columns(replaced)
     for name, values in (
         ("label_0", label_0),
         ("label_1", 1.0 - label_0),
-        ("ai_score_0", scores_0.astype(np.float32)),
-        ("ai_score_1", scores_1.astype(np.float32)),
+        (SCORE_COLUMNS[0], scores_0.astype(np.float32)),
+        (SCORE_COLUMNS[1], scores_1.astype(np.float32)),
     ):
         out = out.add_column(name, values.tolist())
     return out, stats

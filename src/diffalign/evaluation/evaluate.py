@@ -23,9 +23,12 @@ from PIL import Image
 
 from .. import __version__
 from ..files import atomic_write_text
+from ..rewards.base import Scorer
+from ..rewards.batch import score_in_batches
 from .generated import read_generated
 from .generation import SamplingSettings, generate_folder, image_name
 from .grid import grids_from_folders, save_png
+from .image_inputs import open_image
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 from .report import write_report
@@ -73,19 +76,33 @@ def check_models(job: EvalJob) -> list[ModelSpec]:
     return models
 
 
-def score_folder(scorer, folder: Path, keys: Sequence[tuple[int, int]], prompts: Sequence[str]
+def _read_image(path: Path) -> Image.Image:
+    try:
+        return open_image(path)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def score_folder(scorer: Scorer, folder: Path, keys: Sequence[tuple[int, int]], prompts: Sequence[str]
                  ) -> tuple[np.ndarray, list[dict[str, float]] | None]:
     """Scores of the images `image_name(prompt_index, seed)` of `folder`, in the order of `keys`, and, for a
-    scorer made of several criteria (one with `details`), each image's criteria from the same decoded images."""
+    scorer made of several criteria (one with `details`), each image's criteria from the same decoded images.
+
+    Every image must be scored (the comparisons are paired): an image that cannot be read or scored
+    raises a ValueError naming its file, after the rest of its chunk was tried.
+    """
     scores, details = [], [] if hasattr(scorer, "details") else None
     for start in range(0, len(keys), SCORE_CHUNK):
         chunk = keys[start : start + SCORE_CHUNK]
-        images = []
-        for index, seed in chunk:
-            with Image.open(folder / image_name(index, seed)) as im:
-                images.append(im.convert("RGB"))
+        paths = [folder / image_name(index, seed) for index, seed in chunk]
+        images = [_read_image(path) for path in paths]
         texts = [prompts[i] for i, _ in chunk]
-        scores.append(scorer.score(images, texts).float().cpu().numpy())
+        result = score_in_batches(scorer, images, texts, batch_size=SCORE_CHUNK)
+        if result.failures:
+            first = result.failures[0]
+            more = f" (and {len(result.failed) - 1} more image(s))" if len(result.failed) > 1 else ""
+            raise ValueError(f"{paths[first.index]}: {first.reason}{more}")
+        scores.append(result.values().numpy())
         if details is not None:
             details += scorer.details(np.stack([np.asarray(im) for im in images]), texts)
     return (np.concatenate(scores) if scores else np.zeros(0)), details

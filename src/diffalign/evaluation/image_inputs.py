@@ -31,7 +31,8 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..data.pairs import REQUIRED_COLUMNS, decode_image, load_pair_table
+from ..data.pair_images import PairImages
+from ..data.pairs import REQUIRED_COLUMNS, load_pair_table
 from ..files import read_jsonl
 from .prompts import PROMPT_KEYS
 
@@ -172,21 +173,13 @@ def pair_table_items(path: str) -> tuple[datasets.Dataset, list[ImageItem]]:
     caption scores as ""); images are decoded only when an item is loaded.
     """
     table = load_pair_table(path)
-    images = {k: table.select_columns([k]) for k in ("jpg_0", "jpg_1")}
     captions = list(table["caption"])
+    images = PairImages(table, path)
     items = []
-    for row in range(len(table)):
-        for key in ("jpg_0", "jpg_1"):
-            load = functools.partial(_load_pair_image, images[key], row, key, f"{path} row {row} {key}")
-            items.append(ImageItem(file=path, prompt=captions[row] or "", load=load, row=row, image=key))
+    for i in range(len(images)):
+        row, key = images.locate(i)
+        items.append(ImageItem(file=path, prompt=captions[row] or "", load=images[i], row=row, image=key))
     return table, items
-
-
-def _load_pair_image(column: datasets.Dataset, row: int, key: str, where: str) -> Image.Image:
-    data = column[row][key]
-    if isinstance(data, Image.Image):  # a table whose schema declares an Image feature arrives decoded
-        return data.convert("RGB")
-    return decode_image(data, where).convert("RGB")
 
 
 def _visible_files(folder: Path) -> list[Path]:

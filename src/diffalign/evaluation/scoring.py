@@ -1,10 +1,10 @@
 """Scoring many images with one or several registered scorers, and summarising the scores.
 
 `build_scorers` turns command-line choices (`--scorer`, `--scorer-option NAME.key=value`, device,
-dtype, batch size) into scorer objects; `score_items` scores every image in batches so that one bad
-image or prompt costs only that image: the images of a batch are decoded once and handed to every
-scorer, a failing call is retried on equal-size groups and then image by image, and each failure
-becomes that image's error. `summarize` gives each scorer's n, mean, std, median, min and max,
+dtype, batch size) into scorer objects; `score_items` scores every image with
+`rewards.batch.score_in_batches`, so that one bad image or prompt costs only that image: the images of
+a batch are decoded once and handed to every scorer, a failing call is retried on equal-size groups
+and then on halves until the bad image stands alone, and each failure becomes that image's error. `summarize` gives each scorer's n, mean, std, median, min and max,
 always next to the scorer's `scale` so that reports never mix units.
 """
 
@@ -17,15 +17,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
 from ..rewards import available_scorers, build_scorer
 from ..rewards.base import Scorer
+from ..rewards.batch import DEFAULT_BATCH_SIZE, score_in_batches
 from .image_inputs import ImageItem
 
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = DEFAULT_BATCH_SIZE
 _TRUE, _FALSE, _NONE = {"true", "yes", "on"}, {"false", "no", "off"}, {"none", "null"}
 
 
@@ -161,56 +159,6 @@ class ScoreRun:
         return columns, rows
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if isinstance(error, ValueError) else f"{type(error).__name__}: {text}"
-
-
-def _call(scorer: Scorer, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
-    with torch.no_grad():
-        result = scorer.score(images, prompts)
-    values = torch.as_tensor(result).detach().cpu().double().reshape(-1).numpy()
-    if len(values) != len(images):
-        raise ValueError(f"returned {len(values)} scores for {len(images)} images")
-    return values
-
-
-def score_images(scorer: Scorer, images: list[Image.Image], prompts: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    """One scorer's scores for a list of images (NaN where it failed) and each image's error.
-
-    The whole list is scored in one call; if that fails, images of equal size are scored together
-    (scorers that stack a tensor need that), and a failing group is halved until the failing images
-    are isolated.
-    """
-    values = np.full(len(images), np.nan)
-    errors: list[str | None] = [None] * len(images)
-
-    def attempt(indices: list[int], by_size: bool) -> None:
-        try:
-            values[indices] = _call(scorer, [images[i] for i in indices], [prompts[i] for i in indices])
-            return
-        except Exception as error:  # noqa: BLE001  (any failure of a scorer call is retried on fewer images)
-            if len(indices) == 1:
-                errors[indices[0]] = f"{scorer.name}: {_describe(error)}"
-                return
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i in indices:
-            groups.setdefault(images[i].size, []).append(i)
-        if by_size and len(groups) > 1:
-            parts = list(groups.values())
-        else:
-            parts = [indices[: len(indices) // 2], indices[len(indices) // 2 :]]
-        for part in parts:
-            attempt(part, False)
-
-    attempt(list(range(len(images))), True)
-    for i, value in enumerate(values):
-        if errors[i] is None and not np.isfinite(value):
-            errors[i] = f"{scorer.name}: non-finite score ({value})"
-            values[i] = np.nan
-    return values, errors
-
-
 def scorer_tags(scorer: Scorer) -> dict:
     """What a scorer's numbers mean and how they were computed: scale, logit_scale, dtype, device."""
     tags: dict[str, object] = {"scale": str(getattr(scorer, "scale", ""))}
@@ -222,21 +170,16 @@ def scorer_tags(scorer: Scorer) -> dict:
     return tags
 
 
-class ScorerFailure(ValueError):
-    """A scorer failed on every image of the first batch: stop instead of failing on every image."""
-
-
 def score_items(
     items: Sequence[ImageItem], scorers: Sequence[Scorer], batch_size: int = DEFAULT_CHUNK, progress: bool = True
 ) -> ScoreRun:
-    """Score every item with every scorer, `batch_size` images per call; each failure becomes an item error.
+    """Score every item with every scorer, `batch_size` images per call (`rewards.batch.score_in_batches`);
+    each failure becomes an item error.
 
     Raises `ScorerFailure` when a scorer fails on all images of the first batch and more remain (a
     wrong scorer for these prompts, missing weights...). Ctrl-C stops the run: the returned
     `ScoreRun` has `interrupted` set and the unscored items say so, so the caller can still save it.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     items = list(items)
     names = [s.name for s in scorers]
     run = ScoreRun(
@@ -246,39 +189,25 @@ def score_items(
         scores={name: np.full(len(items), np.nan) for name in names},
         errors=[[item.error] if item.error else [] for item in items],
     )
-    first_batch = True
-    bar = tqdm(total=len(items), desc=f"scoring ({', '.join(names)})", unit="image", disable=not progress)
-    start = 0
-    try:
-        with bar:
-            for start in range(0, len(items), batch_size):
-                indices, images = [], []
-                for i in range(start, min(start + batch_size, len(items))):
-                    if items[i].load is None or run.errors[i]:
-                        continue
-                    try:
-                        images.append(items[i].load())
-                        indices.append(i)
-                    except Exception as error:  # noqa: BLE001  (one unreadable image must not stop the run)
-                        run.errors[i].append(_describe(error))
-                prompts = [items[i].prompt or "" for i in indices]
-                for scorer in scorers if images else ():
-                    values, errors = score_images(scorer, images, prompts)
-                    run.scores[scorer.name][indices] = values
-                    for i, error in zip(indices, errors):
-                        if error:
-                            run.errors[i].append(error)
-                    more = start + batch_size < len(items)
-                    if first_batch and more and all(errors):
-                        raise ScorerFailure(
-                            f"scorer {scorer.name!r} failed on all {len(images)} images of the first batch, e.g. "
-                            f"{items[indices[0]].where}: {errors[0]}; stopped before scoring the rest"
-                        )
-                first_batch = first_batch and not images
-                bar.update(min(batch_size, len(items) - start))
-    except KeyboardInterrupt:
-        run.interrupted = True
-        for i in range(start, len(items)):
+    todo = [i for i, item in enumerate(items) if item.load is not None and not run.errors[i]]
+    result = score_in_batches(
+        scorers,
+        [items[i].load for i in todo],  # type: ignore[misc]
+        [items[i].prompt or "" for i in todo],
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"scoring ({', '.join(names)})",
+        stop_if_first_batch_fails=len(todo) > batch_size,
+        stop_on_interrupt=True,
+        where=lambda k: items[todo[k]].where,
+    )
+    for name, values in result.scores.items():
+        run.scores[name][todo] = values.numpy()
+    for failure in result.failures:
+        run.errors[todo[failure.index]].append(failure.reason)
+    run.interrupted = result.interrupted
+    if run.interrupted:
+        for i in todo:
             if not run.errors[i] and any(np.isnan(run.scores[name][i]) for name in names):
                 run.errors[i].append("not scored: interrupted")
     return run

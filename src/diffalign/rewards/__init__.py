@@ -1,4 +1,5 @@
-"""Reward scorers: one interface (`score(images, prompts) -> tensor`) and a registry by name."""
+"""Reward scorers: one interface (`score(images, prompts) -> tensor`), a registry by name, and batch
+scoring that isolates bad images (`score_in_batches`)."""
 
 from . import shapes  # noqa: F401  (importing it registers "shapes")
 from .base import register_lazy
@@ -25,15 +26,20 @@ from .base import (
     to_float_images,
     to_pil_images,
 )
+from .batch import BatchScores, ScoreFailure, ScorerFailure, score_in_batches
 
 __all__ = [
+    "BatchScores",
+    "ScoreFailure",
     "Scorer",
+    "ScorerFailure",
     "available_scorers",
     "build_scorer",
     "preference_probabilities",
     "register_scorer",
     "resolve_device",
     "resolve_dtype",
+    "score_in_batches",
     "scorer_factory",
     "to_float_images",
     "to_pil_images",

@@ -5,29 +5,22 @@ For prompt i of a list, a text-to-image model draws K images, image j from the n
 are built from the combined score (`choose_pairs`). The pairs are written in the Pick-a-Pic v2
 schema (`caption`, `jpg_0`, `jpg_1` PNG bytes, `label_0`, `label_1`), the winner on a side drawn
 from (seed, i, pair), with every scorer's score per image (`score_<scorer>_0/1`), the combined score
-(`score_0/1`), `pref_prob_0` = P(image 0 preferred) under the combined Bradley-Terry model,
-`seed_0/1` and `model_0/1`.
+(`score_0/1`, see `feedback.combine`), `pref_prob_0` = P(image 0 preferred), the Bradley-Terry
+preference probability of the combined score, `seed_0/1` and `model_0/1`.
 
-Combining scorers (`combine_scores`): a weighted sum of the raw scores. With one scorer the weight
-defaults to 1 (the combined score is that scorer's score, in its unit) and its `logit_scale` turns a
-score difference into a preference logit. With several scorers each weight defaults to that
-scorer's `logit_scale`, so the sum is in Bradley-Terry logits (each scorer a preference model of its
-own, multiplied together) and the combined logit scale is 1; given weights are used as they are, in
-logits per unit of each scorer. Raw rather than z-normalised scores: z-normalising needs statistics of
-the whole data set, which would make a prompt's pairs depend on the other prompts and on how far an
-interrupted run got.
+The images of a generation batch are scored in memory by `rewards.batch.score_in_batches`; an image
+no scorer could score takes no part in a pair, and a scorer that fails on every image of the first
+batch stops the run.
 
-Resumable per prompt: each prompt's pairs are written atomically to `.pending/prompt-<i>.part`
-as soon as they exist, and gathered into shards of about `shard_size` rows (whole prompt groups);
-`progress.json` records the prompts whose pairs are in shards (see `data.resume`). A rerun with the
-same settings skips every prompt already done.
+Resumable per prompt: each prompt's pairs are saved as a pending part as soon as they exist and
+gathered into shards (`feedback.pending_parts`). A rerun with the same settings skips every prompt
+already done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import time
@@ -36,16 +29,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .cards import write_dataset_card
-from .order import derive_seed
-from .pairs import encode_png, write_pair_table
-from .resume import from_ranges, open_progress, save_progress, shard_name, to_ranges
+from ..data.cards import write_dataset_card
+from ..data.order import derive_seed
+from ..data.resume import from_ranges, open_progress
+from ..evaluation.scoring import build_scorers
+from ..rewards.batch import score_in_batches
+from ..synthetic.domain import split_specs
+from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
+from .pending_parts import PENDING_DIR, flush_parts, pending_prompts, write_part
 
 STRATEGIES = ("best-worst", "margin")
-PENDING_DIR = ".pending"
 DEMO_GROUPS = 2400
 _IMAGE_KEY, _SIDE_KEY = 0, 1
 
@@ -53,8 +48,6 @@ _IMAGE_KEY, _SIDE_KEY = 0, 1
 def demo_captions(groups: int = DEMO_GROUPS, seed: int = 0) -> list[str]:
     """The demo's training captions: every training caption of the shapes world in a shuffled order,
     reshuffled and repeated until there are `groups` (held-out captions never appear)."""
-    from ..synthetic.domain import split_specs
-
     rng = random.Random(seed)
     order = [s.caption for s in split_specs()[0]]
     captions: list[str] = []
@@ -72,30 +65,6 @@ def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
 def winner_first(seed: int, prompt_index: int, pair_index: int) -> bool:
     """Whether pair `pair_index` of prompt `prompt_index` puts its winner in `jpg_0` (a fair coin from the seed)."""
     return derive_seed(seed, _SIDE_KEY, prompt_index, pair_index) % 2 == 0
-
-
-def resolve_weights(
-    names: Sequence[str], logit_scales: Sequence[float], weights: Sequence[float] | None = None
-) -> tuple[list[float], float]:
-    """Each scorer's weight in the combined score and the combined score's logit scale (module docstring)."""
-    if weights is not None:
-        if len(weights) != len(names):
-            raise ValueError(f"--weights has {len(weights)} value(s) for {len(names)} scorer(s) ({', '.join(names)})")
-        weights = [float(w) for w in weights]
-    if len(names) == 1:
-        return (weights or [1.0]), float(logit_scales[0])
-    return (weights or [float(s) for s in logit_scales]), 1.0
-
-
-def combine_scores(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """The weighted sum of the scorers' scores, image by image (NaN where any scorer failed)."""
-    total = None
-    for name, weight in weights.items():
-        part = weight * np.asarray(scores[name], dtype=np.float64)
-        total = part if total is None else total + part
-    if total is None:
-        raise ValueError("no scorer to combine")
-    return total
 
 
 def choose_pairs(combined: np.ndarray, strategy: str = "best-worst", min_margin: float = 0.0) -> list[tuple[int, int]]:
@@ -130,17 +99,6 @@ def choose_pairs(combined: np.ndarray, strategy: str = "best-worst", min_margin:
             if clear(w, l_):
                 pairs.append((w, l_))
     return pairs
-
-
-def preference_of_first(combined_0: np.ndarray, combined_1: np.ndarray, logit_scale: float) -> np.ndarray:
-    """P(image 0 preferred) = sigmoid(logit_scale * (s_0 - s_1)), the two-candidate case of
-    `rewards.base.preference_probabilities`."""
-    import torch
-
-    from ..rewards.base import preference_probabilities
-
-    stacked = torch.as_tensor(np.stack([combined_0, combined_1], axis=-1), dtype=torch.float64)
-    return preference_probabilities(stacked, logit_scale)[..., 0].numpy()
 
 
 def group_rows(
@@ -244,95 +202,6 @@ def load_generator(job: PairsJob):
     return load_pipeline(job.model, device=job.device, dtype=job.dtype, loras=job.loras)
 
 
-def _part_path(out: Path, index: int) -> Path:
-    return out / PENDING_DIR / f"prompt-{index:08d}.part"
-
-
-def write_part(out: Path, index: int, rows: dict[str, list], stats: dict) -> Path:
-    """Write one prompt's pairs (images as PNG bytes) and its stats atomically as a pending part."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = dict(rows)
-    for key in ("jpg_0", "jpg_1"):
-        columns[key] = [im if isinstance(im, bytes) else encode_png(im) for im in columns[key]]
-    table = pa.table(columns).replace_schema_metadata({"diffalign": json.dumps(stats)})
-    path = _part_path(out, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _read_part(path: Path) -> tuple[dict[str, list], dict]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    stats = json.loads((table.schema.metadata or {}).get(b"diffalign", b"{}"))
-    return table.to_pydict(), stats
-
-
-def _add_stats(totals: dict, stats: dict) -> None:
-    for key, value in stats.items():
-        totals[key] = totals.get(key, 0) + value
-
-
-def flush_parts(out: Path, state: dict, shard_size: int, final: bool) -> None:
-    """Gather pending parts (in prompt order) into shards of about `shard_size` rows (whole prompts;
-    with `final`, the remainder too), each written before `progress.json` names it."""
-    done = from_ranges(state.setdefault("done", []))
-    parts = []
-    for path in sorted((out / PENDING_DIR).glob("prompt-*.part")):
-        if int(path.stem.split("-")[1]) in done:  # recorded before a crash kept it from being deleted
-            path.unlink()
-        else:
-            parts.append(path)
-    import pyarrow.parquet as pq
-
-    batch: list[Path] = []
-    rows = 0
-    for n, path in enumerate(parts):
-        batch.append(path)
-        rows += pq.read_metadata(path).num_rows
-        if rows >= shard_size or (final and n == len(parts) - 1):
-            _write_shard(out, state, batch)
-            batch, rows = [], 0
-
-
-def _write_shard(out: Path, state: dict, parts: list[Path]) -> None:
-    merged: dict[str, list] = {}
-    totals = state.setdefault("totals", {})
-    for path in parts:
-        rows, stats = _read_part(path)
-        _add_stats(totals, stats)
-        if not rows or not len(next(iter(rows.values()))):
-            continue
-        for key, values in rows.items():
-            merged.setdefault(key, []).extend(values)
-    if merged:
-        name = shard_name(len(state["shards"]))
-        write_pair_table(out / name, merged)
-        state["shards"].append({"file": name, "rows": len(merged["caption"])})
-    indices = [int(p.stem.split("-")[1]) for p in parts]
-    state["done"] = to_ranges(sorted(from_ranges(state["done"]) | set(indices)))
-    save_progress(out, state)
-    for path in parts:
-        path.unlink()
-
-
-def _score_all(scorers: Sequence, images: list[Image.Image], prompts: list[str], first: bool) -> dict[str, np.ndarray]:
-    from ..evaluation.scoring import score_images
-
-    scores = {}
-    for scorer in scorers:
-        values, errors = score_images(scorer, images, prompts)
-        if first and all(errors):
-            raise ValueError(f"scorer {scorer.name!r} failed on every image of the first batch, e.g.: {errors[0]}")
-        scores[scorer.name] = values
-    return scores
-
-
 @dataclass
 class PairsResult:
     """What `build_pairs` did: the output folder, the prompts done in this run and the totals so far."""
@@ -347,8 +216,6 @@ class PairsResult:
 def build_pairs(job: PairsJob) -> PairsResult:
     """Generate, score and pair the images of every prompt not done yet (up to `max_prompts`), write
     shards and the dataset card; see the module docstring for the layout and the resumption rules."""
-    from ..evaluation.scoring import build_scorers
-
     job.check()
     out = Path(job.out)
     if job.overwrite:
@@ -356,21 +223,15 @@ def build_pairs(job: PairsJob) -> PairsResult:
     state = open_progress(out, job.settings(), job.overwrite)
     flush_parts(out, state, job.shard_size, final=False)  # parts a crashed run left
     target = min(len(job.prompts), job.max_prompts or len(job.prompts))
-    pending = {int(p.stem.split("-")[1]) for p in (out / PENDING_DIR).glob("prompt-*.part")}
-    done = from_ranges(state.get("done", [])) | pending
+    done = from_ranges(state.get("done", [])) | pending_prompts(out)
     todo = [i for i in range(target) if i not in done]
 
     start = time.time()
     if todo:
         scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.scorer_dtype, job.batch_size)
-        weights, logit_scale = resolve_weights(job.scorers, [getattr(s, "logit_scale", 1.0) for s in scorers], job.weights)
-        state["scorers"] = {
-            s.name: {"scale": str(getattr(s, "scale", "")), "logit_scale": float(getattr(s, "logit_scale", 1.0)), "weight": w}
-            for s, w in zip(scorers, weights)
-        }
-        state["combined_logit_scale"] = logit_scale
+        weights, logit_scale = record_scorers(state, scorers, job.weights)
         pipe = load_generator(job)
-        _run(job, out, state, todo, pipe, scorers, dict(zip(job.scorers, weights)), logit_scale)
+        _run(job, out, state, todo, pipe, scorers, weights, logit_scale)
     complete = _finish(job, out, state, target)
     _write_card(job, out, state, complete, target, time.time() - start)
     return PairsResult(out, len(todo), state.get("totals", {}), state["shards"], complete)
@@ -388,8 +249,9 @@ def _run(job: PairsJob, out: Path, state: dict, todo: list[int], pipe, scorers, 
             texts = [job.prompts[i] for i in chunk for _ in range(job.k)]
             seeds = [image_seed(job.seed, i, j) for i in chunk for j in range(job.k)]
             arrays = generate(pipe, texts, seeds, job.steps, job.guidance, job.size, batch_size=job.batch_size)
-            images = [Image.fromarray(a) for a in arrays]
-            scores = _score_all(scorers, images, texts, first=chunk_start == 0)
+            result = score_in_batches(scorers, arrays, texts, batch_size=job.batch_size,
+                                      stop_if_first_batch_fails=chunk_start == 0)
+            scores = {name: values.numpy() for name, values in result.scores.items()}
             combined = combine_scores(scores, weights)
             for c, i in enumerate(chunk):
                 group = slice(c * job.k, (c + 1) * job.k)
@@ -413,7 +275,7 @@ def _run(job: PairsJob, out: Path, state: dict, todo: list[int], pipe, scorers, 
 
 def _finish(job: PairsJob, out: Path, state: dict, target: int) -> bool:
     """Gather the last parts into a final shard once every prompt up to `target` has its part."""
-    pending = {int(p.stem.split("-")[1]) for p in (out / PENDING_DIR).glob("prompt-*.part")}
+    pending = pending_prompts(out)
     if not all(i in pending or i in from_ranges(state.get("done", [])) for i in range(target)):
         return False
     flush_parts(out, state, job.shard_size, final=True)
@@ -434,9 +296,9 @@ def _write_card(job: PairsJob, out: Path, state: dict, complete: bool, target: i
         "complete": complete and target == len(job.prompts),
         "k": job.k, "steps": job.steps, "guidance": job.guidance, "size": job.size, "seed": job.seed,
         "seeds": "image j of prompt i starts from the noise of derive_seed(seed, 0, i, j) "
-                 "(diffalign.data.build_pairs.image_seed), recorded in seed_0/seed_1",
+                 "(diffalign.feedback.build_pairs.image_seed), recorded in seed_0/seed_1",
         "scorers": state.get("scorers", {}),
-        "combined_score": "sum of weight x score over the scorers (raw scores); score_0/score_1",
+        "combined_score": COMBINED_SCORE_NOTE,
         "combined_logit_scale": state.get("combined_logit_scale"),
         "strategy": job.strategy, "min_margin": job.min_margin,
         "pairs": pairs,
@@ -453,9 +315,8 @@ def _write_card(job: PairsJob, out: Path, state: dict, complete: bool, target: i
         f"drew {job.k} images ({job.steps} steps, CFG {job.guidance}, recorded seeds), scored by {scorer_list}; "
         f"pairs by the `{job.strategy}` strategy (combined-score margin at least {job.min_margin}), the winner on a "
         "random side.\n\n"
-        "Columns: Pick-a-Pic v2 schema (`caption`, `jpg_0`, `jpg_1` PNG bytes, `label_0`, `label_1`) plus "
-        "`score_<scorer>_0/1` (each scorer), `score_0/1` (combined), `pref_prob_0` (P(image 0 preferred) = "
-        "sigmoid(combined_logit_scale x (score_0 - score_1)), SmPO's smoothed label), `seed_0/1`, `model_0/1`.\n\n"
+        f"Columns: Pick-a-Pic v2 schema (`caption`, `jpg_0`, `jpg_1` PNG bytes, `label_0`, `label_1`) plus "
+        f"{SCORE_COLUMNS_DOC}, `seed_0/1`, `model_0/1`.\n\n"
         "Train on it with `diffalign train data.path=<this folder>`."
     )
     write_dataset_card(out, "AI-feedback preference pairs", description, details, job.command, tags=("ai-feedback",))

@@ -7,19 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from diffalign.data.build_pairs import (
-    PENDING_DIR,
-    choose_pairs,
-    combine_scores,
-    demo_captions,
-    flush_parts,
-    group_rows,
-    image_seed,
-    resolve_weights,
-    winner_first,
-    write_part,
-)
 from diffalign.data.resume import from_ranges, open_progress, save_progress, to_ranges
+from diffalign.feedback.build_pairs import choose_pairs, demo_captions, group_rows, image_seed, winner_first
+from diffalign.feedback.combine import combine_scores, resolve_weights
+from diffalign.feedback.pending_parts import PENDING_DIR, flush_parts, write_part
 
 
 def test_best_worst_picks_extremes_and_respects_the_margin():

@@ -1,10 +1,11 @@
 """`diffalign relabel`: re-score a Pick-a-Pic-schema dataset and write it anew with the scores (and labels).
 
 Every row's `jpg_0` and `jpg_1` are scored against its caption by each scorer (robustly, as
-`diffalign score` does: an image that cannot be decoded or scored costs only its row, which is left
-out and listed). The new dataset keeps every original column and adds `score_<scorer>_0/1`, the
-combined score `score_0/1` (weighted sum, see `data.build_pairs`) and `pref_prob_0` = P(image 0
-preferred) = sigmoid(logit_scale x (score_0 - score_1)), SmPO's smoothed label. With
+`diffalign score` does, through `rewards.batch.score_in_batches`: an image that cannot be decoded or
+scored costs only its row, which is left out and listed). The new dataset keeps every original column
+and adds `score_<scorer>_0/1`, the combined score `score_0/1` (weighted sum, see `feedback.combine`)
+and `pref_prob_0` = P(image 0 preferred) = sigmoid(logit_scale x (score_0 - score_1)), the
+Bradley-Terry preference probability of the combined score. With
 `labels="scorer"` the labels are re-decided by the combined score (`data.relabel.decide_labels`,
 ties within the tolerance become 0.5/0.5): the AI-feedback variant of Diffusion-DPO; the original
 `label_0` is kept as `original_label_0`. Either way the agreement of the scorer with the original
@@ -24,11 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .build_pairs import combine_scores, preference_of_first, resolve_weights
-from .cards import write_dataset_card
-from .pairs import source_key
-from .relabel import decide_labels, label_stats
-from .resume import open_progress, save_progress, shard_name
+from ..data.cards import write_dataset_card
+from ..data.pairs import parquet_files, source_key
+from ..data.relabel import decide_labels, label_stats
+from ..data.resume import open_progress, save_progress, shard_name
+from ..evaluation.image_inputs import pair_table_items
+from ..evaluation.scoring import build_scorers, score_items
+from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
 
 LABEL_MODES = ("keep", "scorer")
 _COUNTS = ("rows", "decided", "ties", "flipped", "ties_decided", "compared")
@@ -68,8 +71,6 @@ class RelabelJob:
 
 
 def _local_files(source: str) -> list[str]:
-    from .pairs import parquet_files
-
     try:
         return parquet_files(source) or []
     except FileNotFoundError:
@@ -98,9 +99,6 @@ def totals_of(shards: list[dict]) -> dict:
 
 def relabel_dataset(job: RelabelJob) -> RelabelResult:
     """Score every row of `job.source` not yet in a shard, write the shards and the dataset card."""
-    from ..evaluation.image_inputs import pair_table_items
-    from ..evaluation.scoring import build_scorers
-
     job.check()
     out = Path(job.out)
     table, items = pair_table_items(job.source)
@@ -114,19 +112,13 @@ def relabel_dataset(job: RelabelJob) -> RelabelResult:
     start_time = time.time()
     if len(starts):
         scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.dtype, job.batch_size)
-        weights, logit_scale = resolve_weights(job.scorers, [getattr(s, "logit_scale", 1.0) for s in scorers], job.weights)
-        state["scorers"] = {
-            s.name: {"scale": str(getattr(s, "scale", "")), "logit_scale": float(getattr(s, "logit_scale", 1.0)), "weight": w}
-            for s, w in zip(scorers, weights)
-        }
-        state["combined_logit_scale"] = logit_scale
+        weights, logit_scale = record_scorers(state, scorers, job.weights)
         bar = tqdm(total=len(table), initial=starts[0], desc=f"relabel ({', '.join(job.scorers)})", unit="pair",
                    disable=not job.progress)
         with bar:
             for start in starts:
                 stop = min(start + job.shard_size, len(table))
-                _relabel_shard(job, out, state, table, items, scorers, dict(zip(job.scorers, weights)), logit_scale,
-                               start, stop)
+                _relabel_shard(job, out, state, table, items, scorers, weights, logit_scale, start, stop)
                 bar.update(stop - start)
     totals = totals_of(state["shards"])
     errors = [e for s in state["shards"] for e in s["errors"]]
@@ -136,8 +128,6 @@ def relabel_dataset(job: RelabelJob) -> RelabelResult:
 
 def _relabel_shard(job: RelabelJob, out: Path, state: dict, table, items, scorers, weights: dict, logit_scale: float,
                    start: int, stop: int) -> None:
-    from ..evaluation.scoring import score_items
-
     run = score_items(items[2 * start : 2 * stop], scorers, job.batch_size, progress=False)
     if run.interrupted:
         raise KeyboardInterrupt
@@ -195,7 +185,7 @@ def _write_card(job: RelabelJob, out: Path, state: dict, totals: dict, seconds: 
     details = {
         "source": job.source,
         "scorers": state.get("scorers", {}),
-        "combined_score": "sum of weight x score over the scorers (raw scores); score_0/score_1",
+        "combined_score": COMBINED_SCORE_NOTE,
         "combined_logit_scale": state.get("combined_logit_scale"),
         "labels": job.labels,
         "tie_tolerance": job.tie_tolerance,
@@ -213,8 +203,7 @@ def _write_card(job: RelabelJob, out: Path, state: dict, totals: dict, seconds: 
     )
     description = (
         f"`{job.source}` re-scored by `diffalign relabel` with {names}. {relabelled}\n\n"
-        "Added columns: `score_<scorer>_0/1` (each scorer), `score_0/1` (combined), `pref_prob_0` "
-        "(P(image 0 preferred) = sigmoid(combined_logit_scale x (score_0 - score_1)), SmPO's smoothed label). "
+        f"Added columns: {SCORE_COLUMNS_DOC}. "
         "Rows with an image that could not be decoded or scored are left out and listed below."
     )
     write_dataset_card(out, "Re-scored preference pairs", description, details, job.command, tags=("ai-feedback",))
