@@ -21,14 +21,16 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, DDIMScheduler
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
+from diffalign.models.loading import DiffusionParts
 from diffalign.models.tiny import SCHEDULER_CONFIG
 from diffalign.paths import PROJECT_ROOT
+from diffalign.sampling.pipeline import pipeline_from_parts
 from diffalign.training.loop import train
 
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -77,18 +79,17 @@ def build_pipeline(family: str, folder: Path) -> Path:
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG, prediction_type="v_prediction" if family == "sd21-v" else "epsilon")
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         if family == "sdxl":
-            pipe = StableDiffusionXLPipeline(
-                vae=vae(0.13025), text_encoder=text_encoder(CLIP_L),
-                text_encoder_2=text_encoder(OPEN_CLIP_BIGG, with_projection=True), tokenizer=tokenizer,
-                tokenizer_2=CLIPTokenizer.from_pretrained(PROJECT_ROOT / "assets/tiny-sd", subfolder="tokenizer", pad_token="!"),
-                unet=unet(family), scheduler=scheduler,
+            tokenizer_2 = CLIPTokenizer.from_pretrained(
+                PROJECT_ROOT / "assets/tiny-sd", subfolder="tokenizer", pad_token="!"
             )
+            encoders = [text_encoder(CLIP_L), text_encoder(OPEN_CLIP_BIGG, with_projection=True)]
+            parts = DiffusionParts(unet(family), vae(0.13025), encoders, [tokenizer, tokenizer_2], scheduler, "sdxl",
+                                   "epsilon", "random")
         else:
-            pipe = StableDiffusionPipeline(
-                vae=vae(0.18215), text_encoder=text_encoder(OPEN_CLIP_H if family == "sd21-v" else CLIP_L),
-                tokenizer=tokenizer, unet=unet(family), scheduler=scheduler, safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False,
-            )
+            encoders = [text_encoder(OPEN_CLIP_H if family == "sd21-v" else CLIP_L)]
+            parts = DiffusionParts(unet(family), vae(0.18215), encoders, [tokenizer], scheduler, "sd",
+                                   scheduler.config.prediction_type, "random")
+    pipe = pipeline_from_parts(parts, parts.unet, scheduler)
     pipe.to(torch.float16).save_pretrained(folder)
     return folder
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from ..config.schema import RunConfig
 from ..evaluation.grid import comparison_grid, save_png
 from ..models.loading import DiffusionParts, load_parts
 from ..sampling.generate import generate
+from ..sampling.pipeline import pipeline_from_parts
 
 VALIDATION_DIR = "validation"
 
@@ -41,19 +41,7 @@ class Validator:
             parts.vae, parts.text_encoders, parts.tokenizers = loaded.vae, loaded.text_encoders, loaded.tokenizers
             for module in (parts.vae, *parts.text_encoders):
                 module.to(self.device)
-        scheduler = DDIMScheduler.from_config(parts.noise_scheduler.config)
-        if parts.family == "sdxl":
-            pipe = StableDiffusionXLPipeline(
-                vae=parts.vae, text_encoder=parts.text_encoders[0], text_encoder_2=parts.text_encoders[1],
-                tokenizer=parts.tokenizers[0], tokenizer_2=parts.tokenizers[1], unet=unet, scheduler=scheduler,
-            )
-        else:
-            pipe = StableDiffusionPipeline(
-                vae=parts.vae, text_encoder=parts.text_encoders[0], tokenizer=parts.tokenizers[0], unet=unet,
-                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return pipeline_from_parts(parts, unet)
 
     def _draw(self, unet: torch.nn.Module) -> np.ndarray:
         v = self.cfg.validation
