@@ -13,6 +13,7 @@ never prunes it.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,13 +35,16 @@ class ReferencePool:
 
     def __init__(self, unet: UNet2DConditionModel, lora: LoraConfig, cfg: ReferencePoolConfig) -> None:
         self.unet, self.cfg = unet, cfg
-        unet.add_adapter(
-            PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=list(lora.target_modules)),
-            adapter_name=ADAPTER,
-        )
+        with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            unet.add_adapter(
+                PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=list(lora.target_modules)),
+                adapter_name=ADAPTER,
+            )
         self._activate("default")
-        self.trained = {n: p for n, p in unet.named_parameters() if ".default." in n}
-        self.slots = {n.replace(".default.", f".{ADAPTER}."): p for n, p in self.trained.items()}
+        named = dict(unet.named_parameters())
+        self.trained = {n: p for n, p in named.items() if ".default." in n}
+        self.slots = {n: named[n.replace(".default.", f".{ADAPTER}.")] for n in self.trained}
         for p in self.slots.values():
             p.requires_grad_(False)
         self.states: dict[int, dict[str, torch.Tensor]] = {}  # optimizer step -> LoRA weights at that step
@@ -85,7 +89,7 @@ class ReferencePool:
                 self.unet.enable_adapters()
         if self.loaded != self.current:
             for name, slot in self.slots.items():
-                slot.copy_(self.states[self.current][name.replace(f".{ADAPTER}.", ".default.")])
+                slot.copy_(self.states[self.current][name])
             self.loaded = self.current
         self._activate(ADAPTER)
         try:
