@@ -26,6 +26,8 @@
 #                      default) and float32, timed, and each rerun (images reused); reports copied to $OUT
 #   generate           `diffalign generate` on the SD1.5 architecture, 512 px, float16: images/s at batch 16, a
 #                      resuming rerun, batch 1 vs batch 16 pixels
+#   sampling           the sampling primitives on that model in float16: trajectory vs pipeline images at eta 0,
+#                      a 20-step trajectory of 8 images, a re-scored step with gradient, DDIM inversion of 4 latents
 #
 # GPUCHK_ONLY="env eval-demo ..." runs only the named checks (setup always runs; GPUCHK_BUILD="sd15" builds only
 # that full-size model in the background); GPUCHK_OFFLOAD_REPEAT=1 makes
@@ -130,6 +132,7 @@ BUILD_PID=$!
 # ---- evaluation: the tiny demo first (while the full-size model builds), then generation at full size ----
 run_check eval-demo         200 $CHECKS eval-demo
 run_check generate          150 $CHECKS generate
+run_check sampling           90 $CHECKS sampling
 
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora

@@ -755,6 +755,64 @@ def check_generate(fig: Figures) -> None:
         raise CheckFailed("the rerun drew images again instead of resuming")
 
 
+def check_sampling(fig: Figures) -> None:
+    """The sampling primitives on the SD1.5 architecture (random weights), 512 px, float16 on the GPU: trajectory
+    images vs diffusers' pipeline at eta 0 (same seeds), time of a 20-step trajectory of 8 images at eta 1, a
+    re-scored step's log-probability with gradient, and DDIM inversion of 4 latents to 4 timesteps."""
+    import numpy as np
+    import torch
+
+    from diffalign.config.schema import ModelConfig
+    from diffalign.models.loading import load_parts
+    from diffalign.sampling.ddim import ddim_scheduler
+    from diffalign.sampling.inversion import invert
+    from diffalign.sampling.pipeline import pipeline_from_parts
+    from diffalign.sampling.trajectory import sample_trajectory, sampling_conditioning, step_log_prob
+
+    started = time.time()
+    model = build_model("sd15")
+    fig["waited_for_model_s"] = round(time.time() - started, 1)
+    device = torch.device("cpu" if CPU else "cuda")
+    dtype = torch.float32 if CPU else torch.float16
+    parts = load_parts(ModelConfig(pretrained=str(model), frozen_dtype="float32" if CPU else "float16"),
+                       trainable_dtype=dtype)
+    for module in (parts.unet, parts.vae, *parts.text_encoders):
+        module.to(device)
+    size, prompts, seeds = resolution(512), ["a red circle", "a blue square"] * 4, list(range(8))
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.time()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out, round(time.time() - t0, 2)
+
+    deterministic = sample_trajectory(parts, parts.unet, prompts[:2], seeds[:2], steps=20, eta=0.0, resolution=size)
+    pipe = pipeline_from_parts(parts, parts.unet)
+    with torch.no_grad():
+        reference = pipe(prompts[:2], num_inference_steps=20, guidance_scale=5.0, height=size, width=size, eta=0.0,
+                         generator=[torch.Generator().manual_seed(s) for s in seeds[:2]], output_type="np").images
+    reference = (np.clip(reference, 0, 1) * 255).round().astype(np.uint8)
+    fig["eta0_vs_pipeline_max_pixel_diff"] = int(np.abs(deterministic.images.astype(int) - reference.astype(int)).max())
+    trajectory, fig["trajectory_8x20_s"] = timed(
+        lambda: sample_trajectory(parts, parts.unet, prompts, seeds, steps=20, eta=1.0, resolution=size))
+    fig["log_probs_finite"] = bool(torch.isfinite(trajectory.log_probs).all())
+    scheduler = ddim_scheduler(parts)
+    parts.unet.requires_grad_(True)
+    log_prob, fig["rescore_one_step_s"] = timed(lambda: step_log_prob(parts.unet, scheduler, trajectory, 5))
+    log_prob.float().mean().backward()
+    fig["rescore_matches_sampling_max_abs"] = float((log_prob.detach() - trajectory.log_probs[:, 5]).abs().max())
+    cond, _, _ = sampling_conditioning(parts, prompts[:4], size, device)
+    inverted, fig["invert_4_latents_10_steps_s"] = timed(lambda: invert(
+        parts.unet, parts.noise_scheduler.config, trajectory.latents[:4, -1], torch.tensor([101, 301, 601, 901]),
+        cond, num_steps=10))
+    fig["inverted_reached"] = inverted.timesteps.tolist()
+    if fig["eta0_vs_pipeline_max_pixel_diff"] > (2 if CPU else 8) or not fig["log_probs_finite"]:
+        raise CheckFailed("trajectory images differ from the pipeline's or log-probabilities are not finite")
+
+
 # ---------------------------------------------------------------------------------------------------
 # environment, and every planned command line's config checked against the schema
 
@@ -835,6 +893,7 @@ CHECKS = {
     "xformers": check_xformers,
     "eval-demo": check_eval_demo,
     "generate": check_generate,
+    "sampling": check_sampling,
 }
 
 

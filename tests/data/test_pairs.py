@@ -74,3 +74,12 @@ def test_prepare_image_resize_crop_flip():
     left_dark = Image.fromarray(np.concatenate([solid(0, (16, 16)), solid(255, (16, 16))], axis=1))
     flips = {prepare_image(left_dark, 32, random_flip=True, generator=g).pixels[0, 0, 0].item() for _ in range(20)}
     assert flips == {-1.0, 1.0}
+
+
+def test_weight_column_reaches_the_batch_and_is_absent_without_it(tmp_path):
+    rows = {"caption": ["a", "b"], "jpg_0": [solid(0), solid(9)], "jpg_1": [solid(255), solid(99)],
+            "label_0": [1.0, 0.0], "label_1": [0.0, 1.0]}
+    plain = PreferencePairs(str(write_pair_table(tmp_path / "plain.parquet", rows)), resolution=32)
+    assert collate_items([plain[0], plain[1]]).weight is None
+    weighted = PreferencePairs(str(write_pair_table(tmp_path / "w.parquet", {**rows, "weight": [0.25, 2.0]})), resolution=32)
+    assert collate_items([weighted[0], weighted[1]]).weight.tolist() == [0.25, 2.0]
