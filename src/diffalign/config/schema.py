@@ -144,7 +144,9 @@ class TrainConfig:
 
     output_dir: str = cfg_field("runs/demo-dpo", "Where the LoRA/UNet weights, the resolved config and logs go.")
     max_steps: int = cfg_field(400, "Number of optimizer steps.", min=1)
-    batch_size: int = cfg_field(16, "Pairs per device per micro-step (the UNet sees 2x this for pair objectives).", min=1)
+    batch_size: int = cfg_field(16, "Pairs (online methods: prompts, each with rollout.images_per_prompt images) per device per micro-step.",
+        min=1,
+    )
     grad_accum: int = cfg_field(1, "Micro-steps accumulated per optimizer step.", min=1)
     learning_rate: float = cfg_field(1e-3, "Peak learning rate (after scale_lr, if set).", min=0.0)
     scale_lr: bool = cfg_field(
