@@ -144,7 +144,8 @@ class TrainConfig:
 
     output_dir: str = cfg_field("runs/demo-dpo", "Where the LoRA/UNet weights, the resolved config and logs go.")
     max_steps: int = cfg_field(400, "Number of optimizer steps.", min=1)
-    batch_size: int = cfg_field(16, "Pairs (online methods: prompts, each with rollout.images_per_prompt images) per device per micro-step.",
+    batch_size: int = cfg_field(
+        16, "Pairs (online methods: prompts, each with rollout.images_per_prompt images) per device per micro-step.",
         min=1,
     )
     grad_accum: int = cfg_field(1, "Micro-steps accumulated per optimizer step.", min=1)
