@@ -1,4 +1,4 @@
-"""The `diffalign` command line: train, cache, config, generate, eval, grid, score, pairs, relabel, fuse, pipeline."""
+"""The `diffalign` command line: train, cache, config, generate, eval, grid, score, pairs, relabel, label, fuse, pipeline."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .evaluate import add_eval_parser
 from .fuse import add_fuse_parser
 from .generate import add_generate_parser
 from .grid import add_grid_parser
+from .label import add_label_parser
 from .pairs import add_pairs_parser
 from .pipeline import add_pipeline_parser
 from .relabel import add_relabel_parser
@@ -127,6 +128,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     add_score_parser(sub, scorer_names)
     add_pairs_parser(sub)
     add_relabel_parser(sub)
+    add_label_parser(sub)
     add_fuse_parser(sub)
     add_pipeline_parser(sub)
     return parser

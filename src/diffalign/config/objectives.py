@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from .core import Variant, cfg_field, register_variant, variants
 
 T = TypeVar("T")
 
-_NAME_HELP = "Objective (training method): 'dpo' (Diffusion-DPO) or 'sft' (supervised on the preferred images)."
+_NAME_HELP = (
+    "Objective (training method): 'dpo' (Diffusion-DPO), 'sft' (supervised on the preferred images) or 'd3po' "
+    "(online DPO on the steps of the policy's own trajectories)."
+)
 
 # objective name -> "module:Class" of its training method (or the class itself, for methods defined
 # outside the package, e.g. in a user's own module or a test)
@@ -87,3 +90,29 @@ class SFTConfig(ObjectiveConfig):
     """Supervised fine-tuning on the preferred image of each pair (Diffusion-DPO's SFT baseline)."""
 
     name: str = cfg_field("sft", _NAME_HELP)
+
+
+@objective("d3po", method="diffalign.training.methods.d3po:D3PO")
+@dataclass
+class D3POConfig(ObjectiveConfig):
+    """D3PO (Yang et al., CVPR 2024): DPO on every step of trajectory pairs sampled by the policy each round
+    (`rollout.*`), judged by a reward or by people (`rollout.preference`); the official code's defaults."""
+
+    name: str = cfg_field("d3po", _NAME_HELP)
+    beta: float = cfg_field(0.1, "beta of the per-step DPO loss on mean-over-elements log-probabilities.", min=0.0)
+    clip: float = cfg_field(
+        0.1, "Clamp each policy/reference probability ratio to [1 - clip, 1 + clip] (no gradient outside).", min=0.0
+    )
+    timestep_fraction: float = cfg_field(
+        1.0,
+        "Train on this fraction of each trajectory's steps (the first ones of a random permutation per pair); "
+        "each trained step is one micro-step, accumulated into one optimizer step per batch of pairs.",
+        min=0.0,
+        max=1.0,
+    )
+    pairs: Literal["all", "first"] = cfg_field(
+        "all", "Pairs of a prompt's images: every pair (the human-feedback script) or only images 0 and 1."
+    )
+    guidance: float | None = cfg_field(
+        None, "Classifier-free guidance when re-scoring steps in training (None: the sampler's, rollout.guidance)."
+    )

@@ -208,8 +208,19 @@ class RolloutConfig:
     steps: int = cfg_field(20, "DDIM sampling steps of a rollout.", min=1)
     guidance: float = cfg_field(5.0, "Classifier-free guidance scale of the sampler.", min=0.0)
     eta: float = cfg_field(1.0, "DDIM eta: 1 samples every step stochastically (D3PO); 0 is deterministic.", min=0.0)
+    preference: Literal["reward", "human"] = cfg_field(
+        "reward",
+        "Who judges a round: the reward (rollout.reward) or people: the run writes the round's images to "
+        "OUTPUT_DIR/rounds/round-NNNNNN/ and waits until `diffalign label` on that folder has every prompt decided.",
+    )
     reward: str = cfg_field("shapes", "Registered scorer that judges the rollouts (`diffalign score --help` lists them).")
     sample_batch_size: int = cfg_field(16, "Images per sampler batch.", min=1)
+    compare_base: bool = cfg_field(
+        True,
+        "With a reward and LoRA: also sample each round's prompts with the base model (adapters off, the same noise) "
+        "and log the policy's per-prompt win rate against it in OUTPUT_DIR/rounds.jsonl and rounds.png "
+        "(one more sampling pass per round).",
+    )
     resolution: int | None = cfg_field(None, "Image size of the rollouts (None: the model's default size).", min=8)
 
 

@@ -67,13 +67,15 @@ def _save_unet(unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], folde
     return folder / "unet"
 
 
-def describe_batch(cfg: RunConfig, processes: int, unit: str = "pairs") -> str:
-    """The effective-batch arithmetic printed at start (ddpo-pytorch style); `unit` names what a batch holds."""
+def describe_batch(cfg: RunConfig, processes: int, unit: str = "pairs", substeps: int = 1) -> str:
+    """The effective-batch arithmetic printed at start (ddpo-pytorch style); `unit` names what a batch holds,
+    `substeps` the micro-steps each batch is used for (D3PO: the trained steps of its trajectories)."""
     t = cfg.train
     per_step = t.batch_size * t.grad_accum * processes
+    reuse = f", each used for {substeps} micro-steps (accumulated)" if substeps > 1 else ""
     return (
         f"effective batch: {t.batch_size} {unit}/device x {t.grad_accum} accumulation x {processes} process(es) "
-        f"= {per_step} {unit} per optimizer step; {t.max_steps} steps = {per_step * t.max_steps} {unit}"
+        f"= {per_step} {unit} per optimizer step{reuse}; {t.max_steps} steps = {per_step * t.max_steps} {unit}"
     )
 
 
@@ -146,7 +148,8 @@ def build_source(
     if method.data == "rollouts":
         from .sources.online import OnlineRollouts
 
-        return OnlineRollouts(cfg, parts, device, rank, world)
+        return OnlineRollouts(cfg, parts, device, rank, world, substeps=method.micro_steps_per_batch(cfg),
+                              out_dir=Path(cfg.train.output_dir))
     with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
         if accelerator.is_main_process and not resuming:
             skip_path.unlink(missing_ok=True)
@@ -159,9 +162,11 @@ def train(cfg: RunConfig) -> TrainResult:
     t = cfg.train
     out_dir = Path(t.output_dir)
     trackers = [name for name in t.trackers if name != "none"]
+    method = build_method(cfg.objective)
+    substeps = method.micro_steps_per_batch(cfg)
     accelerator = Accelerator(
         mixed_precision=t.mixed_precision,
-        gradient_accumulation_steps=t.grad_accum,
+        gradient_accumulation_steps=t.grad_accum * substeps,
         cpu=t.cpu,
         log_with=trackers or None,
         project_dir=str(out_dir / "logs"),
@@ -171,7 +176,6 @@ def train(cfg: RunConfig) -> TrainResult:
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)
-    method = build_method(cfg.objective)
 
     online = method.data == "rollouts"
     if cfg.data.streaming and cfg.data.cache == "require" and not online:
@@ -225,7 +229,7 @@ def train(cfg: RunConfig) -> TrainResult:
         print(f"model {parts.source} ({parts.family}, {parts.prediction_type}); objective {cfg.objective.name}")
         print(source.describe())
         print(f"trainable parameters {n_trainable:,} ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})")
-        print(describe_batch(cfg, world, unit) + f"; learning rate {lr:g}")
+        print(describe_batch(cfg, world, unit, substeps) + f"; learning rate {lr:g}")
         if resume_from is not None:
             print(f"resumed from {resume_from} at step {step} (micro-step {micro})")
         out_dir.mkdir(parents=True, exist_ok=True)

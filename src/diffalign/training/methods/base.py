@@ -16,7 +16,9 @@ method names:
   of a dual-caption table) instead of the pair's prompt; otherwise a dual-caption table trains as a
   plain one.
 
-`__call__(model, batch, rand)` turns one micro-batch into an `ObjectiveOutput` (loss and metrics).
+`__call__(model, batch, rand)` turns one micro-batch into an `ObjectiveOutput` (loss and metrics). A method
+whose batch is used for several micro-steps (`micro_steps_per_batch`, D3PO's one per trajectory step) gets
+it that many times, `batch.substep` counting 0, 1, ...; the loop accumulates their gradients.
 Every random draw goes through `rand` (a `BatchRandom`), one draw per pair, so the step does not
 depend on how the batch is split over processes.
 """
@@ -64,6 +66,13 @@ class Method:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+
+    def micro_steps_per_batch(self, run: Any) -> int:
+        """How many micro-steps (backward passes) each batch of the source is used for, with gradients
+        accumulated into the same optimizer step; 1 for most methods (D3PO: the trained steps of a
+        trajectory). `run` is the whole `RunConfig`."""
+        del run
+        return 1
 
     def __call__(self, model: TrainableModel, batch: Any, rand: BatchRandom) -> ObjectiveOutput:
         raise NotImplementedError
