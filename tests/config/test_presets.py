@@ -145,8 +145,32 @@ def test_no_setting_is_restated_along_a_composition(path):
 
 
 def test_every_piece_is_used_and_starts_with_a_comment():
-    used = {p for preset in PRESETS for p in _chain(preset)}
+    online = [CONFIGS / family / "d3po.yaml" for family in FAMILIES]
+    used = {p for preset in [*PRESETS, *online] for p in _chain(preset)}
     for folder in ("models", "data", "methods"):
         for piece in sorted((CONFIGS / folder).glob("*.yaml")):
             assert piece.resolve() in used, f"{piece} is not used by any preset"
             assert piece.read_text().startswith("# Shared piece")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_d3po_presets_carry_the_official_defaults(family):
+    from diffalign.config.objectives import D3POConfig
+    from diffalign.data.prompts import read_training_prompts
+
+    cfg = _load(CONFIGS / family / "d3po.yaml")
+    assert cfg.model.pretrained == HUB_IDS[family] and cfg.train.output_dir == f"runs/{family}-d3po"
+    assert isinstance(cfg.objective, D3POConfig)
+    assert (cfg.objective.beta, cfg.objective.clip, cfg.objective.timestep_fraction) == (0.1, 0.1, 1.0)
+    r = cfg.rollout
+    assert (r.prompts_per_round, r.images_per_prompt, r.steps, r.eta, r.guidance) == (20, 2, 20, 1.0, 5.0)
+    assert r.reward == "aesthetic" and r.preference == "reward"
+    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.weight_decay) == ("adamw", 3e-5, 1e-4)
+    assert cfg.lora.rank == 4 and cfg.train.batch_size == 1
+    assert len(read_training_prompts(str(CONFIGS.parent / r.prompts))) == 45
+
+
+def test_demo_d3po_preset_runs_on_the_embedded_model_and_reward():
+    cfg = _load(CONFIGS / "demo" / "d3po.yaml")
+    assert cfg.objective.name == "d3po" and cfg.rollout.reward == "shapes"
+    assert cfg.model.pretrained == "assets/tiny-sd" and cfg.train.output_dir == "runs/demo-d3po"
