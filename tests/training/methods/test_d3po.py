@@ -136,3 +136,11 @@ def test_human_preference_waits_for_the_labels_of_a_round_and_trains_on_them(tin
     assert "run" in result and result["run"].weights.is_file()
     metrics = result["run"].metrics
     assert metrics["ties"] == pytest.approx(0.25)  # one tie among the round's four pairs
+
+
+@pytest.mark.parametrize("family", ["sd21-v", "sdxl"])
+def test_an_online_step_trains_on_v_prediction_and_sdxl(tiny_models, tmp_path, family):
+    result = train(_cfg(tiny_models[family], tmp_path / family, "train.max_steps=2", "train.checkpoint_every=0"))
+    weights = load_file(str(result.weights))
+    assert any(not torch.equal(w, torch.zeros_like(w)) for k, w in weights.items() if "lora_B" in k)
+    assert math.isfinite(result.metrics["loss"])
