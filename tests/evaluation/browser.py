@@ -28,6 +28,20 @@ def browser_missing() -> str | None:
     return None
 
 
+def require_browser() -> None:
+    """Skip the calling test when headless Chromium cannot run here, or fail it where CI requires the browser
+    (DIFFALIGN_REQUIRE_BROWSER=1)."""
+    import os
+
+    import pytest
+
+    missing = browser_missing()
+    if missing:
+        if os.environ.get("DIFFALIGN_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DIFFALIGN_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+
+
 def _binary(path: str, name: str) -> str:
     return path if Path(path).is_file() else (shutil.which(name) or path)
 

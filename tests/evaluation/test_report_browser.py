@@ -78,11 +78,7 @@ def _eval_folder(root: Path) -> dict:
 
 def test_report_renders_in_headless_chromium(tmp_path):
     browser = _browser()
-    missing = browser.browser_missing()
-    if missing:
-        if os.environ.get("DIFFALIGN_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DIFFALIGN_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
+    browser.require_browser()
     results = _eval_folder(tmp_path)
     written = write_report(results, tmp_path)
     shot = artifact_dir() / "report-screenshot.png"

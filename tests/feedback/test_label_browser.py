@@ -27,11 +27,7 @@ def _browser():
 @pytest.fixture
 def browser():
     module = _browser()
-    missing = module.browser_missing()
-    if missing:
-        if os.environ.get("DIFFALIGN_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DIFFALIGN_REQUIRE_BROWSER=1 but {missing}")
-        pytest.skip(missing)
+    module.require_browser()
     return module
 
 
