@@ -15,7 +15,12 @@ def read_training_prompts(source: str) -> list[str]:
             raise FileNotFoundError(f"rollout.prompts {source!r}: no such file")
         prompts = [line.strip() for line in local.read_text().splitlines() if line.strip()]
     else:
-        table = load_pair_table(source)
+        try:
+            table = load_pair_table(source)
+        except (FileNotFoundError, ValueError) as error:
+            raise ValueError(
+                f"rollout.prompts {source!r}: expected a .txt file (one prompt per line) or a pair table ({error})"
+            ) from error
         prompts = list(dict.fromkeys(c for c in table.select_columns(["caption"])["caption"] if c))
     if not prompts:
         raise ValueError(f"rollout.prompts {source!r}: no prompts found")

@@ -140,7 +140,7 @@ def _resume_metrics_log(path: Path, step: int) -> None:
 
 def build_source(
     cfg: RunConfig, method: Method, parts: DiffusionParts, cache, accelerator: Accelerator, skip_path: Path,
-    resuming: bool,
+    resuming: bool, substeps: int = 1,
 ) -> BatchSource:
     """The batch source the method declared: offline pairs (from the latent cache when there is one), or
     online rollouts of the policy judged by `rollout.reward`."""
@@ -148,7 +148,7 @@ def build_source(
     if method.data == "rollouts":
         from .sources.online import OnlineRollouts
 
-        return OnlineRollouts(cfg, parts, device, rank, world, substeps=method.micro_steps_per_batch(cfg),
+        return OnlineRollouts(cfg, parts, device, rank, world, substeps=substeps,
                               out_dir=Path(cfg.train.output_dir))
     with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
         if accelerator.is_main_process and not resuming:
@@ -196,7 +196,7 @@ def train(cfg: RunConfig) -> TrainResult:
         if frozen is not None:
             frozen.to(device)
     skip_path = out_dir / SKIP_FILE
-    source = build_source(cfg, method, parts, cache, accelerator, skip_path, resume_from is not None)
+    source = build_source(cfg, method, parts, cache, accelerator, skip_path, resume_from is not None, substeps)
     lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
     optimizer = build_optimizer(params, cfg, lr)
     lr_scheduler = get_scheduler(

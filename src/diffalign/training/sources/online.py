@@ -43,7 +43,7 @@ from ...models.conditioning import TextConditioning
 from ...models.loading import DiffusionParts
 from ...rewards import build_scorer
 from ...rewards.batch import score_in_batches
-from ...sampling.trajectory import Trajectory, sample_trajectory
+from ...sampling.trajectory import Trajectory, default_resolution, sample_trajectory, vae_scale_factor
 from ..checkpoint import load_state_files, save_state_files
 from ..randomness import BatchRandom
 
@@ -240,8 +240,8 @@ class OnlineRollouts:
         return rewards
 
     def _initial_noise(self, seed: int) -> torch.Tensor:
-        resolution = self.cfg.rollout.resolution or _default_size(self.parts)
-        size = resolution // 2 ** (len(self.parts.vae_config["block_out_channels"]) - 1)
+        resolution = self.cfg.rollout.resolution or default_resolution(self.parts, self.parts.unet)
+        size = resolution // vae_scale_factor(self.parts)
         shape = (self.parts.vae_config["latent_channels"], size, size)
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -324,10 +324,6 @@ def plot_rounds(log: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def _default_size(parts: DiffusionParts) -> int:
-    return int(parts.unet.config.sample_size) * 2 ** (len(parts.vae_config["block_out_channels"]) - 1)
 
 
 def _concat(chunks: list[Trajectory]) -> Trajectory:
