@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 from pathlib import Path
 
@@ -85,6 +86,26 @@ def write_pairs(path: Path, n: int = 12, ties: int = 0, seed: int = 0) -> Path:
 def pair_file(tmp_path_factory) -> Path:
     """12 decided pairs and 2 ties in the Pick-a-Pic v2 schema."""
     return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.parquet", n=12, ties=2)
+
+
+def pair_winners(path: Path) -> list[tuple[str, Image.Image]]:
+    """(caption, preferred image) of every decided pair of a pair table, in table order."""
+    table = pq.read_table(path).to_pylist()
+    return [(row["caption"], Image.open(io.BytesIO(row["jpg_0" if row["label_0"] == 1 else "jpg_1"])))
+            for row in table if row["label_0"] in (0, 1)]
+
+
+@pytest.fixture(scope="session")
+def winners_folder(pair_file, tmp_path_factory) -> Path:
+    """The winners of `pair_file` as an image folder with captions (imagefolder `metadata.jsonl`)."""
+    folder = tmp_path_factory.mktemp("winners") / "folder"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i, (caption, image) in enumerate(pair_winners(pair_file)):
+        image.save(folder / "images" / f"{i:03d}.png")
+        rows.append(json.dumps({"file_name": f"images/{i:03d}.png", "caption": caption}) + "\n")
+    (folder / "metadata.jsonl").write_text("".join(rows))
+    return folder
 
 
 @pytest.fixture(autouse=True)

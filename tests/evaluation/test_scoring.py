@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffalign.evaluation.image_inputs import InputError, check_prompts, collect_items
+from diffalign.data.image_inputs import InputError, check_prompts, collect_items
 from diffalign.evaluation.score_files import (
     output_format,
     read_scorer_summaries,

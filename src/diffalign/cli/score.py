@@ -64,7 +64,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _score_images(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
-    from ..evaluation.image_inputs import check_prompts, collect_items
+    from ..data.image_inputs import check_prompts, collect_items
     from ..evaluation.score_files import output_format, write_scores
     from ..evaluation.scoring import (
         DEFAULT_CHUNK,

@@ -37,7 +37,7 @@ from ..files import atomic_write_text
 from ..models.conditioning import TextConditioning, encode_prompts
 from ..models.loading import DiffusionParts, resolve_source
 from .order import derive_seed
-from .pairs import PreferencePairs, decode_image, load_pair_table, source_key
+from .pairs import PreferencePairs, decode_image, has_rejected, load_pair_table, source_key
 from .record import DUAL_CAPTION_COLUMNS, WEIGHT_COLUMN, PairBatch, collate_items, pair_fields
 from .transforms import prepare_image
 
@@ -151,6 +151,7 @@ class CachedPairs(torch.utils.data.Dataset):
         self.seed = pairs.seed
         self.latents, self.text = latents, text
         self.dropped = pairs.dropped
+        self.winners_only = pairs.winners_only
 
     def __len__(self) -> int:
         return len(self.source_rows)
@@ -161,7 +162,7 @@ class CachedPairs(torch.utils.data.Dataset):
         row = self.source_rows[index]
         fields = pair_fields(self.rows[index])
         item: dict = {"fields": fields}
-        for side, k in zip(("w", "l"), fields.order):
+        for side, k in zip(("w", "l")[: 1 if self.winners_only else 2], fields.order):
             flipped = self.flip and float(torch.rand((), generator=generator)) < 0.5
             suffix = "_flip" if flipped else ""
             item[side] = {"mean": self.latents.get(f"mean_{k}{suffix}", row), "std": self.latents.get(f"std_{k}{suffix}", row),
@@ -201,7 +202,8 @@ def _chunks(n: int, size: int) -> Iterator[range]:
 @torch.no_grad()
 def _build_latents(parts: DiffusionParts, data: DataConfig, folder: Path, rows: int, shard_size: int,
                    batch_size: int) -> None:
-    table = load_pair_table(data.path, data.split)
+    table = load_pair_table(data.path, data.split, winners_only=True)
+    sides = [0, 1] if has_rejected(table) else [0]  # an image folder or winners file: the preferred images only
     vae = parts.vae
     shards = list(_chunks(rows, shard_size))
     done = sum(_shard_path(folder, k).is_file() for k in range(len(shards)))
@@ -214,13 +216,13 @@ def _build_latents(parts: DiffusionParts, data: DataConfig, folder: Path, rows: 
             pixels: dict[str, list[torch.Tensor]] = {}
             for r in chunk:
                 row = table[shard.start + r]
-                for side in (0, 1):
+                for side in sides:
                     image = decode_image(row[f"jpg_{side}"], f"{data.path} row {shard.start + r} jpg_{side}")
                     prepared = prepare_image(image, data.resolution)
                     pixels.setdefault(f"{side}", []).append(prepared.pixels)
                     out.setdefault(f"size_{side}", []).append(torch.tensor(prepared.original_size))
                     out.setdefault(f"crop_{side}", []).append(torch.tensor(prepared.crop_top_left))
-            for side in ("0", "1"):
+            for side in map(str, sides):
                 batch = torch.stack(pixels[side])
                 variants = [("", batch)] + ([("_flip", batch.flip(-1))] if data.random_flip else [])
                 for suffix, images in variants:
@@ -258,7 +260,8 @@ def build_cache(parts: DiffusionParts, model: ModelConfig, data: DataConfig, sha
                 batch_size: int = 16) -> tuple[Path, Path]:
     """Compute (or finish computing) both caches for this model and data; return their folders."""
     latent_dir, text_dir = cache_folders(model, data)
-    pairs = PreferencePairs(data.path, data.split, data.resolution, False, data.random_flip, data.max_pairs)
+    pairs = PreferencePairs(data.path, data.split, data.resolution, False, data.random_flip, data.max_pairs,
+                            winners_only=True)  # any data a method reads; both images of a pair table are cached
     # every row, ties included (AI feedback may decide them); with max_pairs, up to the last pair used
     rows = len(pairs.source) if data.max_pairs is None else max(pairs.source_rows) + 1
     for folder, inputs in ((latent_dir, latent_cache_inputs(model, data)), (text_dir, text_cache_inputs(model, data))):

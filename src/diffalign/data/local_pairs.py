@@ -4,7 +4,8 @@ Columns (JSONL keys or CSV header): `prompt`, `chosen`, `rejected` (image paths,
 file's folder or absolute), optionally `caption_chosen`, `caption_rejected` (each image's own
 caption, Pick-Double-Caption style) and `score_chosen`, `score_rejected`. Each row becomes
 `caption`=prompt, `jpg_0`=chosen bytes, `jpg_1`=rejected bytes, `label_0`=1, `label_1`=0,
-`image_0_url`/`image_1_url`=the paths, plus `caption_0/1` and `score_0/1` when given. A missing
+`image_0_url`/`image_1_url`=the paths, plus `caption_0/1` and `score_0/1` when given. For methods that
+learn from the preferred images alone, `rejected` may be left out. A missing
 image file becomes empty bytes, so training skips and reports the row like a corrupt image.
 The images are read into memory; for large sets write parquet shards with `write_pair_table`.
 """
@@ -20,6 +21,7 @@ import datasets
 SUFFIXES = (".jsonl", ".csv")
 FOLDER_FILES = ("pairs.jsonl", "pairs.csv")
 REQUIRED_KEYS = ("prompt", "chosen", "rejected")
+WINNER_KEYS = ("prompt", "chosen")  # winners-only methods (SePPO, SFT) need no rejected image
 
 
 def local_pairs_file(path: str | Path) -> Path | None:
@@ -55,17 +57,20 @@ def _read(image: Path) -> bytes:
         return b""
 
 
-def load_local_pairs(file: str | Path) -> datasets.Dataset:
-    """The pairs of a JSONL/CSV file as a Pick-a-Pic-schema table (winner as jpg_0, label_0 = 1)."""
+def load_local_pairs(file: str | Path, *, winners_only: bool = False) -> datasets.Dataset:
+    """The pairs of a JSONL/CSV file as a Pick-a-Pic-schema table (winner as jpg_0, label_0 = 1).
+
+    `winners_only`: `rejected` may be absent (jpg_1 is then empty bytes)."""
     file = Path(file)
     rows = _rows(file)
     if not rows:
         raise ValueError(f"{file}: no pairs")
     keys = set().union(*(r.keys() for r in rows))
-    missing = [k for k in REQUIRED_KEYS if k not in keys]
+    required = WINNER_KEYS if winners_only else REQUIRED_KEYS
+    missing = [k for k in required if k not in keys]
     if missing:
         raise ValueError(
-            f"{file}: missing column(s) {missing}; expected {list(REQUIRED_KEYS)} (+ caption_chosen, "
+            f"{file}: missing column(s) {missing}; expected {list(required)} (+ caption_chosen, "
             f"caption_rejected, score_chosen, score_rejected), found {sorted(keys)}"
         )
     columns: dict[str, list] = {c: [] for c in ("caption", "jpg_0", "jpg_1", "label_0", "label_1",
@@ -77,10 +82,14 @@ def load_local_pairs(file: str | Path) -> datasets.Dataset:
     for _, name in extras:
         columns[name] = []
     for number, row in enumerate(rows, 1):
-        for key in REQUIRED_KEYS:
+        for key in required:
             if not row.get(key):
                 raise ValueError(f"{file} row {number}: empty {key!r}")
         for k, side in enumerate(("chosen", "rejected")):
+            if not row.get(side):  # winners-only data without a rejected image
+                columns[f"jpg_{k}"].append(b"")
+                columns[f"image_{k}_url"].append("")
+                continue
             image = Path(row[side]).expanduser()
             image = image if image.is_absolute() else file.parent / image
             columns[f"jpg_{k}"].append(_read(image))

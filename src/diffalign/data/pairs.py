@@ -8,6 +8,7 @@ the pair's winner. A pair whose image will not decode is skipped and reported, n
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import os
@@ -27,6 +28,8 @@ from .skip_report import SkipReport
 from .transforms import prepare_image
 
 REQUIRED_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
+WINNER_COLUMNS = ("caption", "jpg_0", "label_0")  # winners-only data: jpg_1 is read only for rows that jpg_1 won
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")  # Hugging Face imagefolder convention
 
 
 def parquet_files(path: str) -> list[str] | None:
@@ -47,30 +50,74 @@ def parquet_files(path: str) -> list[str] | None:
     return [str(local)]
 
 
-def load_pair_table(path: str, split: str = "train", *, extra_columns: Sequence[str] = ()) -> datasets.Dataset:
+def load_pair_table(
+    path: str, split: str = "train", *, extra_columns: Sequence[str] = (), winners_only: bool = False
+) -> datasets.Dataset:
     """Load a Pick-a-Pic-schema table (local parquet, a JSONL/CSV pairs file, or a hub id) and check that
-    it has `REQUIRED_COLUMNS` and `extra_columns` (e.g. Pick-Double-Caption's caption_0, caption_1)."""
-    pairs_file = local_pairs_file(path) if resolve_local(path) is not None else None
+    it has `REQUIRED_COLUMNS` and `extra_columns` (e.g. Pick-Double-Caption's caption_0, caption_1).
+
+    `winners_only` (methods that read only the preferred image) also accepts an image folder or metadata
+    file with captions (`image_inputs.winners_folder_table`) and a pairs file without `rejected`, and
+    requires only `WINNER_COLUMNS`."""
+    local = resolve_local(path)
+    pairs_file = local_pairs_file(path) if local is not None else None
     if pairs_file is not None:
-        table = load_local_pairs(pairs_file)
+        table = load_local_pairs(pairs_file, winners_only=winners_only)
+    elif local is not None and is_image_source(local):
+        if not winners_only:
+            raise ValueError(
+                f"data.path {path!r} is a folder of images with captions: it holds no rejected images, so it can "
+                f"only train methods that learn from the preferred images alone (objective.name=seppo or sft); "
+                f"a pairwise method needs a pair table (Pick-a-Pic schema or a pairs.jsonl)"
+            )
+        from .image_inputs import winners_folder_table  # it imports this module
+
+        table = winners_folder_table(local)
     elif (files := parquet_files(path)) is not None:
         table = datasets.load_dataset("parquet", data_files=files, split="train")
     elif path.startswith((".", "/", "~")) or Path(path).suffix:
         raise FileNotFoundError(f"data.path {path!r} not found")
     else:
         table = datasets.load_dataset(path, split=split)
-    check_columns(path, table.column_names, extra_columns)
+    check_columns(path, table.column_names, extra_columns, winners_only=winners_only)
     return table
 
 
-def check_columns(path: str, found: Sequence[str], extra_columns: Sequence[str] = ()) -> None:
+def has_rejected(table: datasets.Dataset) -> bool:
+    """Whether a table holds rejected images (a `jpg_1` column, non-empty in its first row), unlike the
+    winners-only tables of an image folder or a pairs file without `rejected`."""
+    return "jpg_1" in table.column_names and len(table) > 0 and bool(table.select_columns(["jpg_1"])[0]["jpg_1"])
+
+
+def is_image_source(path: Path) -> bool:
+    """Whether a local path is an image folder (images or imagefolder metadata files, no pairs file) or a
+    metadata file (`metadata.jsonl`/`.csv`/`.parquet`), rather than a pair table."""
+    if path.is_file():
+        return path.name in METADATA_NAMES
+    if not path.is_dir() or local_pairs_file(path) is not None:
+        return False
+    images = image_suffixes()
+    return any(p.name in METADATA_NAMES or p.suffix.lower() in images for p in path.rglob("*") if p.is_file())
+
+
+@functools.lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """File extensions (lower case, with the dot) that Pillow can open here."""
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def check_columns(
+    path: str, found: Sequence[str], extra_columns: Sequence[str] = (), *, winners_only: bool = False
+) -> None:
     """Raise a ValueError naming the missing, expected and found columns unless `found` has them all."""
-    expected = [*REQUIRED_COLUMNS, *extra_columns]
+    required = WINNER_COLUMNS if winners_only else REQUIRED_COLUMNS
+    expected = [*required, *extra_columns]
     missing = [c for c in expected if c not in found]
     if missing:
         raise ValueError(
-            f"{path}: missing column(s) {missing}; expected the Pick-a-Pic v2 schema {list(REQUIRED_COLUMNS)} "
-            f"(+ label_1){' and ' + str(list(extra_columns)) if extra_columns else ''}, found {list(found)}"
+            f"{path}: missing column(s) {missing}; expected the Pick-a-Pic v2 schema {list(required)} "
+            f"{'' if winners_only else '(+ label_1)'}{' and ' + str(list(extra_columns)) if extra_columns else ''}, "
+            f"found {list(found)}"
         )
 
 
@@ -87,8 +134,16 @@ def decided_pairs(table: datasets.Dataset) -> tuple[datasets.Dataset, int]:
 
 def decode_image(data: bytes | dict, where: str) -> Image.Image:
     """Decode encoded image bytes (or a datasets Image dict); a clear error names the row and column."""
-    if isinstance(data, dict):
-        data = data.get("bytes")  # type: ignore[assignment]
+    if isinstance(data, dict):  # a datasets Image value: its bytes, or the file it names
+        if data.get("bytes") is None and data.get("path"):
+            try:
+                data = Path(data["path"]).read_bytes()
+            except OSError as error:
+                raise ValueError(f"{where}: cannot read {data['path']} ({error})") from error
+        else:
+            data = data.get("bytes")  # type: ignore[assignment]
+    if data is None:
+        raise ValueError(f"{where}: no image")
     try:
         image = Image.open(io.BytesIO(data))  # type: ignore[arg-type]
         image.load()
@@ -105,6 +160,9 @@ def source_key(path: str, split: str, max_pairs: int | None) -> str:
         files = parquet_files(path)
     except FileNotFoundError:
         files = None
+    local = resolve_local(path)
+    if not files and local is not None and is_image_source(local):  # an image folder: every file it holds
+        files = sorted(str(p) for p in (local.rglob("*") if local.is_dir() else [local]) if p.is_file())
     for file in files or ():
         info = os.stat(file)
         parts.append(f"{os.path.abspath(file)}:{info.st_size}:{info.st_mtime_ns}")
@@ -117,7 +175,7 @@ def filter_rows(table: datasets.Dataset, pair_filter: PairFilter, batch_size: in
     """Indices of the rows of `table` that `pair_filter` keeps, in order (its report counts the rest)."""
     columns = [c for c in ("caption", "label_0", "are_different") if c in table.column_names]
     if pair_filter.needs_images:
-        columns += ["jpg_0", "jpg_1"]
+        columns += [c for c in ("jpg_0", "jpg_1") if c in table.column_names]
     keep: list[int] = []
     offset = 0
     for chunk in table.select_columns(columns).iter(batch_size=batch_size):
@@ -141,7 +199,9 @@ class PreferencePairs(torch.utils.data.Dataset):
     in `report`. A pair whose image does not decode is recorded in `skip_report` (a `SkipReport` or a
     file path) and replaced by the next decodable pair in table order (wrapping around): a batch keeps
     its size, and the replacement is a function of the key, so workers and resumed runs agree.
-    `dual_captions` requires Pick-Double-Caption's caption_0/caption_1 columns.
+    `dual_captions` requires Pick-Double-Caption's caption_0/caption_1 columns. `winners_only` reads and
+    serves only the preferred image of each pair (items without "l"), so the data may be an image folder
+    with captions or a pairs file without rejected images (see `load_pair_table`).
     """
 
     def __init__(
@@ -158,10 +218,15 @@ class PreferencePairs(torch.utils.data.Dataset):
         pair_filter: PairFilter | None = None,
         skip_report: SkipReport | str | Path | None = None,
         dual_captions: bool = False,
+        winners_only: bool = False,
     ) -> None:
         self.path = path
-        table = load_pair_table(path, split, extra_columns=DUAL_CAPTION_COLUMNS if dual_captions else ())
+        self.winners_only = winners_only
+        table = load_pair_table(path, split, extra_columns=DUAL_CAPTION_COLUMNS if dual_captions else (),
+                                winners_only=winners_only)
         if relabel is not None:
+            if not has_rejected(table):
+                raise ValueError(f"{path}: data.relabel_with re-decides pairs, but this data holds one image per row")
             if max_pairs is not None:
                 table = table.select(range(min(max_pairs, len(table))))
             table = relabel(table, source_key(path, split, max_pairs))
@@ -199,18 +264,19 @@ class PreferencePairs(torch.utils.data.Dataset):
             if item is not None:
                 return item
             first_error = first_error or error
-        raise ValueError(f"{self.path}: no pair has two decodable images; first error: {first_error}")
+        needed = "a decodable preferred image" if self.winners_only else "two decodable images"
+        raise ValueError(f"{self.path}: no pair has {needed}; first error: {first_error}")
 
     def _item(self, position: int, generator: torch.Generator) -> tuple[dict | None, str]:
         row = self.table[position]
         source_row = self.source_rows[position]
         fields = pair_fields(row)
         images = []
-        for k in fields.order:
+        for k in fields.order[: 1 if self.winners_only else 2]:
             url = row.get(f"image_{k}_url")
             where = f"{self.path} row {source_row} jpg_{k}" + (f" ({url})" if url else "")
             try:
-                images.append(decode_image(row[f"jpg_{k}"], where))
+                images.append(decode_image(row.get(f"jpg_{k}"), where))
             except ValueError as error:
                 self.skip_report.record(source_row, f"jpg_{k}", str(error), row.get("ranking_id"))
                 return None, str(error)

@@ -17,6 +17,7 @@ the conditioning the method asked for and SDXL's time ids. Methods read the enco
     side.latents             (B, 4, r, r)        encoded: scaled VAE latents
     side.cond                TextConditioning    encoded: what conditions this side's UNet calls
     side.time_ids            (B, 6) or None      encoded: SDXL time ids
+    side.seeds               list[int] (B)       generated images (SePPO's reference samples): each one's seed
 
 `pair_fields(row)` is the one place that turns a table row into a pair's labels, captions and weight.
 """
@@ -49,6 +50,7 @@ class Side:
     latents: torch.Tensor | None = None
     cond: TextConditioning | None = None
     time_ids: torch.Tensor | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass

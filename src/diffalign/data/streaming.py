@@ -31,18 +31,20 @@ from datasets.distributed import split_dataset_by_node
 
 from ..paths import resolve_local
 from .filters import PairFilter
-from .local_pairs import load_local_pairs, local_pairs_file
+from .local_pairs import local_pairs_file
 from .order import derive_seed
-from .pairs import check_columns, decode_image, image_item, parquet_files
+from .pairs import check_columns, decode_image, image_item, is_image_source, load_pair_table, parquet_files
 from .record import DUAL_CAPTION_COLUMNS, PairFields, pair_fields
 from .skip_report import SkipReport
 
 
-def open_stream(path: str, split: str = "train") -> datasets.IterableDataset:
-    """A streaming view of a hub dataset, local parquet file/folder/glob or JSONL/CSV pairs file."""
-    pairs_file = local_pairs_file(path) if resolve_local(path) is not None else None
-    if pairs_file is not None:
-        return load_local_pairs(pairs_file).to_iterable_dataset()
+def open_stream(path: str, split: str = "train", *, winners_only: bool = False) -> datasets.IterableDataset:
+    """A streaming view of a hub dataset, local parquet file/folder/glob or JSONL/CSV pairs file (with
+    `winners_only`, also an image folder with captions: see `pairs.load_pair_table`)."""
+    local = resolve_local(path)
+    pairs_file = local_pairs_file(path) if local is not None else None
+    if pairs_file is not None or (local is not None and is_image_source(local)):
+        return load_pair_table(path, split, winners_only=winners_only).to_iterable_dataset()
     files = parquet_files(path)
     if files is not None:
         return datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
@@ -67,6 +69,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         filter_options: dict[str, Any] | None = None,
         skip_report: SkipReport | None = None,
         dual_captions: bool = False,
+        winners_only: bool = False,
         shuffle_buffer: int = 0,
         rank: int = 0,
         world: int = 1,
@@ -80,9 +83,10 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         self.filter_options = dict(filter_options or {})
         self.skip_report = skip_report or SkipReport(None)
         self.extra_columns = DUAL_CAPTION_COLUMNS if dual_captions else ()
-        self.stream = open_stream(path, split)
+        self.winners_only = winners_only
+        self.stream = open_stream(path, split, winners_only=winners_only)
         columns = self.stream.column_names or list(next(iter(self.stream)).keys())
-        check_columns(path, columns, self.extra_columns)
+        check_columns(path, columns, self.extra_columns, winners_only=winners_only)
         self.filter = PairFilter(**self.filter_options)
         self.report = self.filter.report  # the current epoch's counts
         self.epoch = 0
@@ -111,9 +115,9 @@ class StreamingPairs(torch.utils.data.IterableDataset):
 
     def _decode(self, position: int, row: dict, fields: PairFields) -> list | None:
         images = []
-        for k in fields.order:
+        for k in fields.order[: 1 if self.winners_only else 2]:
             try:
-                images.append(decode_image(row[f"jpg_{k}"], f"{self.path} stream row {position} jpg_{k}"))
+                images.append(decode_image(row.get(f"jpg_{k}"), f"{self.path} stream row {position} jpg_{k}"))
             except ValueError as error:
                 self.skip_report.record(position, f"jpg_{k}", str(error), row.get("ranking_id"))
                 return None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..rewards.base import Scorer, preference_probabilities
-from .image_inputs import pair_table_items
+from ..data.image_inputs import pair_table_items
 from .scoring import DEFAULT_CHUNK, ScoreRun, format_table, score_items
 from .winrate import wilson_interval
 

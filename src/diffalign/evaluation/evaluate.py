@@ -28,7 +28,7 @@ from ..rewards.batch import score_in_batches
 from .generated import read_generated
 from .generation import SamplingSettings, generate_folder, image_name
 from .grid import grids_from_folders, save_png
-from .image_inputs import open_image
+from ..data.image_inputs import open_image
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 from .report import write_report

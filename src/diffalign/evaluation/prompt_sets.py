@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.image_inputs import PROMPT_KEYS
 from ..files import read_jsonl
 from ..paths import resolve_local
 
-PROMPT_KEYS = ("prompt", "caption", "Prompt", "text")
 CATEGORY_KEYS = ("category", "Category", "style")
 
 PROMPTS_DIR_ENV = "DIFFALIGN_PROMPTS_DIR"

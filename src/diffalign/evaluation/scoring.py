@@ -21,7 +21,7 @@ import numpy as np
 from ..rewards import available_scorers, build_scorer
 from ..rewards.base import Scorer
 from ..rewards.batch import DEFAULT_BATCH_SIZE, score_in_batches
-from .image_inputs import ImageItem
+from ..data.image_inputs import ImageItem
 
 DEFAULT_CHUNK = DEFAULT_BATCH_SIZE
 _TRUE, _FALSE, _NONE = {"true", "yes", "on"}, {"false", "no", "off"}, {"none", "null"}

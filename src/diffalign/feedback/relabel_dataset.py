@@ -29,7 +29,7 @@ from ..data.cards import write_dataset_card
 from ..data.pairs import parquet_files, source_key
 from ..data.relabel import decide_labels, label_stats
 from ..data.resume import open_progress, save_progress, shard_name
-from ..evaluation.image_inputs import pair_table_items
+from ..data.image_inputs import pair_table_items
 from ..evaluation.scoring import build_scorers, score_items
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
 

@@ -101,6 +101,8 @@ def encode_batch(
     sides = [side for side in (batch.w, batch.l) if side is not None]
     moments = _moments(parts, sides)
     latents = [sample_latents(parts, mean, std, rand.randn(*mean.shape[1:])).to(device) for mean, std in moments]
+    if batch.l is None:
+        rand.skip()  # the loser's draw: a winners-only batch then draws what the pair batch would have drawn
     conds = _conditioning(parts, batch, sides, drop, empty, per_image_captions)
     encoded = []
     for side, lat, cond in zip(sides, latents, conds):

@@ -43,6 +43,18 @@ class BatchRandom:
         """Uniform on [0, 1), (pairs, *shape)."""
         return self._mine(torch.rand((self.world * self.pairs, *shape), generator=self._generator()))
 
+    def skip(self) -> None:
+        """Use up one draw number without drawing, so the draws after it are numbered as when it is made
+        (a winners-only batch skips the loser's posterior noise and then draws what a pair batch draws)."""
+        self._draws += 1
+
+    def seeds(self) -> list[int]:
+        """One integer seed per pair (for a sampler's per-image generators), a function of the run's seed,
+        the micro-step, this draw's number and the pair's global position only."""
+        draw = self._draws = self._draws + 1
+        start = self.rank * self.pairs
+        return [derive_seed(self.seed, self.micro_step, draw, start + i) for i in range(self.pairs)]
+
     def randint(self, high: int, *shape: int) -> torch.Tensor:
         """Integers uniform in [0, high), (pairs, *shape)."""
         return self._mine(torch.randint(0, high, (self.world * self.pairs, *shape), generator=self._generator()))

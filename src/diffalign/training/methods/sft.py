@@ -11,9 +11,10 @@ from .base import Method, TrainableModel, sample_noise_and_timesteps
 
 
 class SFT(Method):
-    """Supervised fine-tuning on the winners; no reference model."""
+    """Supervised fine-tuning on the winners (no rejected image is read: an image folder with captions
+    trains too); no reference model."""
 
-    data = "pairs"
+    data = "winners"
     reference = "none"
 
     def __call__(self, model: TrainableModel, batch: PairBatch, rand: BatchRandom) -> ObjectiveOutput:

@@ -36,9 +36,11 @@ def build_dataset(
     rank: int = 0,
     world: int = 1,
     skip_report: str | Path | None = None,
+    winners_only: bool = False,
 ) -> PreferencePairs | StreamingPairs:
     """The filtered pairs of `cfg.data` (a table, or with `data.streaming` this process's stream), relabelled
-    by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`."""
+    by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`.
+    `winners_only`: only the preferred images are read (a method declaring `data = "winners"`)."""
     d = cfg.data
     report = SkipReport(skip_report)
     if d.streaming:
@@ -49,7 +51,7 @@ def build_dataset(
         return StreamingPairs(
             d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed,
             filter_options=filter_options(cfg), skip_report=report, dual_captions=d.dual_captions,
-            shuffle_buffer=d.shuffle_buffer, rank=rank, world=world,
+            shuffle_buffer=d.shuffle_buffer, rank=rank, world=world, winners_only=winners_only,
         )
     relabel = None
     if d.relabel_with:
@@ -57,6 +59,7 @@ def build_dataset(
     return PreferencePairs(
         d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel,
         pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=d.dual_captions,
+        winners_only=winners_only,
     )
 
 

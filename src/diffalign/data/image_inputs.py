@@ -31,12 +31,12 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from ..data.pair_images import PairImages
-from ..data.pairs import REQUIRED_COLUMNS, load_pair_table
 from ..files import read_jsonl
-from .prompts import PROMPT_KEYS
+from .pair_images import PairImages
+from .pairs import METADATA_NAMES, REQUIRED_COLUMNS, image_suffixes, load_pair_table
 
-METADATA_NAMES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+PROMPT_KEYS = ("prompt", "caption", "Prompt", "text")  # the prompt column of metadata rows and prompt tables
+
 METADATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
 # Companion files that sit beside images and are never images themselves (prompts, notes, earlier
 # score files): skipped in folders.
@@ -46,12 +46,6 @@ PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1")
 
 class InputError(ValueError):
     """An input that cannot be used at all (not found, malformed metadata, no prompts anywhere)."""
-
-
-@functools.lru_cache(maxsize=1)
-def image_suffixes() -> frozenset[str]:
-    """File extensions (lower case, with the dot) that Pillow can open here."""
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 @dataclass(slots=True)
@@ -274,3 +268,27 @@ def check_prompts(items: Sequence[ImageItem]) -> None:
         f"  {example.with_suffix('.txt').name:<24} a sidecar text file beside each image\n"
         f"  metadata.jsonl           in the folder: one {{\"file_name\": ..., \"prompt\": ...}} per line (or metadata.csv)"
     )
+
+
+def winners_folder_table(path: Path) -> datasets.Dataset:
+    """The images of a folder (or metadata file) with their prompts, as `diffalign score` reads them, as a
+    winners-only pair table: `caption`, `jpg_0` (a datasets Image value naming the file, read when the
+    pair is served), `label_0` = 1, `image_0_url` = the file. Images that cannot be used (missing, no
+    prompt, not an image type) are an error listing them; an image that fails to decode is skipped and
+    reported during training like a corrupt pair."""
+    items = collect_items([str(path)])
+    bad = [item for item in items if item.error is not None or item.row is not None]
+    if bad:
+        listed = "\n  ".join(
+            f"{item.where}: {item.error or 'a pair-table row, not an image file'}" for item in bad[:5]
+        )
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{path}: {len(bad)} of {len(items)} image(s) cannot be training winners:\n  {listed}{more}")
+    files = [str(Path(item.file).resolve()) for item in items]
+    return datasets.Dataset.from_dict({
+        "caption": [item.prompt or "" for item in items],
+        "jpg_0": [{"bytes": None, "path": file} for file in files],
+        "label_0": [1.0] * len(items),
+        "label_1": [0.0] * len(items),
+        "image_0_url": files,
+    })
