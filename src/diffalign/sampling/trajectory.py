@@ -122,22 +122,41 @@ def sampling_conditioning(
     SDXL base model). None: the family's pipeline default. time_ids (SDXL only): original size = target
     size = (resolution, resolution), crop (0, 0).
     """
-    uncond = uncond or ("zeros" if parts.family == "sdxl" else "empty")
+    uncond = uncond or default_uncond(parts.family)
     cond = encode_prompts(parts, prompts)
-    if uncond == "zeros":
-        negative = TextConditioning(
+    empty = encode_prompts(parts, [""]) if uncond == "empty" else None
+    negative = unconditional(cond, uncond, empty)
+    cond, negative = _to(cond, device), _to(negative, device)
+    time_ids = generation_time_ids(parts.family, len(prompts), resolution, device)
+    return cond, negative, time_ids
+
+
+def default_uncond(family: str) -> Uncond:
+    """The unconditional input of the family's pipeline: zeros for SDXL, the empty caption otherwise."""
+    return "zeros" if family == "sdxl" else "empty"
+
+
+def unconditional(cond: TextConditioning, kind: Uncond, empty: TextConditioning | None = None) -> TextConditioning:
+    """The unconditional conditioning for each row of `cond`: zeros like it, or `empty` (the empty caption's
+    conditioning, one row) repeated."""
+    if kind == "zeros":
+        return TextConditioning(
             torch.zeros_like(cond.hidden_states), None if cond.pooled is None else torch.zeros_like(cond.pooled)
         )
-    elif uncond == "empty":
-        negative = encode_prompts(parts, [""]).repeat(len(prompts))
-    else:
-        raise ValueError(f"uncond {uncond!r}: expected 'empty' or 'zeros'")
-    cond, negative = _to(cond, device), _to(negative, device)
-    time_ids = None
-    if parts.family == "sdxl":
-        size = torch.tensor([[resolution, resolution]] * len(prompts), dtype=torch.float32)
-        time_ids = sdxl_time_ids(size, torch.zeros_like(size), (resolution, resolution)).to(device)
-    return cond, negative, time_ids
+    if kind == "empty":
+        if empty is None:
+            raise ValueError("uncond 'empty' needs the empty caption's conditioning")
+        return _to(empty, cond.hidden_states.device).repeat(len(cond.hidden_states))
+    raise ValueError(f"uncond {kind!r}: expected 'empty' or 'zeros'")
+
+
+def generation_time_ids(family: str, count: int, resolution: int, device: torch.device | None) -> torch.Tensor | None:
+    """SDXL's time ids of generated images (original size = target size = resolution, crop (0, 0)); None
+    for the other families."""
+    if family != "sdxl":
+        return None
+    size = torch.tensor([[resolution, resolution]] * count, dtype=torch.float32)
+    return sdxl_time_ids(size, torch.zeros_like(size), (resolution, resolution)).to(device)
 
 
 def _to(cond: TextConditioning, device: torch.device) -> TextConditioning:
@@ -207,14 +226,52 @@ def sample_trajectory(
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    device, dtype = module_device_dtype(unet)
+    device, _ = module_device_dtype(unet)
     resolution = resolution or default_resolution(parts, unet)
-    scheduler = ddim_scheduler(parts)
-    scheduler.set_timesteps(steps, device=device)
     cond, negative, time_ids = sampling_conditioning(parts, prompts, resolution, device, uncond)
-    generators = seed_generators(seeds)
     size = resolution // vae_scale_factor(parts)
     shape = (len(prompts), parts.vae_config["latent_channels"], size, size)
+    trajectory = sample_from_conditioning(
+        unet, ddim_scheduler(parts), cond, negative, seeds, shape, steps=steps, guidance=guidance, eta=eta,
+        time_ids=time_ids, initial_latents=initial_latents, prompts=prompts,
+    )
+    if decode:
+        trajectory.images = decode_images(parts.vae, trajectory.latents[:, -1])
+    return trajectory
+
+
+@torch.no_grad()
+def sample_from_conditioning(
+    model: torch.nn.Module | Callable[..., Any],
+    scheduler: DDIMScheduler,
+    cond: TextConditioning,
+    uncond: TextConditioning | None,
+    seeds: Sequence[int],
+    shape: Sequence[int],
+    *,
+    steps: int,
+    guidance: float,
+    eta: float,
+    time_ids: torch.Tensor | None = None,
+    initial_latents: torch.Tensor | None = None,
+    prompts: Sequence[str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Trajectory:
+    """`sample_trajectory`'s loop on given conditioning (no text encoder, no VAE): B = len(seeds) trajectories
+    of latents of `shape` (B, C, h, w), without images.
+
+    `model` is a UNet-like module or a function returning the UNet output (such as a reference's
+    `predict`); `scheduler` a DDIMScheduler of the model's noise schedule (`ddim.ddim_scheduler`), whose
+    timesteps are set here; `uncond` the unconditional conditioning (needed when guidance > 1);
+    `dtype` the UNet's input dtype (default: the module's, float32 for a function). Seeds, initial noise
+    and η-noise are drawn as in `sample_trajectory`.
+    """
+    device, module_dtype = module_device_dtype(model)
+    device = device or cond.hidden_states.device
+    dtype = dtype or module_dtype
+    scheduler.set_timesteps(steps, device=device)
+    generators = seed_generators(seeds)
+    shape = tuple(shape)
     if initial_latents is None:
         x = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
     else:
@@ -227,24 +284,23 @@ def sample_trajectory(
     timesteps = scheduler.timesteps
     prev_timesteps = timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     for t, t_prev in zip(timesteps, prev_timesteps):
-        out = guided_output(unet, scheduler.scale_model_input(x, t), t, cond, negative, guidance, time_ids, dtype)
+        out = guided_output(model, scheduler.scale_model_input(x, t), t, cond, uncond, guidance, time_ids, dtype)
         step = ddim_step_with_logprob(scheduler, out, t, x, eta=eta, prev_timestep=t_prev, generator=generators)
         x = step.prev_sample
         latents.append(x)
         log_probs.append(step.log_prob)
-    images = decode_images(parts.vae, x) if decode else None
     return Trajectory(
         latents=torch.stack(latents, dim=1),
         timesteps=timesteps,
         prev_timesteps=prev_timesteps,
         log_probs=None if eta == 0 else torch.stack(log_probs, dim=1),
-        images=images,
-        prompts=list(prompts),
+        images=None,
+        prompts=list(prompts) if prompts is not None else [""] * len(seeds),
         seeds=[int(s) for s in seeds],
         eta=eta,
         guidance=guidance,
         cond=cond,
-        uncond=negative if guidance > 1 else None,
+        uncond=uncond if guidance > 1 else None,
         time_ids=time_ids,
     )
 
