@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from diffalign.config import RunConfig, load_config
-from diffalign.config.objectives import DPOConfig, SFTConfig
+from diffalign.config.objectives import DPOConfig, SePPOConfig, SFTConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAMILIES = ("sd15", "sd21", "sdxl")
-PRESETS = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES for method in ("dpo", "sft")]
+PRESETS = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES for method in ("dpo", "sft", "seppo")]
 HUB_IDS = {
     "sd15": "runwayml/stable-diffusion-v1-5",
     "sd21": "stabilityai/stable-diffusion-2-1",
@@ -56,6 +56,10 @@ def test_preset_loads_with_its_model_data_and_objective(path):
     assert cfg.lora.enabled  # LoRA by default; lora.enabled=false for full fine-tuning
     if method == "dpo":
         assert isinstance(cfg.objective, DPOConfig) and cfg.objective.beta == 5000.0
+    elif method == "seppo":  # the paper's beta and reference pool, 2048 pairs per step
+        assert isinstance(cfg.objective, SePPOConfig) and cfg.objective.beta == 2000.0
+        assert (cfg.reference.every, cfg.reference.keep, cfg.reference.selection) == (30, 7, "random")
+        assert cfg.objective.criterion == "sign" and cfg.train.grad_accum == 256
     else:
         assert isinstance(cfg.objective, SFTConfig)
 
@@ -64,9 +68,10 @@ def test_preset_loads_with_its_model_data_and_objective(path):
 def test_paper_batch_and_learning_rate(path):
     cfg = _load(path)
     t = cfg.train
-    assert (t.batch_size, t.grad_accum, t.max_steps) == (1, 128, 2000)
+    seppo = path.stem == "seppo"  # SePPO: 8 GPUs x 256 accumulation, a checkpoint with every pool refresh
+    assert (t.batch_size, t.grad_accum, t.max_steps) == (1, 256 if seppo else 128, 2000)
     assert t.scale_lr and t.learning_rate == 1e-8 and t.lr_scheduler == "constant_with_warmup"
-    assert (t.checkpoint_every, t.keep_checkpoints) == (100, 3)
+    assert (t.checkpoint_every, t.keep_checkpoints) == (30 if seppo else 100, 3)
 
 
 def test_effective_batch_text_is_2048_on_16_processes():
@@ -174,3 +179,11 @@ def test_demo_d3po_preset_runs_on_the_embedded_model_and_reward():
     cfg = _load(CONFIGS / "demo" / "d3po.yaml")
     assert cfg.objective.name == "d3po" and cfg.rollout.reward == "shapes"
     assert cfg.model.pretrained == "assets/tiny-sd" and cfg.train.output_dir == "runs/demo-d3po"
+
+
+def test_demo_seppo_preset_has_the_dpo_demos_budget():
+    dpo, seppo = _load(CONFIGS / "demo" / "dpo.yaml"), _load(CONFIGS / "demo" / "seppo.yaml")
+    assert seppo.objective.name == "seppo" and seppo.data.path == dpo.data.path
+    assert (seppo.train.max_steps, seppo.train.batch_size, seppo.train.learning_rate, seppo.lora.rank) == (
+        dpo.train.max_steps, dpo.train.batch_size, dpo.train.learning_rate, dpo.lora.rank)
+    assert seppo.train.output_dir == "runs/demo-seppo"

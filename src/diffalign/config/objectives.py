@@ -21,8 +21,9 @@ from .core import Variant, cfg_field, register_variant, variants
 T = TypeVar("T")
 
 _NAME_HELP = (
-    "Objective (training method): 'dpo' (Diffusion-DPO), 'sft' (supervised on the preferred images) or 'd3po' "
-    "(online DPO on the steps of the policy's own trajectories)."
+    "Objective (training method): 'dpo' (Diffusion-DPO), 'sft' (supervised on the preferred images), 'd3po' "
+    "(online DPO on the steps of the policy's own trajectories) or 'seppo' (preferred images only, against "
+    "samples of earlier checkpoints)."
 )
 
 # objective name -> "module:Class" of its training method (or the class itself, for methods defined
@@ -115,4 +116,32 @@ class D3POConfig(ObjectiveConfig):
     )
     guidance: float | None = cfg_field(
         None, "Classifier-free guidance when re-scoring steps in training (None: the sampler's, rollout.guidance)."
+    )
+
+
+@objective("seppo", method="diffalign.training.methods.seppo:SePPO")
+@dataclass
+class SePPOConfig(ObjectiveConfig):
+    """SePPO (Zhang, Lan et al. 2024): preferred images only; a reference drawn from the run's earlier
+    checkpoints (`reference.*`) samples each winner's caption (sampler: `rollout.steps`, `guidance`, `eta`,
+    `sample_batch_size`), and the anchor-based criterion learns that sample as a loser or as a winner."""
+
+    name: str = cfg_field("seppo", _NAME_HELP)
+    beta: float = cfg_field(
+        2000.0,
+        "beta of -log sigmoid(-0.5*beta*[(err_θ(w)-err_ref(w)) - s*(err_θ(r)-err_ref(r))]), errors averaged over "
+        "latent elements as Diffusion-DPO's (the paper: 2000, 'the same as Diffusion-DPO').",
+        min=0.0,
+    )
+    criterion: Literal["sign", "indicator", "always_loser"] = cfg_field(
+        "sign",
+        "How the reference sample enters: 'sign' (s = sign(err_ref(w) - err_θ(w)), ties -1: a loser where the "
+        "policy fits the winner better than the reference, else a second winner), 'indicator' (the paper's "
+        "ablation: s = 1 or 0, the sample dropped instead of flipped) or 'always_loser' (s = 1: Diffusion-DPO "
+        "with on-policy losers).",
+    )
+    share_noise: bool = cfg_field(
+        True,
+        "Noise the winner and its reference sample with the same noise and timestep (as Diffusion-DPO's pairs; "
+        "the paper does not say); false draws their own.",
     )

@@ -1,4 +1,5 @@
-"""The images that `diffalign score` reads, and the prompt of each.
+"""The images that `diffalign score` reads, and the prompt of each; winners-only training reads an image
+folder the same way (`winners_folder_table`).
 
 An input is one of:
 

@@ -142,19 +142,27 @@ def build_source(
     cfg: RunConfig, method: Method, parts: DiffusionParts, cache, accelerator: Accelerator, skip_path: Path,
     resuming: bool, substeps: int = 1,
 ) -> BatchSource:
-    """The batch source the method declared: offline pairs (from the latent cache when there is one), or
-    online rollouts of the policy judged by `rollout.reward`."""
+    """The batch source the method declared: offline pairs or winners (from the latent cache when there is
+    one), winners with reference samples, or online rollouts of the policy judged by `rollout.reward`."""
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if method.data == "rollouts":
         from .sources.online import OnlineRollouts
 
         return OnlineRollouts(cfg, parts, device, rank, world, substeps=substeps,
                               out_dir=Path(cfg.train.output_dir))
+    winners = method.data == "winners"
+    if method.reference_samples and not (winners and method.reference != "none"):
+        raise TypeError(f"{type(method).__name__}: reference_samples needs data='winners' and a reference")
     with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
         if accelerator.is_main_process and not resuming:
             skip_path.unlink(missing_ok=True)
-        pairs = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path)
-    return OfflinePairs(cfg, parts, pairs, cache, method.per_image_captions, device, rank, world, skip_path)
+        pairs = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path, winners_only=winners)
+    source = OfflinePairs(cfg, parts, pairs, cache, method.per_image_captions, device, rank, world, skip_path)
+    if method.reference_samples:
+        from .sources.reference_samples import ReferenceSampled
+
+        return ReferenceSampled(source, cfg, parts, device)
+    return source
 
 
 def train(cfg: RunConfig) -> TrainResult:
@@ -209,8 +217,8 @@ def train(cfg: RunConfig) -> TrainResult:
     unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
     params = [p for p in unet.parameters() if p.requires_grad]  # FSDP2 swaps in sharded parameters
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
-    if online:
-        source.attach_policy(accelerator.unwrap_model(unet), accelerator.autocast)  # type: ignore[attr-defined]
+    if hasattr(source, "attach"):  # a source that samples: the policy (online rollouts) or the reference (SePPO)
+        source.attach(accelerator.unwrap_model(unet), reference, accelerator.autocast)  # type: ignore[attr-defined]
     base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
     validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None
     config_text = dump_yaml(cfg)

@@ -6,8 +6,11 @@ It declares what it needs as class attributes, and the loop builds exactly that,
 method names:
 
 - `data`: where its batches come from: `"pairs"` (offline preference pairs, `PairBatch`, encoded
-  latents and conditioning filled in) or `"rollouts"` (images sampled from the current policy and
-  judged by a reward each round, `Rollouts`);
+  latents and conditioning filled in), `"winners"` (the preferred image of each pair only, `batch.l`
+  None: the data may also be an image folder with captions or a pairs file without rejected images)
+  or `"rollouts"` (images sampled from the current policy and judged by a reward each round, `Rollouts`);
+- `reference_samples`: fill the loser slot of each winners-only pair with an image the micro-step's
+  reference draws for the pair's caption (SePPO's on-policy reference samples; `ReferenceSampled`);
 - `reference`: `"none"`, `"base"` (the initial model: the LoRA adapters switched off, or a frozen
   copy of the UNet for full fine-tuning) or `"pool"` (earlier checkpoints of the run, refreshed
   during training: `ReferencePool`);
@@ -34,7 +37,7 @@ from diffusers import DDPMScheduler
 from ...objectives import ObjectiveOutput
 from ..randomness import BatchRandom
 
-DataSource = Literal["pairs", "rollouts"]
+DataSource = Literal["pairs", "winners", "rollouts"]
 ReferenceKind = Literal["none", "base", "pool"]
 
 
@@ -61,6 +64,7 @@ class Method:
 
     data: ClassVar[DataSource] = "pairs"
     reference: ClassVar[ReferenceKind] = "base"
+    reference_samples: ClassVar[bool] = False
     needs_reward: ClassVar[bool] = False
     per_image_captions: ClassVar[bool] = False
 

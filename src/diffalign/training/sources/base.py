@@ -16,7 +16,8 @@ class BatchSource(Protocol):
     end; `prepare(raw, rand)` turns one into the method's input (encoding, on the device), drawing from
     the micro-step's `rand` first. `save(folder, rank)` / `restore(folder, rank)` (every process calls them) write and read what the source
     needs beyond the micro-step to resume exactly (nothing for offline pairs; the prompt order, round
-    and current rollouts for an online source).
+    and current rollouts for an online source). A source that samples with the models of the run also
+    has `attach(policy, reference, autocast)`, called once they are built.
     """
 
     def describe(self) -> str: ...

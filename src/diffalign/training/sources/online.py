@@ -100,7 +100,7 @@ def prompt_order(count: int, seed: int, round_: int, per_round: int) -> list[int
 
 
 class OnlineRollouts:
-    """The online batch source (see the module docstring); `attach_policy` gives it the UNet being trained."""
+    """The online batch source (see the module docstring); `attach` gives it the UNet being trained."""
 
     def __init__(self, cfg: RunConfig, parts: DiffusionParts, device: torch.device, rank: int = 0, world: int = 1,
                  *, substeps: int = 1, out_dir: Path | None = None) -> None:
@@ -126,9 +126,11 @@ class OnlineRollouts:
         self.current: Rollouts | None = None  # this process's share of the current round
         self.failures: list[str] = []
 
-    def attach_policy(self, unet: torch.nn.Module, autocast: Callable[[], AbstractContextManager]) -> None:
+    def attach(self, policy: torch.nn.Module, reference: object = None,
+               autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
         """The (unwrapped) UNet being trained, which samples each round, and the autocast to sample under."""
-        self.policy, self.autocast = unet, autocast
+        del reference
+        self.policy, self.autocast = policy, autocast
 
     def describe(self) -> str:
         r = self.cfg.rollout
@@ -194,7 +196,7 @@ class OnlineRollouts:
     def sample_round(self, round_: int) -> Rollouts:
         """Sample and judge this process's share of round `round_` with the current policy."""
         if self.policy is None:
-            raise RuntimeError("OnlineRollouts.attach_policy was not called before sampling")
+            raise RuntimeError("OnlineRollouts.attach was not called before sampling")
         r = self.cfg.rollout
         prompts = [self.prompts[i] for i in self.round_prompts(round_)]
         was_training = self.policy.training
