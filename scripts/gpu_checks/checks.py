@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -813,6 +814,27 @@ def check_sampling(fig: Figures) -> None:
         raise CheckFailed("trajectory images differ from the pipeline's or log-probabilities are not finite")
 
 
+def check_seppo(fig: Figures) -> None:
+    """SePPO on the SD1.5 architecture (random weights), 512 px, 2 pairs, LoRA, fp16 mixed precision: the step
+    time with its reference samples (DDIM 10 steps, CFG 7.5, eta 0, drawn under autocast by a pool member
+    refreshed every 2 steps) against a Diffusion-DPO step with the same settings; every loss finite."""
+    started = time.time()
+    model = build_model("sd15")
+    fig["waited_for_model_s"] = round(time.time() - started, 1)
+    res = resolution(512)
+    dpo = bench("seppo-dpo-reference", model, res, 2, "fp16", FP16_FROZEN, ["objective.beta=2000"], 80)
+    seppo = bench("seppo", model, res, 2, "fp16", FP16_FROZEN, [
+        "objective.name=seppo", "objective.beta=2000", "rollout.steps=10", "rollout.guidance=7.5", "rollout.eta=0",
+        "rollout.sample_batch_size=2", "reference.every=2", "reference.keep=2"], 120)
+    fig["dpo_median_step_s"], fig["seppo_median_step_s"] = dpo["median_step_s"], seppo["median_step_s"]
+    fig["seppo_peak_memory_gib"], fig["dpo_peak_memory_gib"] = seppo["peak_memory_gib"], dpo["peak_memory_gib"]
+    if dpo["median_step_s"] and seppo["median_step_s"]:
+        fig["seppo_over_dpo_step_time"] = round(seppo["median_step_s"] / dpo["median_step_s"], 2)
+    fig["seppo_losses"] = seppo["losses"]
+    if not seppo["losses"] or not all(math.isfinite(x) for x in seppo["losses"]):
+        raise CheckFailed("SePPO losses missing or not finite")
+
+
 # ---------------------------------------------------------------------------------------------------
 # environment, and every planned command line's config checked against the schema
 
@@ -894,6 +916,7 @@ CHECKS = {
     "eval-demo": check_eval_demo,
     "generate": check_generate,
     "sampling": check_sampling,
+    "seppo": check_seppo,
 }
 
 
