@@ -34,7 +34,10 @@ from typing import Any, ClassVar, Literal, Protocol
 import torch
 from diffusers import DDPMScheduler
 
-from ...objectives import ObjectiveOutput
+from ...data.record import Side
+from ...models.conditioning import TextConditioning, unet_kwargs
+from ...models.prediction import training_target
+from ...objectives import ObjectiveOutput, denoising_error
 from ..randomness import BatchRandom
 
 DataSource = Literal["pairs", "winners", "rollouts"]
@@ -89,3 +92,25 @@ def sample_noise_and_timesteps(
     noise = rand.randn(*latents.shape[1:]).to(latents.device, latents.dtype)
     t = rand.randint(scheduler.config.num_train_timesteps).to(latents.device)
     return noise, t
+
+
+def pair_errors(
+    model: TrainableModel, first: Side, second: Side, noise: torch.Tensor, t: torch.Tensor,
+    second_noise: torch.Tensor | None = None, second_t: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample denoising errors (2B,) of the trained model (with gradient) and of the reference, the B
+    `first` images then the B `second` ones, noised with `noise`, `t` (the second side with its own when
+    given, else the same) and conditioned on each side's `cond` in one UNet batch per model."""
+    second_noise = noise if second_noise is None else second_noise
+    second_t = t if second_t is None else second_t
+    latents = torch.cat([first.latents, second.latents])
+    noise, t = torch.cat([noise, second_noise]), torch.cat([t, second_t])
+    noisy = model.noise_scheduler.add_noise(latents, noise, t)
+    target = training_target(model.noise_scheduler, latents, noise, t, model.prediction_type)
+    time_ids = None if first.time_ids is None else torch.cat([first.time_ids, second.time_ids])
+    kwargs = unet_kwargs(TextConditioning.cat([first.cond, second.cond]), time_ids)
+    err = denoising_error(model.predict(noisy, t, **kwargs), target)
+    if model.reference is None:
+        raise ValueError("pair_errors needs the method's reference model")
+    ref_err = denoising_error(model.reference.predict(noisy, t, **kwargs), target)
+    return err, ref_err

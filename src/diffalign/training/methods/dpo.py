@@ -3,15 +3,11 @@ reference's denoising errors compared by `objectives.dpo.dpo_loss`."""
 
 from __future__ import annotations
 
-import torch
-
 from ...config.objectives import DPOConfig
 from ...data.record import PairBatch
-from ...models.conditioning import TextConditioning, unet_kwargs
-from ...models.prediction import training_target
-from ...objectives import ObjectiveOutput, denoising_error, dpo_loss
+from ...objectives import ObjectiveOutput, dpo_loss
 from ..randomness import BatchRandom
-from .base import Method, TrainableModel, sample_noise_and_timesteps
+from .base import Method, TrainableModel, pair_errors, sample_noise_and_timesteps
 
 
 class DPO(Method):
@@ -28,13 +24,5 @@ class DPO(Method):
         w, l_ = batch.w, batch.loser
         n = len(batch)
         noise, t = sample_noise_and_timesteps(w.latents, model.noise_scheduler, rand)
-        latents = torch.cat([w.latents, l_.latents])
-        noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
-        noisy = model.noise_scheduler.add_noise(latents, noise, t)
-        target = training_target(model.noise_scheduler, latents, noise, t, model.prediction_type)
-        time_ids = None if w.time_ids is None else torch.cat([w.time_ids, l_.time_ids])
-        kwargs = unet_kwargs(TextConditioning.cat([w.cond, l_.cond]), time_ids)
-        err = denoising_error(model.predict(noisy, t, **kwargs), target)
-        assert model.reference is not None
-        ref_err = denoising_error(model.reference.predict(noisy, t, **kwargs), target)
+        err, ref_err = pair_errors(model, w, l_, noise, t)
         return dpo_loss(err[:n], err[n:], ref_err[:n], ref_err[n:], self.beta, batch.weight)

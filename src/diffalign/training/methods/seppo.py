@@ -14,11 +14,9 @@ import torch
 
 from ...config.objectives import SePPOConfig
 from ...data.record import PairBatch
-from ...models.conditioning import TextConditioning, unet_kwargs
-from ...models.prediction import training_target
-from ...objectives import ObjectiveOutput, denoising_error, seppo_loss
+from ...objectives import ObjectiveOutput, seppo_loss
 from ..randomness import BatchRandom
-from .base import Method, TrainableModel, sample_noise_and_timesteps
+from .base import Method, TrainableModel, pair_errors, sample_noise_and_timesteps
 
 
 class SePPO(Method):
@@ -28,26 +26,14 @@ class SePPO(Method):
     reference = "pool"
     reference_samples = True
 
-    def __init__(self, cfg: SePPOConfig) -> None:
-        super().__init__(cfg)
+    cfg: SePPOConfig
 
     def __call__(self, model: TrainableModel, batch: PairBatch, rand: BatchRandom) -> ObjectiveOutput:
         w, r = batch.w, batch.loser
         n = len(batch)
         noise, t = sample_noise_and_timesteps(w.latents, model.noise_scheduler, rand)
-        if self.cfg.share_noise:
-            noise_r, t_r = noise, t
-        else:
-            noise_r, t_r = sample_noise_and_timesteps(r.latents, model.noise_scheduler, rand)
-        latents = torch.cat([w.latents, r.latents])
-        noise, t = torch.cat([noise, noise_r]), torch.cat([t, t_r])
-        noisy = model.noise_scheduler.add_noise(latents, noise, t)
-        target = training_target(model.noise_scheduler, latents, noise, t, model.prediction_type)
-        time_ids = None if w.time_ids is None else torch.cat([w.time_ids, r.time_ids])
-        kwargs = unet_kwargs(TextConditioning.cat([w.cond, r.cond]), time_ids)
-        err = denoising_error(model.predict(noisy, t, **kwargs), target)
-        assert model.reference is not None
-        ref_err = denoising_error(model.reference.predict(noisy, t, **kwargs), target)
+        own = () if self.cfg.share_noise else sample_noise_and_timesteps(r.latents, model.noise_scheduler, rand)
+        err, ref_err = pair_errors(model, w, r, noise, t, *own)
         out = seppo_loss(err[:n], err[n:], ref_err[:n], ref_err[n:], self.cfg.beta, self.cfg.criterion, batch.weight)
         current = getattr(model.reference, "current", None)
         if current is not None:
