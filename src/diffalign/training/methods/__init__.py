@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 from ...config.objectives import ObjectiveConfig, method_path
-from .base import Method, TrainableModel, sample_noise_and_timesteps
+from .base import Method, TrainableModel, pair_errors, sample_noise_and_timesteps
 
 
 def method_class(name: str) -> type[Method]:
@@ -32,4 +32,4 @@ def build_method(cfg: ObjectiveConfig) -> Method:
     return method_class(cfg.name)(cfg)
 
 
-__all__ = ["Method", "TrainableModel", "build_method", "method_class", "sample_noise_and_timesteps"]
+__all__ = ["Method", "TrainableModel", "build_method", "method_class", "pair_errors", "sample_noise_and_timesteps"]
