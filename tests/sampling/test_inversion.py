@@ -140,3 +140,43 @@ def test_v_prediction_inversion_converges(tiny_parts):
     x0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1)) * 0.5
     coarse, fine = _error(parts, x0, ["a"], 10)[0], _error(parts, x0, ["a"], 40)[0]
     assert fine < 0.5 * coarse
+
+
+class TimedToyUNet(torch.nn.Module):
+    """vectors.py's toy ε(x, t) = 0.5·x + 0.001·t: the timestep the UNet is called at shows in the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+        self.timesteps: list[int] = []
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None):
+        self.timesteps.extend(torch.as_tensor(timestep).reshape(-1).tolist())
+        return (self.scale * sample + 0.001 * torch.as_tensor(timestep, dtype=sample.dtype).reshape(-1, 1, 1, 1),)
+
+
+VECTORS = __import__("json").loads(
+    (__import__("pathlib").Path(__file__).resolve().parents[3] / "shared/reference/vectors/vectors.json").read_text()
+)["inversion"]
+
+
+@pytest.mark.parametrize("case,steps,renoise", [("InPO_toy(t_s=250,n=10,eta_noise=off)", 10, 0),
+                                                ("SmPO_toy(t_s=250,n=5,renoise)", 5, 1)])
+def test_the_official_grid_reproduces_the_papers_inversion_vectors(case, steps, renoise):
+    x0 = torch.tensor([[[[0.8, -0.4], [0.1, 1.5]]]], dtype=torch.float64)
+    unet = TimedToyUNet()
+    grid = inversion_grid(inverse_scheduler(CONFIG), steps, mode="official")
+    out = invert(unet, CONFIG, x0, 250, cond(1).__class__(torch.zeros(1, 77, 32, dtype=torch.float64)),
+                 renoise_steps=renoise, grid=grid)
+    assert out.latents.flatten().tolist() == pytest.approx(VECTORS[case]["x_inv"], abs=2e-6)
+    assert min(unet.timesteps) < 0  # the official code's first call is at -99 (-199 on the 5-step grid)
+
+
+def test_the_consistent_grid_never_calls_the_unet_at_a_negative_timestep():
+    unet = TimedToyUNet()
+    x0 = torch.zeros(4, 1, 2, 2, dtype=torch.float64)
+    invert(unet, CONFIG, x0, torch.tensor([0, 1, 250, 999]), TextConditioning(torch.zeros(4, 77, 32, dtype=torch.float64)),
+           renoise_steps=1)
+    assert unet.timesteps and min(unet.timesteps) >= 1
+    with pytest.raises(ValueError, match="inversion mode 'papers'"):
+        inversion_grid(inverse_scheduler(CONFIG), 10, mode="papers")

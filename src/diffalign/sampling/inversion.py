@@ -7,8 +7,10 @@ and ᾱ come from the model's scheduler config), written out step by step in an 
     targets = DDIMInverseScheduler.timesteps       ([1, 101, …, 901] for N = 10, 'leading', offset 1)
     sources = targets − T // N                     ([−99, 1, …, 801]; a negative level is the clean latent,
                                                     ᾱ = the scheduler's initial_alpha_cumprod)
-    unet_timesteps = targets                       (as diffusers 0.42's inversion pipelines call the UNet:
-                                                    never at a negative timestep)
+    unet_timesteps = targets                       ("consistent", as diffusers 0.42's inversion pipelines call
+                                                    the UNet: never at a negative timestep)
+                   = sources                       ("official": diffusers 0.20's DDIMInverseScheduler, which
+                                                    InPO and SmPO ran: the UNet at the current level, −99 first)
 
 An inverse step with the noise prediction ε̂ is the deterministic DDIM relation run upwards:
 x̂0 = (x − √(1−ᾱ_src)·ε̂)/√ᾱ_src (clipped if the config says clip_sample), x ← √ᾱ_tgt·x̂0 + √(1−ᾱ_tgt)·ε̂.
@@ -17,8 +19,8 @@ For v_prediction and sample models the output is converted to ε̂ at the level 
 
 Sample b runs the steps whose source level is below its timestep t_b (the InPO/SmPO rule "grid values
 < t_s"), so it reaches the level targets[last run step]: for N = 10, t_b ∈ {0, 1} → 1, 2..101 → 101, …,
-802..999 → 901 (`reached_timesteps`). The diffusers-0.20 grid those papers ran (UNet at the *source* level,
-−99 on the first step) differs from this one only in `unet_timesteps`; it is a mode to add to `inversion_grid`.
+802..999 → 901 (`reached_timesteps`). The two modes differ only in `unet_timesteps`; the official one
+reproduces the papers' latents (and `shared/reference/vectors/`) whichever diffusers is installed.
 
 ReNoise (`renoise_steps` = k ≥ 1): after the first estimate of the next latent, the UNet's prediction at
 that estimate (same timestep) is evaluated k more times, each re-estimating the next latent from the last
@@ -53,6 +55,7 @@ class InversionGrid:
     sources: torch.Tensor
     targets: torch.Tensor
     unet_timesteps: torch.Tensor
+    mode: str = "consistent"
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -74,12 +77,17 @@ def inverse_scheduler(config: FrozenDict | dict) -> DDIMInverseScheduler:
     return DDIMInverseScheduler.from_config(config)
 
 
-def inversion_grid(scheduler: DDIMInverseScheduler, num_steps: int) -> InversionGrid:
-    """The explicit grid of `num_steps` inverse steps of this scheduler (see the module docstring)."""
+def inversion_grid(scheduler: DDIMInverseScheduler, num_steps: int, mode: str = "consistent") -> InversionGrid:
+    """The explicit grid of `num_steps` inverse steps of this scheduler, the UNet at each step's target level
+    ("consistent") or at its source level, as diffusers 0.20 and the InPO/SmPO code ("official"); see the
+    module docstring."""
+    if mode not in ("consistent", "official"):
+        raise ValueError(f"inversion mode {mode!r}: expected 'consistent' or 'official'")
     scheduler.set_timesteps(num_steps)
     targets = scheduler.timesteps.long().cpu()
     sources = targets - scheduler.config.num_train_timesteps // num_steps
-    return InversionGrid(sources=sources, targets=targets, unet_timesteps=targets.clone())
+    unet = targets.clone() if mode == "consistent" else sources.clone()
+    return InversionGrid(sources=sources, targets=targets, unet_timesteps=unet, mode=mode)
 
 
 def steps_to_run(grid: InversionGrid, timesteps: torch.Tensor) -> torch.Tensor:
@@ -129,13 +137,15 @@ def invert(
     `scheduler_config`: the model's scheduler config (`parts.noise_scheduler.config`). Guidance 1 (the
     conditional prediction only) by default; g > 1 needs `uncond`. The UNet is called only on the samples
     that run a step, never at a negative timestep, without gradient. Sample b's result does not depend on the
-    other samples of the batch. Returns the latents and the levels reached (`reached_timesteps`).
+    other samples of the batch (on a consistent grid). Returns the latents and the levels reached (`reached_timesteps`).
+    `grid` (default: the consistent grid of `num_steps`) may be the official one, whose first step calls the
+    UNet at a negative timestep, as the papers' code did.
     """
     if renoise_steps < 0 or eta < 0:
         raise ValueError(f"renoise_steps {renoise_steps} and eta {eta} must be >= 0")
     scheduler = inverse_scheduler(scheduler_config)
     grid = grid or inversion_grid(scheduler, num_steps)
-    if int(grid.unet_timesteps.min()) < 0:
+    if grid.mode != "official" and int(grid.unet_timesteps.min()) < 0:
         raise ValueError(f"the grid calls the UNet at a negative timestep: {grid.unet_timesteps.tolist()}")
     batch, device = len(latents), latents.device
     if eta > 0 and (generator is None or len(generator) != batch):
