@@ -22,8 +22,9 @@ T = TypeVar("T")
 
 _NAME_HELP = (
     "Objective (training method): 'dpo' (Diffusion-DPO), 'sft' (supervised on the preferred images), 'd3po' "
-    "(online DPO on the steps of the policy's own trajectories) or 'seppo' (preferred images only, against "
-    "samples of earlier checkpoints)."
+    "(online DPO on the steps of the policy's own trajectories), 'seppo' (preferred images only, against "
+    "samples of earlier checkpoints), 'inpo' (DPO on DDIM-inverted latents) or 'smpo' (InPO with ReNoise "
+    "inversion and smoothed labels from a scorer)."
 )
 
 # objective name -> "module:Class" of its training method (or the class itself, for methods defined
@@ -144,4 +145,47 @@ class SePPOConfig(ObjectiveConfig):
         True,
         "Noise the winner and its reference sample with the same noise and timestep (as Diffusion-DPO's pairs; "
         "the paper does not say); false draws their own.",
+    )
+
+
+@objective("inpo", method="diffalign.training.methods.inpo:InPO")
+@dataclass
+class InPOConfig(ObjectiveConfig):
+    """DDIM-InPO (Lu et al., CVPR 2025): Diffusion-DPO on latents reached by DDIM inversion of each image under
+    the current model, with the reparametrised target τ_t in place of the noise; the official code's defaults."""
+
+    name: str = cfg_field("inpo", _NAME_HELP)
+    beta: float = cfg_field(2000.0, "beta of the Diffusion-DPO loss (official: 2000 SD1.5, 5000 SDXL).", min=0.0)
+    inversion_steps: int = cfg_field(
+        10, "Inverse DDIM steps of the grid; a pair inverts through the steps below its timestep.", min=1)
+    inversion_eta: float = cfg_field(
+        0.1, "η-noise added after each inverse step (official 0.1; 0: deterministic).", min=0.0)
+    renoise_steps: int = cfg_field(0, "ReNoise iterations per inverse step (SmPO: 1).", min=0)
+    inversion_mode: Literal["consistent", "official"] = cfg_field(
+        "consistent",
+        "'consistent': the UNet inverts at each step's target level and the loss runs at the level reached "
+        "(UNet and target agree); 'official': the papers' code, the UNet inverting at each step's source level "
+        "(-99 first) and the loss at the sampled timestep, up to 99 steps from the level reached.",
+    )
+
+
+@objective("smpo", method="diffalign.training.methods.smpo:SmPO")
+@dataclass
+class SmPOConfig(InPOConfig):
+    """SmPO-Diffusion (Lu et al., ICML 2025): InPO on ReNoise-inverted latents (one iteration, the same timestep,
+    no η-noise, a 5-step grid for SD1.5 as the official code; SDXL: 10) with each pair's logit weighted by
+    γ(2p − 1), p = σ(s'_w − s'_l) from a scorer's min-max normalised scores; the scorer also re-decides the
+    winner. Scores: the table's score_0/score_1 columns (`diffalign relabel`, or `data.relabel_with=NAME`,
+    which computes and caches them)."""
+
+    name: str = cfg_field("smpo", _NAME_HELP)
+    inversion_steps: int = cfg_field(5, "Inverse DDIM steps of the grid (official: 5 for SD1.5, 10 for SDXL).", min=1)
+    inversion_eta: float = cfg_field(0.0, "η-noise after each inverse step (SmPO: none).", min=0.0)
+    renoise_steps: int = cfg_field(1, "ReNoise iterations per inverse step (SmPO: 1, at the same timestep).", min=0)
+    gamma: float = cfg_field(10.0, "Sensitivity γ of the weight γ(2p − 1) (official 10).", min=0.0)
+    score_bounds: list[float] | None = cfg_field(
+        None,
+        "[low, high] of the min-max normalisation; None: the training data's own minimum and maximum score "
+        "(written to OUTPUT_DIR/score_bounds.json). The paper's [0.11543526500463486, 0.28201571106910706] "
+        "apply to raw PickScore cosines only (on logit_scale*cos every weight saturates at γ).",
     )

@@ -215,6 +215,7 @@ class PreferencePairs(torch.utils.data.Dataset):
         seed: int = 0,
         *,
         relabel: Callable[[datasets.Dataset, str], datasets.Dataset] | None = None,
+        transform: Callable[[datasets.Dataset], datasets.Dataset] | None = None,
         pair_filter: PairFilter | None = None,
         skip_report: SkipReport | str | Path | None = None,
         dual_captions: bool = False,
@@ -230,6 +231,8 @@ class PreferencePairs(torch.utils.data.Dataset):
             if max_pairs is not None:
                 table = table.select(range(min(max_pairs, len(table))))
             table = relabel(table, source_key(path, split, max_pairs))
+        if transform is not None:  # a method's own use of the table (SmPO: labels and weights from scores)
+            table = transform(table)
         self.filter = pair_filter or PairFilter()
         keep = filter_rows(table, self.filter)
         self.report = self.filter.report

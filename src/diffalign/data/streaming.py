@@ -22,7 +22,7 @@ stream over workers would need every worker to decode every row to agree on the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import datasets
@@ -70,6 +70,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         skip_report: SkipReport | None = None,
         dual_captions: bool = False,
         winners_only: bool = False,
+        row_transform: Callable[[dict], dict] | None = None,
         shuffle_buffer: int = 0,
         rank: int = 0,
         world: int = 1,
@@ -84,6 +85,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         self.skip_report = skip_report or SkipReport(None)
         self.extra_columns = DUAL_CAPTION_COLUMNS if dual_captions else ()
         self.winners_only = winners_only
+        self.row_transform = row_transform
         self.stream = open_stream(path, split, winners_only=winners_only)
         columns = self.stream.column_names or list(next(iter(self.stream)).keys())
         check_columns(path, columns, self.extra_columns, winners_only=winners_only)
@@ -109,6 +111,8 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         for position, row in enumerate(self.epoch_stream(epoch)):
             if self.max_pairs is not None and kept >= self.max_pairs:
                 return
+            if self.row_transform is not None:
+                row = self.row_transform(row)
             if self.filter.reason(row) is None:
                 kept += 1
                 yield position, row

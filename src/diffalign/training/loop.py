@@ -156,7 +156,8 @@ def build_source(
     with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
         if accelerator.is_main_process and not resuming:
             skip_path.unlink(missing_ok=True)
-        pairs = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path, winners_only=winners)
+        pairs = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path, winners_only=winners,
+                              method=method)
     source = OfflinePairs(cfg, parts, pairs, cache, method.per_image_captions, device, rank, world, skip_path)
     if method.reference_samples:
         from .sources.reference_samples import ReferenceSampled

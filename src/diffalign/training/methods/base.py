@@ -81,6 +81,16 @@ class Method:
         del run
         return 1
 
+    def transform_table(self, table: Any, run: Any) -> Any:
+        """The method's own use of the pair table (a `datasets.Dataset`), after any relabelling and before the
+        filters: unchanged for most methods (SmPO: labels and weights from the pairs' scores)."""
+        del run
+        return table
+
+    def transform_row(self, row: dict) -> dict:
+        """`transform_table` for one row of a stream."""
+        return row
+
     def __call__(self, model: TrainableModel, batch: Any, rand: BatchRandom) -> ObjectiveOutput:
         raise NotImplementedError
 

@@ -4,7 +4,9 @@ cache, or a stream, in the data order of `data.order`, encoded for the method at
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,10 +39,12 @@ def build_dataset(
     world: int = 1,
     skip_report: str | Path | None = None,
     winners_only: bool = False,
+    method: Any = None,
 ) -> PreferencePairs | StreamingPairs:
     """The filtered pairs of `cfg.data` (a table, or with `data.streaming` this process's stream), relabelled
     by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`.
-    `winners_only`: only the preferred images are read (a method declaring `data = "winners"`)."""
+    `winners_only`: only the preferred images are read (a method declaring `data = "winners"`); `method`'s
+    `transform_table`/`transform_row` see the table (or each streamed row) before the filters."""
     d = cfg.data
     report = SkipReport(skip_report)
     if d.streaming:
@@ -52,6 +56,7 @@ def build_dataset(
             d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed,
             filter_options=filter_options(cfg), skip_report=report, dual_captions=d.dual_captions,
             shuffle_buffer=d.shuffle_buffer, rank=rank, world=world, winners_only=winners_only,
+            row_transform=None if method is None else method.transform_row,
         )
     relabel = None
     if d.relabel_with:
@@ -59,7 +64,7 @@ def build_dataset(
     return PreferencePairs(
         d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel,
         pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=d.dual_captions,
-        winners_only=winners_only,
+        winners_only=winners_only, transform=None if method is None else partial(method.transform_table, run=cfg),
     )
 
 
