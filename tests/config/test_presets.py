@@ -150,7 +150,7 @@ def test_no_setting_is_restated_along_a_composition(path):
 
 
 def test_every_piece_is_used_and_starts_with_a_comment():
-    online = [CONFIGS / family / "d3po.yaml" for family in FAMILIES]
+    online = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES for method in ("d3po", "inpo", "smpo")]
     used = {p for preset in [*PRESETS, *online] for p in _chain(preset)}
     for folder in ("models", "data", "methods"):
         for piece in sorted((CONFIGS / folder).glob("*.yaml")):
@@ -187,3 +187,32 @@ def test_demo_seppo_preset_has_the_dpo_demos_budget():
     assert (seppo.train.max_steps, seppo.train.batch_size, seppo.train.learning_rate, seppo.lora.rank) == (
         dpo.train.max_steps, dpo.train.batch_size, dpo.train.learning_rate, dpo.lora.rank)
     assert seppo.train.output_dir == "runs/demo-seppo"
+
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["inpo", "smpo"])
+def test_inversion_presets_carry_the_official_settings(family, method):
+    from diffalign.config.objectives import InPOConfig, SmPOConfig
+
+    cfg = _load(CONFIGS / family / f"{method}.yaml")
+    o, t = cfg.objective, cfg.train
+    assert cfg.model.pretrained == HUB_IDS[family] and t.output_dir == f"runs/{family}-{method}"
+    assert cfg.data.path == "yuvalkirstain/pickapic_v2"
+    assert o.beta == (5000.0 if family == "sdxl" else 2000.0)
+    assert (t.grad_accum, t.learning_rate, t.scale_lr) == (128, 1e-8, True)
+    if method == "inpo":
+        assert type(o) is InPOConfig and (o.inversion_steps, o.inversion_eta, o.renoise_steps) == (10, 0.1, 0)
+        assert (t.max_steps, t.warmup_steps) == (400, 200)
+    else:
+        assert isinstance(o, SmPOConfig) and (o.gamma, o.renoise_steps, o.inversion_eta) == (10.0, 1, 0.0)
+        assert o.inversion_steps == (10 if family == "sdxl" else 5) and (t.max_steps, t.warmup_steps) == (200, 100)
+        assert cfg.data.relabel_with == "pickscore" and o.score_bounds is None
+
+
+@pytest.mark.parametrize("method", ["inpo", "smpo"])
+def test_demo_inversion_presets_have_the_dpo_demos_budget(method):
+    dpo, cfg = _load(CONFIGS / "demo" / "dpo.yaml"), _load(CONFIGS / "demo" / f"{method}.yaml")
+    assert cfg.objective.name == method and cfg.train.output_dir == f"runs/demo-{method}"
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate) == (
+        dpo.train.max_steps, dpo.train.batch_size, dpo.train.learning_rate)
