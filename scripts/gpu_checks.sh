@@ -30,6 +30,7 @@
 #                      a 20-step trajectory of 8 images, a re-scored step with gradient, DDIM inversion of 4 latents
 #   seppo              SePPO on that model, 512 px, 2 pairs, fp16: step time with its reference samples (DDIM 10
 #                      steps under autocast) vs a Diffusion-DPO step, finite losses
+#   inversion          InPO and SmPO on that model the same way: step time with the inversion vs DPO, finite losses
 #
 # GPUCHK_ONLY="env eval-demo ..." runs only the named checks (setup always runs; GPUCHK_BUILD="sd15" builds only
 # that full-size model in the background); GPUCHK_OFFLOAD_REPEAT=1 makes
@@ -136,6 +137,7 @@ run_check eval-demo         200 $CHECKS eval-demo
 run_check generate          150 $CHECKS generate
 run_check sampling           90 $CHECKS sampling
 run_check seppo             200 $CHECKS seppo
+run_check inversion         250 $CHECKS inversion
 
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora

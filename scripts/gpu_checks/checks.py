@@ -814,25 +814,44 @@ def check_sampling(fig: Figures) -> None:
         raise CheckFailed("trajectory images differ from the pipeline's or log-probabilities are not finite")
 
 
-def check_seppo(fig: Figures) -> None:
-    """SePPO on the SD1.5 architecture (random weights), 512 px, 2 pairs, LoRA, fp16 mixed precision: the step
-    time with its reference samples (DDIM 10 steps, CFG 7.5, eta 0, drawn under autocast by a pool member
-    refreshed every 2 steps) against a Diffusion-DPO step with the same settings; every loss finite."""
+def _against_dpo(fig: Figures, methods: dict[str, list[str]]) -> None:
+    """Each method's step on the SD1.5 architecture (random weights), 512 px, 2 pairs, LoRA, fp16 mixed
+    precision, against a Diffusion-DPO step with the same settings: median step times, their ratio, peak
+    memory, and every loss finite."""
     started = time.time()
     model = build_model("sd15")
     fig["waited_for_model_s"] = round(time.time() - started, 1)
     res = resolution(512)
-    dpo = bench("seppo-dpo-reference", model, res, 2, "fp16", FP16_FROZEN, ["objective.beta=2000"], 80)
-    seppo = bench("seppo", model, res, 2, "fp16", FP16_FROZEN, [
-        "objective.name=seppo", "objective.beta=2000", "rollout.steps=10", "rollout.guidance=7.5", "rollout.eta=0",
-        "rollout.sample_batch_size=2", "reference.every=2", "reference.keep=2"], 120)
-    fig["dpo_median_step_s"], fig["seppo_median_step_s"] = dpo["median_step_s"], seppo["median_step_s"]
-    fig["seppo_peak_memory_gib"], fig["dpo_peak_memory_gib"] = seppo["peak_memory_gib"], dpo["peak_memory_gib"]
-    if dpo["median_step_s"] and seppo["median_step_s"]:
-        fig["seppo_over_dpo_step_time"] = round(seppo["median_step_s"] / dpo["median_step_s"], 2)
-    fig["seppo_losses"] = seppo["losses"]
-    if not seppo["losses"] or not all(math.isfinite(x) for x in seppo["losses"]):
-        raise CheckFailed("SePPO losses missing or not finite")
+    dpo = bench("dpo-reference", model, res, 2, "fp16", FP16_FROZEN, ["objective.beta=2000"], 80)
+    fig["dpo_median_step_s"], fig["dpo_peak_memory_gib"] = dpo["median_step_s"], dpo["peak_memory_gib"]
+    for name, extra in methods.items():
+        run = bench(name, model, res, 2, "fp16", FP16_FROZEN, [f"objective.name={name}", "objective.beta=2000", *extra], 120)
+        fig[f"{name}_median_step_s"], fig[f"{name}_peak_memory_gib"] = run["median_step_s"], run["peak_memory_gib"]
+        if dpo["median_step_s"] and run["median_step_s"]:
+            fig[f"{name}_over_dpo_step_time"] = round(run["median_step_s"] / dpo["median_step_s"], 2)
+        fig[f"{name}_losses"] = run["losses"]
+        if not run["losses"] or not all(math.isfinite(x) for x in run["losses"]):
+            raise CheckFailed(f"{name} losses missing or not finite")
+
+
+# the methods timed against Diffusion-DPO, and their overrides
+AGAINST_DPO = {
+    # reference samples by DDIM 10 steps, CFG 7.5, eta 0, drawn under autocast by a pool refreshed every 2 steps
+    "seppo": ["rollout.steps=10", "rollout.guidance=7.5", "rollout.eta=0", "rollout.sample_batch_size=2",
+              "reference.every=2", "reference.keep=2"],
+    "inpo": [],  # 10 inverse steps, eta-noise 0.1
+    "smpo": [],  # 5 ReNoise steps; the demo table's scores, bounds from the data
+}
+
+
+def check_seppo(fig: Figures) -> None:
+    """SePPO against DPO (`_against_dpo`, `AGAINST_DPO`)."""
+    _against_dpo(fig, {"seppo": AGAINST_DPO["seppo"]})
+
+
+def check_inversion(fig: Figures) -> None:
+    """InPO and SmPO against DPO (`_against_dpo`, `AGAINST_DPO`), under fp16 autocast."""
+    _against_dpo(fig, {name: AGAINST_DPO[name] for name in ("inpo", "smpo")})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -858,6 +877,9 @@ def planned_configs() -> list[tuple[str, str | None, list[str]]]:
         ("sd15 xformers", ["train.attention=xformers", "data.cache=off"]),
     ]:
         plans.append((label, None, bench_overrides(m, 512, 1, "bf16", "bfloat16", out, cache, extra)))
+    for name, extra in AGAINST_DPO.items():
+        overrides = [f"objective.name={name}", "objective.beta=2000", *extra, "data.cache=off"]
+        plans.append((name, None, bench_overrides(m, 512, 2, "fp16", "float16", out, cache, overrides)))
     return plans
 
 
@@ -917,6 +939,7 @@ CHECKS = {
     "generate": check_generate,
     "sampling": check_sampling,
     "seppo": check_seppo,
+    "inversion": check_inversion,
 }
 
 
