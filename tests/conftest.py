@@ -42,6 +42,26 @@ def tiny_models(tmp_path_factory, clip_tokenizers) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def lora_parts():
+    """lora_parts(base, shift): the base's parts with a rank-4 LoRA on the UNet whose B weights are moved by
+    `shift` (so the policy differs from its adapters-off reference)."""
+    from diffalign.config.schema import LoraConfig, ModelConfig
+    from diffalign.models.loading import load_parts
+    from diffalign.models.lora import attach_lora
+
+    def make(base: str | Path, shift: float = 0.0):
+        parts = load_parts(ModelConfig(pretrained=str(base)))
+        attach_lora(parts.unet, LoraConfig(rank=4, alpha=4))
+        with torch.no_grad():
+            for name, p in parts.unet.named_parameters():
+                if "lora_B" in name:
+                    p.add_(shift)
+        return parts
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def make_lora():
     """make_lora(base, folder, shift): a rank-4 LoRA on the base's UNet with every weight moved by `shift`,
     saved in diffusers' format in `folder` (returned)."""

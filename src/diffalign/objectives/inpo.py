@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from .dpo import dpo_loss
-from .types import ObjectiveOutput
 
 
 def inversion_target(inverted: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -31,14 +30,5 @@ def inversion_target(inverted: torch.Tensor, x0: torch.Tensor, alpha_bar: torch.
     return (inverted.float() - a.sqrt() * x0.float()) / (1 - a).sqrt()
 
 
-def inpo_loss(
-    model_err_w: torch.Tensor,
-    model_err_l: torch.Tensor,
-    ref_err_w: torch.Tensor,
-    ref_err_l: torch.Tensor,
-    beta: float,
-    weight: torch.Tensor | None = None,
-) -> ObjectiveOutput:
-    """InPO loss from per-sample errors (each (B,)) against `inversion_target`: Diffusion-DPO's form and
-    metrics (`objectives.dpo.dpo_loss`)."""
-    return dpo_loss(model_err_w, model_err_l, ref_err_w, ref_err_l, beta, weight)
+# InPO's loss is Diffusion-DPO's (same form, arguments and metrics) on errors against `inversion_target`
+inpo_loss = dpo_loss

@@ -15,11 +15,10 @@ from safetensors.torch import load_file
 
 from diffalign.config.core import load_config
 from diffalign.config.objectives import InPOConfig, SmPOConfig
-from diffalign.config.schema import LoraConfig, ModelConfig, RunConfig
+from diffalign.config.schema import RunConfig
 from diffalign.data.record import PairBatch, Side
 from diffalign.models.conditioning import encode_prompts
 from diffalign.models.loading import load_parts
-from diffalign.models.lora import attach_lora
 from diffalign.models.reference import AdapterDisabledReference
 from diffalign.objectives.smpo import smoothed_weight
 from diffalign.training.loop import train
@@ -32,13 +31,8 @@ CAPTIONS = ["a red circle", "a blue square", "a green triangle", "a yellow circl
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_models):
-    parts = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"])))
-    attach_lora(parts.unet, LoraConfig(rank=4, alpha=4))
-    with torch.no_grad():
-        for name, p in parts.unet.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.03)
+def tiny(tiny_models, lora_parts):
+    parts = lora_parts(tiny_models["sd15"], shift=0.03)
     model = TrainableModel(parts.unet, AdapterDisabledReference(parts.unet), parts.noise_scheduler, "epsilon")
     cond = encode_prompts(parts, CAPTIONS)
     g = torch.Generator().manual_seed(0)

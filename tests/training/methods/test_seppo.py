@@ -13,11 +13,10 @@ from safetensors.torch import load_file
 
 from diffalign.config.core import load_config
 from diffalign.config.objectives import SePPOConfig
-from diffalign.config.schema import LoraConfig, ModelConfig, RunConfig
+from diffalign.config.schema import ModelConfig, RunConfig
 from diffalign.data.record import PairBatch, Side
 from diffalign.models.conditioning import encode_prompts
 from diffalign.models.loading import load_parts
-from diffalign.models.lora import attach_lora
 from diffalign.models.reference import AdapterDisabledReference
 from diffalign.sampling.trajectory import sample_trajectory
 from diffalign.training.checkpoint import list_checkpoints
@@ -43,13 +42,8 @@ def _source(parts, *overrides):
     return ReferenceSampled(SimpleNamespace(empty=None), cfg, parts, torch.device("cpu"))
 
 
-def test_a_reference_sample_is_what_the_reference_model_draws_for_the_caption(tiny_models):
-    parts = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"])))
-    attach_lora(parts.unet, LoraConfig(rank=4, alpha=4))
-    with torch.no_grad():
-        for name, p in parts.unet.named_parameters():
-            if "lora_B" in name:
-                p.add_(0.05)  # the policy differs from the reference
+def test_a_reference_sample_is_what_the_reference_model_draws_for_the_caption(tiny_models, lora_parts):
+    parts = lora_parts(tiny_models["sd15"], shift=0.05)  # the policy differs from the reference
     source = _source(parts)
     source.attach(parts.unet, AdapterDisabledReference(parts.unet))
     batch = _winners(parts)
@@ -66,9 +60,8 @@ def test_a_reference_sample_is_what_the_reference_model_draws_for_the_caption(ti
     assert not torch.allclose(side.latents, policy, atol=1e-3)
 
 
-def test_at_initialisation_every_anchor_ties_and_the_loss_is_ln2(tiny_models):
-    parts = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"])))
-    attach_lora(parts.unet, LoraConfig(rank=4, alpha=4))
+def test_at_initialisation_every_anchor_ties_and_the_loss_is_ln2(tiny_models, lora_parts):
+    parts = lora_parts(tiny_models["sd15"])
     reference = AdapterDisabledReference(parts.unet)
     source = _source(parts)
     source.attach(parts.unet, reference)
