@@ -825,12 +825,13 @@ def _against_dpo(fig: Figures, methods: dict[str, list[str]]) -> None:
     dpo = bench("dpo-reference", model, res, 2, "fp16", FP16_FROZEN, ["objective.beta=2000"], 80)
     fig["dpo_median_step_s"], fig["dpo_peak_memory_gib"] = dpo["median_step_s"], dpo["peak_memory_gib"]
     for name, extra in methods.items():
-        run = bench(name, model, res, 2, "fp16", FP16_FROZEN, [f"objective.name={name}", "objective.beta=2000", *extra], 120)
-        fig[f"{name}_median_step_s"], fig[f"{name}_peak_memory_gib"] = run["median_step_s"], run["peak_memory_gib"]
-        if dpo["median_step_s"] and run["median_step_s"]:
-            fig[f"{name}_over_dpo_step_time"] = round(run["median_step_s"] / dpo["median_step_s"], 2)
-        fig[f"{name}_losses"] = run["losses"]
-        if not run["losses"] or not all(math.isfinite(x) for x in run["losses"]):
+        timed = bench(name, model, res, 2, "fp16", FP16_FROZEN, [f"objective.name={name}", "objective.beta=2000", *extra],
+                      120)
+        fig[f"{name}_median_step_s"], fig[f"{name}_peak_memory_gib"] = timed["median_step_s"], timed["peak_memory_gib"]
+        if dpo["median_step_s"] and timed["median_step_s"]:
+            fig[f"{name}_over_dpo_step_time"] = round(timed["median_step_s"] / dpo["median_step_s"], 2)
+        fig[f"{name}_losses"] = timed["losses"]
+        if not timed["losses"] or not all(math.isfinite(x) for x in timed["losses"]):
             raise CheckFailed(f"{name} losses missing or not finite")
 
 
