@@ -1,8 +1,14 @@
 """Objectives as pure functions of tensors: no models, no I/O, easy to check against the papers."""
 
-from .dpo import dpo_logits, dpo_loss
+from .dcpo import dcpo_loss
+from .dpo import PAIR_LOSSES, dpo_logits, dpo_loss
+from .kto import kto_loss
+from .mapo import error_odds, mapo_loss
 from .seppo import anchor_sign, seppo_loss
 from .sft import sft_loss
 from .types import ObjectiveOutput, denoising_error
 
-__all__ = ["ObjectiveOutput", "anchor_sign", "denoising_error", "dpo_logits", "dpo_loss", "seppo_loss", "sft_loss"]
+__all__ = [
+    "PAIR_LOSSES", "ObjectiveOutput", "anchor_sign", "dcpo_loss", "denoising_error", "dpo_logits", "dpo_loss",
+    "error_odds", "kto_loss", "mapo_loss", "seppo_loss", "sft_loss",
+]

@@ -10,14 +10,28 @@ This is the official implementation's form of the paper's Eq. 14: its `beta_dpo`
 the 1/(C·H·W) of the mean. The same beta therefore means the same per-element strength for SD1.5,
 SD2.1 and SDXL at any resolution. `inside > 0` means the model improved the winner relative to the
 loser more than the reference did. At initialisation (model == reference) the loss is ln 2.
+
+The same logit z = inside feeds the two other forms of the pairwise loss users compare it with
+(`PAIR_LOSSES`, chosen by `form`):
+
+    ipo:    (z − 1/2)²        IPO (Azar et al. 2024), (h − 1/(2τ))² with h = z/τ, times τ², τ in β's units.
+                              The diffusers research script's `ipo`, (ref_diff − model_diff − 1/(2β'))² with
+                              β' = β/2, is this times 4/β²: the same minimiser, gradients 4/β² as large.
+    hinge:  max(0, 1 − z)     SLiC's hinge; equal to the diffusers script's `hinge`, relu(1 − β'·logits).
+
+At initialisation IPO's loss is 1/4 and the hinge's 1.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from .types import ObjectiveOutput
+
+PairLossForm = Literal["sigmoid", "ipo", "hinge"]
 
 
 def dpo_logits(
@@ -31,6 +45,24 @@ def dpo_logits(
     return -0.5 * beta * ((model_err_w - model_err_l) - (ref_err_w - ref_err_l))
 
 
+def sigmoid_pair_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Diffusion-DPO's per-pair loss −log σ(z)."""
+    return -F.logsigmoid(logits)
+
+
+def ipo_pair_loss(logits: torch.Tensor) -> torch.Tensor:
+    """IPO's per-pair loss (z − 1/2)²: the logit regressed onto a fixed margin instead of pushed to infinity."""
+    return (logits - 0.5).pow(2)
+
+
+def hinge_pair_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The hinge per-pair loss max(0, 1 − z): no gradient once a pair's logit exceeds 1."""
+    return F.relu(1 - logits)
+
+
+PAIR_LOSSES = {"sigmoid": sigmoid_pair_loss, "ipo": ipo_pair_loss, "hinge": hinge_pair_loss}
+
+
 def dpo_loss(
     model_err_w: torch.Tensor,
     model_err_l: torch.Tensor,
@@ -38,11 +70,13 @@ def dpo_loss(
     ref_err_l: torch.Tensor,
     beta: float,
     weight: torch.Tensor | None = None,
+    form: PairLossForm = "sigmoid",
 ) -> ObjectiveOutput:
     """Diffusion-DPO loss of a batch of pairs, from per-sample denoising errors (each of shape (B,)).
 
     `weight` (shape (B,)) multiplies each pair's logit before the sigmoid; SmPO passes its smoothed
-    label weight γ(2p - 1) here. Metrics:
+    label weight γ(2p - 1) here. `form` picks the per-pair loss of the logit (`PAIR_LOSSES`: the
+    sigmoid of Diffusion-DPO, IPO's square or the hinge). Metrics:
     `implicit_acc` (share of pairs with logit > 0; ties count one half, so it is 0.5 at the start),
     `reward_margin` (mean logit: the implicit reward of the winner minus the loser's),
     `model_err_w/l`, `ref_err_w/l` (mean errors) and `model_ref_gap` (mean e_θ - e_ref over all images).
@@ -51,7 +85,9 @@ def dpo_loss(
     logits = dpo_logits(model_err_w, model_err_l, ref_err_w, ref_err_l, beta)
     if weight is not None:
         logits = logits * weight
-    loss = -F.logsigmoid(logits).mean()
+    if form not in PAIR_LOSSES:
+        raise ValueError(f"unknown pair loss form {form!r}; choose one of {sorted(PAIR_LOSSES)}")
+    loss = PAIR_LOSSES[form](logits).mean()
     with torch.no_grad():
         acc = (logits > 0).float() + 0.5 * (logits == 0).float()
         metrics = {
