@@ -23,8 +23,9 @@ T = TypeVar("T")
 _NAME_HELP = (
     "Objective (training method): 'dpo' (Diffusion-DPO), 'sft' (supervised on the preferred images), 'd3po' "
     "(online DPO on the steps of the policy's own trajectories), 'seppo' (preferred images only, against "
-    "samples of earlier checkpoints), 'inpo' (DPO on DDIM-inverted latents) or 'smpo' (InPO with ReNoise "
-    "inversion and smoothed labels from a scorer)."
+    "samples of earlier checkpoints), 'inpo' (DPO on DDIM-inverted latents), 'smpo' (InPO with ReNoise "
+    "inversion and smoothed labels from a scorer), 'dcpo' (DPO with each image on its own caption), 'mapo' "
+    "(reference-free margin loss) or 'kto' (Diffusion-KTO: single images rated desirable or undesirable)."
 )
 
 # objective name -> "module:Class" of its training method (or the class itself, for methods defined
@@ -83,6 +84,18 @@ class DPOConfig(ObjectiveConfig):
         "KL strength beta in -log sigmoid(-0.5*beta*[(err_θ(w)-err_θ(l))-(err_ref(w)-err_ref(l))]), errors "
         "averaged over latent elements: the official code's beta_dpo (SD1.5 paper: 2000, SDXL: 5000).",
         min=0.0,
+    )
+    loss: Literal["sigmoid", "ipo", "hinge"] = cfg_field(
+        "sigmoid",
+        "Per-pair loss of the logit z = -0.5*beta*[...]: 'sigmoid' (Diffusion-DPO, -log sigmoid(z)), 'ipo' "
+        "((z - 1/2)^2, IPO with tau in beta's units) or 'hinge' (max(0, 1 - z)).",
+    )
+    error_space: Literal["prediction", "epsilon"] = cfg_field(
+        "prediction",
+        "What the denoising errors compare: the model's own output with its target ('prediction': v on "
+        "v-prediction models) or the noise it implies with the true noise ('epsilon'; the same on epsilon "
+        "models; on v models the v error is the epsilon error / alpha_bar_t, so a beta tuned on epsilon "
+        "errors keeps its meaning only here).",
     )
 
 
@@ -188,4 +201,50 @@ class SmPOConfig(InPOConfig):
         "[low, high] of the min-max normalisation; None: the training data's own minimum and maximum score "
         "(written to OUTPUT_DIR/score_bounds.json). The paper's [0.11543526500463486, 0.28201571106910706] "
         "apply to raw PickScore cosines only (on logit_scale*cos every weight saturates at γ).",
+    )
+
+
+@objective("dcpo", method="diffalign.training.methods.dcpo:DCPO")
+@dataclass
+class DCPOConfig(DPOConfig):
+    """DCPO (Saeidi, Luo et al., TMLR 2025): Diffusion-DPO with the winner conditioned on its own caption and
+    the loser on its own (the table's caption_0/caption_1: Pick-Double-Caption, or `diffalign captions`)."""
+
+    name: str = cfg_field("dcpo", _NAME_HELP)
+    beta: float = cfg_field(
+        500.0, "beta of the Diffusion-DPO loss on per-caption errors (the official launcher: 500).", min=0.0)
+
+
+@objective("mapo", method="diffalign.training.methods.mapo:MaPO")
+@dataclass
+class MaPOConfig(ObjectiveConfig):
+    """MaPO (Hong et al. 2024): mean e(w) - beta * mean log sigmoid(T * [f(e(w)) - f(e(l))]), f(e) =
+    snr*e/(exp(snr*e) - 1); no reference model; the official code's defaults."""
+
+    name: str = cfg_field("mapo", _NAME_HELP)
+    beta: float = cfg_field(0.1, "Weight beta_mapo of the margin term (official 0.1).", min=0.0)
+    snr: float = cfg_field(0.5, "gamma of f(e) = gamma*e/(exp(gamma*e) - 1) (the official snr_value 0.5).", min=0.0)
+    scale: float = cfg_field(1000.0, "T multiplying the margin inside the log-sigmoid (official 1000).", min=0.0)
+
+
+@objective("kto", method="diffalign.training.methods.kto:KTO")
+@dataclass
+class KTOConfig(ObjectiveConfig):
+    """Diffusion-KTO (Li et al. 2024): each image pushed above (desirable) or below (undesirable) a reference
+    point of implicit reward on its own; the official code's defaults."""
+
+    name: str = cfg_field("kto", _NAME_HELP)
+    beta: float = cfg_field(
+        2000.0,
+        "beta of the implicit reward r = -0.5*beta*(err_θ - err_ref), Diffusion-DPO's units (the official "
+        "--beta_dpo 1000 multiplies err_ref - err_θ without the 0.5).",
+        min=0.0,
+    )
+    lambda_desirable: float = cfg_field(1.0, "Weight of the desirable images' terms (official 1).", min=0.0)
+    lambda_undesirable: float = cfg_field(1.0, "Weight of the undesirable images' terms (official 1).", min=0.0)
+    rows: Literal["pairs", "rated"] = cfg_field(
+        "pairs",
+        "What a row of data.path holds: 'pairs' (a preference pair: its winner is desirable, its loser "
+        "undesirable) or 'rated' (one image, `jpg_0` with its `caption`, rated by `label_0`: 1 desirable, "
+        "0 undesirable).",
     )

@@ -118,6 +118,8 @@ def check_columns(
             f"{path}: missing column(s) {missing}; expected the Pick-a-Pic v2 schema {list(required)} "
             f"{'' if winners_only else '(+ label_1)'}{' and ' + str(list(extra_columns)) if extra_columns else ''}, "
             f"found {list(found)}"
+            + ("; `diffalign captions` writes caption_0/caption_1 (a caption per image)"
+               if "caption_0" in missing or "caption_1" in missing else "")
         )
 
 

@@ -38,10 +38,12 @@ from ...data.record import Side
 from ...models.conditioning import TextConditioning, unet_kwargs
 from ...models.prediction import training_target
 from ...objectives import ObjectiveOutput, denoising_error
+from ...sampling.ddim import convert_prediction
 from ..randomness import BatchRandom
 
 DataSource = Literal["pairs", "winners", "rollouts"]
 ReferenceKind = Literal["none", "base", "pool"]
+ErrorSpace = Literal["prediction", "epsilon"]
 
 
 class Reference(Protocol):
@@ -104,23 +106,58 @@ def sample_noise_and_timesteps(
     return noise, t
 
 
-def pair_errors(
-    model: TrainableModel, first: Side, second: Side, noise: torch.Tensor, t: torch.Tensor,
+@dataclass
+class NoisedPair:
+    """A batch of pairs noised for one UNet call per model: the B first images then the B second ones."""
+
+    noisy: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    target: torch.Tensor
+    kwargs: dict[str, Any]
+
+
+def noise_pair(
+    model: TrainableModel, first: Side, second: Side | None, noise: torch.Tensor, t: torch.Tensor,
     second_noise: torch.Tensor | None = None, second_t: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample denoising errors (2B,) of the trained model (with gradient) and of the reference, the B
-    `first` images then the B `second` ones, noised with `noise`, `t` (the second side with its own when
-    given, else the same) and conditioned on each side's `cond` in one UNet batch per model."""
-    second_noise = noise if second_noise is None else second_noise
-    second_t = t if second_t is None else second_t
-    latents = torch.cat([first.latents, second.latents])
-    noise, t = torch.cat([noise, second_noise]), torch.cat([t, second_t])
+) -> NoisedPair:
+    """`first` and `second` noised with `noise`, `t` (the second side with its own when given, else the same),
+    their training targets and the UNet keyword arguments of each side's `cond`; `second=None`: `first` only."""
+    sides = [first] if second is None else [first, second]
+    if second is not None:
+        noise = torch.cat([noise, noise if second_noise is None else second_noise])
+        t = torch.cat([t, t if second_t is None else second_t])
+    latents = torch.cat([side.latents for side in sides])
     noisy = model.noise_scheduler.add_noise(latents, noise, t)
     target = training_target(model.noise_scheduler, latents, noise, t, model.prediction_type)
-    time_ids = None if first.time_ids is None else torch.cat([first.time_ids, second.time_ids])
-    kwargs = unet_kwargs(TextConditioning.cat([first.cond, second.cond]), time_ids)
-    err = denoising_error(model.predict(noisy, t, **kwargs), target)
+    time_ids = None if first.time_ids is None else torch.cat([side.time_ids for side in sides])
+    return NoisedPair(noisy, t, noise, target, unet_kwargs(TextConditioning.cat([side.cond for side in sides]), time_ids))
+
+
+def prediction_errors(
+    model: TrainableModel, output: torch.Tensor, noised: NoisedPair, space: ErrorSpace = "prediction"
+) -> torch.Tensor:
+    """Per-sample errors of a UNet output on `noised`: against the training target (`"prediction"`), or the
+    noise the output implies against the true noise (`"epsilon"`; ‖v̂ − v‖² = ‖ε̂ − ε‖²/ᾱ_t on v models)."""
+    if space == "prediction":
+        return denoising_error(output, noised.target)
+    if space != "epsilon":
+        raise ValueError(f"unknown error space {space!r} (prediction or epsilon)")
+    alpha = model.noise_scheduler.alphas_cumprod.to(noised.t.device)[noised.t].float()
+    eps = convert_prediction(output.float(), noised.noisy.float(), alpha, model.prediction_type)[1]
+    return denoising_error(eps, noised.noise)
+
+
+def pair_errors(
+    model: TrainableModel, first: Side, second: Side, noise: torch.Tensor, t: torch.Tensor,
+    second_noise: torch.Tensor | None = None, second_t: torch.Tensor | None = None, space: ErrorSpace = "prediction",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample denoising errors (2B,) of the trained model (with gradient) and of the reference, the B
+    `first` images then the B `second` ones (see `noise_pair`), conditioned on each side's `cond` in one UNet
+    batch per model, measured in `space` (see `prediction_errors`)."""
+    noised = noise_pair(model, first, second, noise, t, second_noise, second_t)
+    err = prediction_errors(model, model.predict(noised.noisy, noised.t, **noised.kwargs), noised, space)
     if model.reference is None:
         raise ValueError("pair_errors needs the method's reference model")
-    ref_err = denoising_error(model.reference.predict(noisy, t, **kwargs), target)
+    ref_err = prediction_errors(model, model.reference.predict(noised.noisy, noised.t, **noised.kwargs), noised, space)
     return err, ref_err

@@ -1,5 +1,6 @@
 """Diffusion-DPO: winner and loser noised with one noise and one timestep per pair, the policy's and the
-reference's denoising errors compared by `objectives.dpo.dpo_loss`."""
+reference's denoising errors compared by `objectives.dpo.dpo_loss` (its sigmoid, IPO or hinge form:
+`objective.loss`)."""
 
 from __future__ import annotations
 
@@ -24,5 +25,5 @@ class DPO(Method):
         w, l_ = batch.w, batch.loser
         n = len(batch)
         noise, t = sample_noise_and_timesteps(w.latents, model.noise_scheduler, rand)
-        err, ref_err = pair_errors(model, w, l_, noise, t)
-        return dpo_loss(err[:n], err[n:], ref_err[:n], ref_err[n:], self.beta, batch.weight)
+        err, ref_err = pair_errors(model, w, l_, noise, t, space=self.cfg.error_space)
+        return dpo_loss(err[:n], err[n:], ref_err[:n], ref_err[n:], self.beta, batch.weight, form=self.cfg.loss)

@@ -44,9 +44,11 @@ def build_dataset(
     """The filtered pairs of `cfg.data` (a table, or with `data.streaming` this process's stream), relabelled
     by `data.relabel_with` (AI feedback) if set; undecodable pairs are listed in `skip_report`.
     `winners_only`: only the preferred images are read (a method declaring `data = "winners"`); `method`'s
-    `transform_table`/`transform_row` see the table (or each streamed row) before the filters."""
+    `transform_table`/`transform_row` see the table (or each streamed row) before the filters; a method with
+    `per_image_captions` (DCPO) requires the caption_0/caption_1 columns, as `data.dual_captions` does."""
     d = cfg.data
     report = SkipReport(skip_report)
+    dual_captions = d.dual_captions or bool(getattr(method, "per_image_captions", False))
     if d.streaming:
         if d.relabel_with:
             raise ValueError("data.relabel_with needs the whole table (scores are cached by row): set data.streaming=false")
@@ -54,7 +56,7 @@ def build_dataset(
             raise ValueError("data.streaming reads in the training process: set data.num_workers=0")
         return StreamingPairs(
             d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed,
-            filter_options=filter_options(cfg), skip_report=report, dual_captions=d.dual_captions,
+            filter_options=filter_options(cfg), skip_report=report, dual_captions=dual_captions,
             shuffle_buffer=d.shuffle_buffer, rank=rank, world=world, winners_only=winners_only,
             row_transform=None if method is None else method.transform_row,
         )
@@ -63,7 +65,7 @@ def build_dataset(
         relabel = make_relabeller(d.relabel_with, d.relabel_tie_tolerance, d.cache_dir, device=device)
     return PreferencePairs(
         d.path, d.split, d.resolution, d.random_crop, d.random_flip, d.max_pairs, seed=cfg.train.seed, relabel=relabel,
-        pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=d.dual_captions,
+        pair_filter=PairFilter(**filter_options(cfg)), skip_report=report, dual_captions=dual_captions,
         winners_only=winners_only, transform=None if method is None else partial(method.transform_table, run=cfg),
     )
 
