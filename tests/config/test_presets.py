@@ -150,7 +150,8 @@ def test_no_setting_is_restated_along_a_composition(path):
 
 
 def test_every_piece_is_used_and_starts_with_a_comment():
-    online = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES for method in ("d3po", "inpo", "smpo")]
+    online = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES
+              for method in ("d3po", "inpo", "smpo", "dcpo", "mapo", "kto", "ipo", "hinge")]
     used = {p for preset in [*PRESETS, *online] for p in _chain(preset)}
     for folder in ("models", "data", "methods"):
         for piece in sorted((CONFIGS / folder).glob("*.yaml")):
@@ -216,3 +217,47 @@ def test_demo_inversion_presets_have_the_dpo_demos_budget(method):
     assert cfg.objective.name == method and cfg.train.output_dir == f"runs/demo-{method}"
     assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate) == (
         dpo.train.max_steps, dpo.train.batch_size, dpo.train.learning_rate)
+
+
+VARIANTS = ("dcpo", "mapo", "kto", "ipo", "hinge")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", VARIANTS)
+def test_variant_presets_are_compositions_with_the_official_settings(family, method):
+    from diffalign.config.objectives import DCPOConfig, KTOConfig, MaPOConfig
+
+    path = CONFIGS / family / f"{method}.yaml"
+    text = path.read_text()
+    assert text.startswith("# Preset: ") and f"diffalign train configs/{family}/{method}.yaml" in text
+    assert set(_leaves({k: v for k, v in _own(path).items() if k != "base"})) == {"train.output_dir"}
+    cfg = _load(path)
+    o, t = cfg.objective, cfg.train
+    assert cfg.model.pretrained == HUB_IDS[family] and t.output_dir == f"runs/{family}-{method}" and cfg.lora.enabled
+    if method == "dcpo":  # the launcher's beta and batch; epsilon-space errors on every family (SD2.1: see the piece)
+        assert isinstance(o, DCPOConfig) and (o.beta, o.error_space, o.loss) == (500.0, "epsilon", "sigmoid")
+        assert cfg.data.path == "DualCPO/pick-double-caption" and cfg.data.dual_captions
+        assert cfg.data.empty_prompt_prob == 0.0
+        assert (t.batch_size, t.grad_accum, t.max_steps, t.learning_rate, t.scale_lr) == (1, 128, 2000, 1e-8, True)
+    elif method == "mapo":
+        assert isinstance(o, MaPOConfig) and (o.beta, o.snr, o.scale) == (0.1, 0.5, 1000.0)
+        assert (t.batch_size, t.grad_accum, t.max_steps, t.learning_rate, t.lr_scheduler) == (8, 2, 2000, 1e-5, "constant")
+    elif method == "kto":
+        assert isinstance(o, KTOConfig) and (o.beta, o.lambda_desirable, o.lambda_undesirable, o.rows) == (
+            2000.0, 1.0, 1.0, "pairs")
+        assert (t.batch_size, t.learning_rate, t.max_steps) == (1, 1e-7, 20000)
+    else:  # the DPO preset with the loss switched
+        dpo = _load(CONFIGS / family / "dpo.yaml", f"train.output_dir=runs/{family}-{method}")
+        assert o.loss == method and o.beta == dpo.objective.beta and t == dpo.train and cfg.data == dpo.data
+    if method != "dcpo":
+        assert cfg.data.path == "yuvalkirstain/pickapic_v2"
+
+
+def test_demo_variant_presets_have_the_dpo_demos_budget():
+    dpo = _load(CONFIGS / "demo" / "dpo.yaml")
+    for method in ("dcpo", "mapo", "kto"):
+        cfg = _load(CONFIGS / "demo" / f"{method}.yaml")
+        assert cfg.objective.name == method and cfg.train.output_dir == f"runs/demo-{method}"
+        assert (cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate, cfg.lora.rank) == (
+            dpo.train.max_steps, dpo.train.batch_size, dpo.train.learning_rate, dpo.lora.rank)
+    assert _load(CONFIGS / "demo" / "dcpo.yaml").data.dual_captions
