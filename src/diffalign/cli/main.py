@@ -8,6 +8,7 @@ import sys
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
+from .captions import add_captions_parser
 from .evaluate import add_eval_parser
 from .fuse import add_fuse_parser
 from .generate import add_generate_parser
@@ -128,6 +129,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     add_score_parser(sub, scorer_names)
     add_pairs_parser(sub)
     add_relabel_parser(sub)
+    add_captions_parser(sub)
     add_label_parser(sub)
     add_fuse_parser(sub)
     add_pipeline_parser(sub)

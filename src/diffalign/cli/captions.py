@@ -1,0 +1,93 @@
+"""`diffalign captions`: write a caption per image of each pair (DCPO's captioning, perturbation or hybrid)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .pairs import command_line
+
+MAX_LISTED_ERRORS = 20
+
+
+def cmd_captions(args: argparse.Namespace) -> int:
+    from ..feedback.caption_dataset import CaptionJob, caption_dataset
+
+    job = CaptionJob(
+        source=args.source, out=Path(args.out), strategy=args.strategy, captioner=args.captioner,
+        perturber=args.perturber, diversity=args.diversity, instruction=args.instruction, template=args.template,
+        seed=args.seed, shard_size=args.shard_size, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+        overwrite=args.overwrite, progress=not args.no_progress, command=command_line(),
+    )
+    try:
+        result = caption_dataset(job)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished shards are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if result.errors:
+        print(f"{len(result.errors)} row(s) left out, an image could not be decoded or captioned:", file=sys.stderr)
+        for error in result.errors[:MAX_LISTED_ERRORS]:
+            print(f"  {args.source} row {error['row']}: {error['error']}", file=sys.stderr)
+        if len(result.errors) > MAX_LISTED_ERRORS:
+            print(f"  ... and {len(result.errors) - MAX_LISTED_ERRORS} more: see {result.out / 'progress.json'}",
+                  file=sys.stderr)
+    print(f"{result.rows} pairs written with caption_0/caption_1 ({args.strategy}) in {len(result.shards)} shard(s) "
+          f"and a dataset card in {result.out}\ntrain DCPO on them: diffalign train CONFIG objective.name=dcpo "
+          f"data.path={result.out}")
+    return 1 if result.errors else 0
+
+
+def add_captions_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `captions` subcommand."""
+    p = sub.add_parser(
+        "captions",
+        help="write a caption per image of each pair (DCPO's Pick-Double-Caption schema)",
+        description="Give every pair of a Pick-a-Pic-schema table a caption per image, caption_0 for jpg_0 and\n"
+        "caption_1 for jpg_1, as DCPO trains on them (the winner conditioned on its caption, the loser on its\n"
+        "own), and write a new dataset (parquet shards in OUT/data/, a dataset card OUT/README.md) with every\n"
+        "original column.\n\n"
+        "  --strategy captioning    each image's caption says what it shows (--captioner)\n"
+        "  --strategy perturbation  the winner keeps the prompt, the loser gets it perturbed (--perturber)\n"
+        "  --strategy hybrid        the winner captioned, the loser its caption perturbed (both)\n\n"
+        "--captioner: any transformers image-to-text model (hub id or folder; BLIP, GIT, LLaVA...), fp16 on a\n"
+        "GPU; chat models are asked --instruction about each image. --perturber: any transformers\n"
+        "text-to-text (DIPPER, T5) or causal model, prompted with --template at --diversity. For the embedded\n"
+        "shapes world, 'shapes' names a rule-based captioner (what each image shows) and perturber.\n\n"
+        "Perturbation and hybrid depend on the winner: relabel first, then caption. Rows whose images\n"
+        "cannot be decoded or captioned are left out and listed (exit status 1). Resumable: shards are\n"
+        "written one by one; rerunning the same command continues.",
+        epilog="examples:\n"
+        "  diffalign captions assets/demo/pairs_train.parquet --captioner shapes --out runs/demo-captions\n"
+        "  diffalign captions yuvalkirstain/pickapic_v2 --captioner llava-hf/llava-v1.6-34b-hf --device cuda \\\n"
+        "      --batch-size 16 --out /data/pickapic-captioned\n"
+        "  diffalign captions /data/pickapic-ai --strategy hybrid --captioner Salesforce/blip-image-captioning-large \\\n"
+        "      --perturber kalpeshk2011/dipper-paraphraser-xxl --diversity strong --out /data/pickapic-hybrid\n"
+        "exit status: 0 every row written; 1 some rows left out (listed); 2 usage error; 130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", help="Pick-a-Pic-schema parquet file, folder of shards, glob, pairs file or hub id")
+    p.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
+    p.add_argument("--strategy", default="captioning", choices=["captioning", "perturbation", "hybrid"],
+                   help="how the captions are made (default captioning)")
+    p.add_argument("--captioner", help="image-to-text model: hub id, folder, or 'shapes' (rule-based, the embedded world)")
+    p.add_argument("--perturber", help="text-to-text or causal model: hub id, folder, or 'shapes' (rule-based)")
+    p.add_argument("--diversity", default="medium",
+                   help="perturbation strength: weak (40), medium (60), strong (80) or 0-100 (DIPPER's lexical "
+                        "diversity; default medium)")
+    p.add_argument("--instruction", default=None,
+                   help="what a chat captioner is asked, {prompt} filled in (default: describe the image in one "
+                        "sentence, given its prompt); for other captioners a text prefix the caption continues")
+    p.add_argument("--template", default=None,
+                   help="the perturber's input, with {caption}, {diversity}, {lexical} (100 - diversity) and {order} "
+                        "(default: DIPPER's 'lexical = {lexical}, order = {order} Paraphrase and perturb the "
+                        "following image caption. <sent> {caption} </sent>')")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturber's sampling (default 0)")
+    p.add_argument("--shard-size", type=int, default=1000, help="source rows per output shard (default 1000)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"],
+                   help="model precision (default: fp16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per model call (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="start over in OUT instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_captions)
