@@ -31,6 +31,8 @@
 #   seppo              SePPO on that model, 512 px, 2 pairs, fp16: step time with its reference samples (DDIM 10
 #                      steps under autocast) vs a Diffusion-DPO step, finite losses
 #   inversion          InPO and SmPO on that model the same way: step time with the inversion vs DPO, finite losses
+#   variants           MaPO (no reference pass), Diffusion-KTO and DCPO (the demo pairs captioned by `diffalign
+#                      captions --captioner shapes` first) the same way: step time vs DPO, finite losses
 #
 # GPUCHK_ONLY="env eval-demo ..." runs only the named checks (setup always runs; GPUCHK_BUILD="sd15" builds only
 # that full-size model in the background); GPUCHK_OFFLOAD_REPEAT=1 makes
@@ -138,6 +140,7 @@ run_check generate          150 $CHECKS generate
 run_check sampling           90 $CHECKS sampling
 run_check seppo             200 $CHECKS seppo
 run_check inversion         250 $CHECKS inversion
+run_check variants          200 $CHECKS variants
 
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora

@@ -80,6 +80,27 @@ def make_lora():
     return make
 
 
+@pytest.fixture(scope="session")
+def reader_overrides():
+    """reader_overrides(reader, make_cfg, cache_dir): the overrides that make a run read its data as a decoded
+    table, a stream or its latent cache; for "cache" the cache of the config `make_cfg(overrides)` is built first."""
+
+    def make(reader: str, make_cfg, cache_dir: Path) -> list[str]:
+        if reader == "table":
+            return []
+        if reader == "stream":
+            return ["data.streaming=true"]
+        from diffalign.data.cache import build_cache
+        from diffalign.models.loading import load_parts
+
+        extra = [f"data.cache_dir={cache_dir}", "data.cache=require"]
+        cfg = make_cfg(extra)
+        build_cache(load_parts(cfg.model, unet=False), cfg.model, cfg.data, shard_size=8, batch_size=4)
+        return extra
+
+    return make
+
+
 def png_bytes(array) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")

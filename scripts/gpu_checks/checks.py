@@ -842,6 +842,9 @@ AGAINST_DPO = {
               "reference.every=2", "reference.keep=2"],
     "inpo": [],  # 10 inverse steps, eta-noise 0.1
     "smpo": [],  # 5 ReNoise steps; the demo table's scores, bounds from the data
+    "mapo": [],  # no reference pass: the saving against DPO's adapters-off forward
+    "kto": [],  # each pair as a desirable and an undesirable image, own noise and timestep
+    "dcpo": ["data.path=CAPTIONS"],  # the demo pairs with a caption per image (`diffalign captions --captioner shapes`)
 }
 
 
@@ -853,6 +856,18 @@ def check_seppo(fig: Figures) -> None:
 def check_inversion(fig: Figures) -> None:
     """InPO and SmPO against DPO (`_against_dpo`, `AGAINST_DPO`), under fp16 autocast."""
     _against_dpo(fig, {name: AGAINST_DPO[name] for name in ("inpo", "smpo")})
+
+
+def check_variants(fig: Figures) -> None:
+    """MaPO (no reference), Diffusion-KTO and DCPO (per-image captions, written first by `diffalign captions`)
+    against DPO (`_against_dpo`, `AGAINST_DPO`)."""
+    captions = WORK / "captions"
+    started = time.time()
+    must(run([*launcher("plain"), "captions", "assets/demo/pairs_train.parquet", "--captioner", "shapes",
+              "--out", str(captions), "--no-progress"], 120), "captions")
+    fig["captions_s"] = round(time.time() - started, 1)
+    methods = {name: [e.replace("CAPTIONS", str(captions)) for e in AGAINST_DPO[name]] for name in ("mapo", "kto", "dcpo")}
+    _against_dpo(fig, methods)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -879,6 +894,7 @@ def planned_configs() -> list[tuple[str, str | None, list[str]]]:
     ]:
         plans.append((label, None, bench_overrides(m, 512, 1, "bf16", "bfloat16", out, cache, extra)))
     for name, extra in AGAINST_DPO.items():
+        extra = [e.replace("CAPTIONS", str(WORK / "captions")) for e in extra]
         overrides = [f"objective.name={name}", "objective.beta=2000", *extra, "data.cache=off"]
         plans.append((name, None, bench_overrides(m, 512, 2, "fp16", "float16", out, cache, overrides)))
     return plans
@@ -941,6 +957,7 @@ CHECKS = {
     "sampling": check_sampling,
     "seppo": check_seppo,
     "inversion": check_inversion,
+    "variants": check_variants,
 }
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .pairs import command_line
-
-MAX_LISTED_ERRORS = 20
+from .pairs import command_line, report_interrupted, report_left_out
 
 
 def cmd_captions(args: argparse.Namespace) -> int:
@@ -23,15 +20,8 @@ def cmd_captions(args: argparse.Namespace) -> int:
     try:
         result = caption_dataset(job)
     except KeyboardInterrupt:
-        print(f"interrupted: finished shards are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
-        return 130
-    if result.errors:
-        print(f"{len(result.errors)} row(s) left out, an image could not be decoded or captioned:", file=sys.stderr)
-        for error in result.errors[:MAX_LISTED_ERRORS]:
-            print(f"  {args.source} row {error['row']}: {error['error']}", file=sys.stderr)
-        if len(result.errors) > MAX_LISTED_ERRORS:
-            print(f"  ... and {len(result.errors) - MAX_LISTED_ERRORS} more: see {result.out / 'progress.json'}",
-                  file=sys.stderr)
+        return report_interrupted(args.out)
+    report_left_out(args.source, result.errors, result.out, "an image could not be decoded or captioned")
     print(f"{result.rows} pairs written with caption_0/caption_1 ({args.strategy}) in {len(result.shards)} shard(s) "
           f"and a dataset card in {result.out}\ntrain DCPO on them: diffalign train CONFIG objective.name=dcpo "
           f"data.path={result.out}")

@@ -40,6 +40,27 @@ def command_line() -> str:
     return shlex.join(["diffalign", *sys.argv[1:]])
 
 
+MAX_LISTED_ERRORS = 20
+
+
+def report_interrupted(out: str | Path) -> int:
+    """Say that a resumable dataset job was interrupted and how to continue; its exit status (130)."""
+    print(f"interrupted: finished shards are kept in {out}; rerun the same command to resume", file=sys.stderr)
+    return 130
+
+
+def report_left_out(source: str, errors: list[dict], out: Path, why: str) -> None:
+    """List on stderr the rows a dataset job left out (`row`, optional `image`, `error`), the first 20."""
+    if not errors:
+        return
+    print(f"{len(errors)} row(s) left out, {why}:", file=sys.stderr)
+    for error in errors[:MAX_LISTED_ERRORS]:
+        image = f" {error['image']}" if error.get("image") else ""
+        print(f"  {source} row {error['row']}{image}: {error['error']}", file=sys.stderr)
+    if len(errors) > MAX_LISTED_ERRORS:
+        print(f"  ... and {len(errors) - MAX_LISTED_ERRORS} more: see {out / 'progress.json'}", file=sys.stderr)
+
+
 def cmd_pairs(args: argparse.Namespace) -> int:
     from ..feedback.build_pairs import DEMO_GROUPS, PairsJob, build_pairs, demo_captions
     from ..evaluation.prompts import load_prompts

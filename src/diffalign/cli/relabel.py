@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .pairs import add_scorer_arguments, command_line, scorer_choices
-
-MAX_LISTED_ERRORS = 20
+from .pairs import add_scorer_arguments, command_line, report_interrupted, report_left_out, scorer_choices
 
 
 def cmd_relabel(args: argparse.Namespace) -> int:
@@ -35,15 +32,8 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     try:
         result = relabel_dataset(job)
     except KeyboardInterrupt:
-        print(f"interrupted: finished shards are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
-        return 130
-    if result.errors:
-        print(f"{len(result.errors)} row(s) left out, an image could not be decoded or scored:", file=sys.stderr)
-        for error in result.errors[:MAX_LISTED_ERRORS]:
-            print(f"  {args.source} row {error['row']} {error['image']}: {error['error']}", file=sys.stderr)
-        if len(result.errors) > MAX_LISTED_ERRORS:
-            print(f"  ... and {len(result.errors) - MAX_LISTED_ERRORS} more: see {result.out / 'progress.json'}",
-                  file=sys.stderr)
+        return report_interrupted(args.out)
+    report_left_out(args.source, result.errors, result.out, "an image could not be decoded or scored")
     print(format_totals(result.totals, labels))
     print(f"{len(result.shards)} shard(s) and a dataset card in {result.out}")
     return 1 if result.errors else 0

@@ -6,7 +6,8 @@ the conditioning the method asked for and SDXL's time ids. Methods read the enco
 
     batch.captions           list[str] (B)       the prompt of each pair
     batch.w, batch.l         Side                winner and loser (l is None for winners-only data)
-    batch.weight             (B,) float or None  per-pair loss weight (a table's `weight` column)
+    batch.weight             (B,) float or None  per-pair loss weight (a table's `weight` column; SmPO's
+                                                 γ(2p − 1), KTO's rated rows +1 desirable / −1 undesirable)
     batch.prompt_cond        TextConditioning    cached conditioning of the prompts (cache readers only)
     side.own_captions        list[str] (B)       each image's own caption (caption_0/1), else the prompt
     side.pixels              (B, 3, R, R)        images in [-1, 1] (image readers)

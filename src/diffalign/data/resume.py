@@ -9,7 +9,9 @@ deletes it and its work is redone. A rerun with other settings is refused rather
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from ..files import atomic_write_text
 
@@ -59,6 +61,21 @@ def open_progress(out: Path, settings: dict, overwrite: bool = False) -> dict:
 def save_progress(out: Path, state: dict) -> None:
     """Write the progress file atomically."""
     atomic_write_text(out / PROGRESS_FILE, json.dumps(state, indent=1) + "\n")
+
+
+def write_shard(out: Path, state: dict, table: Any, **record: Any) -> None:
+    """Write `table` (a `datasets.Dataset`) atomically as the next shard, then name it in the progress file with
+    `record` (its row count and whatever the job keeps per shard)."""
+    import pyarrow.parquet as pq
+
+    name = shard_name(len(state["shards"]))
+    path = out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table.with_format("arrow")[:], tmp)  # keeps the features (image columns) in the schema metadata
+    os.replace(tmp, path)
+    state["shards"].append({"file": name, **record})
+    save_progress(out, state)
 
 
 def to_ranges(indices: list[int]) -> list[list[int]]:

@@ -21,18 +21,16 @@ could be captioned, written atomically before `progress.json` names it.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ..data.cards import write_dataset_card
 from ..data.pairs import decode_image, load_pair_table, source_key
-from ..data.resume import open_progress, save_progress, shard_name
+from ..data.resume import open_progress, write_shard
 from .captioners import Captioner, Perturber, build_captioner, build_perturber, diversity_value
 
 STRATEGIES = ("captioning", "perturbation", "hybrid")
@@ -211,15 +209,8 @@ def _caption_shard(job: CaptionJob, out: Path, state: dict, table, captioner, pe
     shard = shard.remove_columns([c for c in ("caption_0", "caption_1") if c in shard.column_names])
     shard = shard.add_column("caption_0", [captions[i][0] for i in keep])
     shard = shard.add_column("caption_1", [captions[i][1] for i in keep])
-    name = shard_name(len(state["shards"]))
-    path = out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(shard.with_format("arrow")[:], tmp)
-    os.replace(tmp, path)
     errors.sort(key=lambda e: e["row"])
-    state["shards"].append({"file": name, "rows": len(keep), "source_rows": [start, stop], "errors": errors})
-    save_progress(out, state)
+    write_shard(out, state, shard, rows=len(keep), source_rows=[start, stop], errors=errors)
 
 
 def _write_card(job: CaptionJob, out: Path, state: dict, rows: int, errors: list[dict], seconds: float) -> None:

@@ -17,7 +17,6 @@ could be scored; each shard is written atomically before `progress.json` names i
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 from ..data.cards import write_dataset_card
 from ..data.pairs import parquet_files, source_key
 from ..data.relabel import decide_labels, label_stats
-from ..data.resume import open_progress, save_progress, shard_name
+from ..data.resume import open_progress, write_shard
 from ..data.image_inputs import pair_table_items
 from ..evaluation.scoring import build_scorers, score_items
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
@@ -159,14 +158,7 @@ def _relabel_shard(job: RelabelJob, out: Path, state: dict, table, items, scorer
     for name, values in columns.items():
         rows = rows.add_column(name, values)
 
-    name = shard_name(len(state["shards"]))
-    path = out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    rows.to_parquet(str(tmp))
-    os.replace(tmp, path)
-    state["shards"].append({"file": name, "rows": len(keep), "source_rows": [start, stop], "stats": stats, "errors": errors})
-    save_progress(out, state)
+    write_shard(out, state, rows, rows=len(keep), source_rows=[start, stop], stats=stats, errors=errors)
 
 
 def format_totals(totals: dict, labels: str) -> str:

@@ -159,7 +159,7 @@ def _rated_table(pair_file, path):
 
 
 @pytest.mark.parametrize("reader", ["table", "stream", "cache"])
-def test_kto_trains_on_unpaired_rated_rows(tiny_models, pair_file, tmp_path, monkeypatch, reader):
+def test_kto_trains_on_unpaired_rated_rows(tiny_models, pair_file, tmp_path, monkeypatch, reader, reader_overrides):
     path, rows = _rated_table(pair_file, tmp_path / "rated.parquet")
     seen = []
     real = KTO.__call__
@@ -171,14 +171,8 @@ def test_kto_trains_on_unpaired_rated_rows(tiny_models, pair_file, tmp_path, mon
 
     monkeypatch.setattr(KTO, "__call__", spy)
     extra = ["objective.name=kto", "objective.rows=rated", "train.max_steps=3"]
-    if reader == "stream":
-        extra.append("data.streaming=true")
-    if reader == "cache":
-        from diffalign.data.cache import build_cache
-
-        extra += [f"data.cache_dir={tmp_path / 'cache'}", "data.cache=require"]
-        cfg = _cfg(tiny_models["sd15"], path, tmp_path / reader, *extra)
-        build_cache(load_parts(cfg.model, unet=False), cfg.model, cfg.data, shard_size=8, batch_size=4)
+    extra += reader_overrides(reader, lambda more: _cfg(tiny_models["sd15"], path, tmp_path / reader, *extra, *more),
+                              tmp_path / "cache")
     result = train(_cfg(tiny_models["sd15"], path, tmp_path / reader, *extra))
     weights = [w for _, ws in seen for w in ws]
     assert set(weights) == {1.0, -1.0}  # both kinds reached the loss, as +1 / -1

@@ -125,7 +125,8 @@ def _cfg(model, data, out, *extra):
 
 
 @pytest.mark.parametrize("reader", ["table", "stream", "cache"])
-def test_the_smoothed_weight_reaches_the_loss_from_every_reader(tiny_models, pair_file, tmp_path, monkeypatch, reader):
+def test_the_smoothed_weight_reaches_the_loss_from_every_reader(
+        tiny_models, pair_file, tmp_path, monkeypatch, reader, reader_overrides):
     path, rows = _scored_table(pair_file, tmp_path)
     decided = [r for r in rows if r["label_0"] in (0, 1)]
     scores = [s for r in decided for s in (r["score_0"], r["score_1"])]
@@ -141,14 +142,8 @@ def test_the_smoothed_weight_reaches_the_loss_from_every_reader(tiny_models, pai
 
     monkeypatch.setattr(SmPO, "__call__", spy)
     extra = ["objective.name=smpo", f"objective.score_bounds=[{low},{high}]"]
-    if reader == "stream":
-        extra.append("data.streaming=true")
-    if reader == "cache":
-        from diffalign.data.cache import build_cache
-
-        extra += [f"data.cache_dir={tmp_path / 'cache'}", "data.cache=require"]
-        cfg = _cfg(tiny_models["sd15"], path, tmp_path / reader, *extra)
-        build_cache(load_parts(cfg.model, unet=False), cfg.model, cfg.data, shard_size=8, batch_size=4)
+    extra += reader_overrides(reader, lambda more: _cfg(tiny_models["sd15"], path, tmp_path / reader, *extra, *more),
+                              tmp_path / "cache")
     result = train(_cfg(tiny_models["sd15"], path, tmp_path / reader, *extra))
     assert len(seen) == 4 and all(round(w, 5) in expected for w in seen) and any(w > 0 for w in seen)
     assert math.isfinite(result.metrics["loss"]) and result.metrics["weight"] > 0
