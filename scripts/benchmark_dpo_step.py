@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Time one Diffusion-DPO optimizer step of the training loop, and where the time goes.
+"""Time one optimizer step of the training loop for Diffusion-DPO (or other methods), and where the time goes.
 
-    python scripts/benchmark_dpo_step.py                      # tiny demo model, 32 px, 4 pairs
+    python scripts/benchmark_dpo_step.py                      # tiny demo model, 32 px, 4 pairs, Diffusion-DPO
     python scripts/benchmark_dpo_step.py model.pretrained=runwayml/stable-diffusion-v1-5 data.resolution=512
+    python scripts/benchmark_dpo_step.py --objectives dpo,mapo,kto,dcpo data.path=runs/demo-captions
 
 Any `key=value` override of the run config applies (the demo config is the default). The step is
 the loop's own: load a batch, VAE-encode and text-encode it, noise it, the LoRA model's forward and
-backward, the adapter-disabled reference forward, the optimizer step. Prints the median and
-quartiles over `--steps` timed steps after `--warmup` untimed ones, per phase.
+backward, the reference forward the method declared (adapters off; none for MaPO), the optimizer step.
+With several `--objectives` each gets its own model and optimizer and their steps alternate in one process,
+so the ratios to the first (printed) compare them under the same machine load. Prints the median and
+quartiles over `--steps` timed steps after `--warmup` untimed ones, per phase. (DCPO needs a table with
+caption_0/caption_1, e.g. `diffalign captions assets/demo/pairs_train.parquet --captioner shapes --out
+runs/demo-captions`; any pairwise method reads it.)
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 
@@ -23,30 +29,23 @@ from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
 from diffalign.training.encode import encode_batch
-from diffalign.training.setup import build_optimizer, prepare_unet
-from diffalign.training.sources.offline import build_dataset, build_loader
 from diffalign.training.methods import TrainableModel, build_method
 from diffalign.training.randomness import BatchRandom
+from diffalign.training.setup import build_optimizer, prepare_unet
+from diffalign.training.sources.offline import build_dataset, build_loader
+
+PHASES = ("data", "encode", "forward+ref", "backward+opt")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
-    parser.add_argument("--pairs", type=int, default=4, help="pairs per step")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-
-    cfg = load_config(RunConfig, None, [f"train.batch_size={args.pairs}", *args.overrides])
-    device = torch.device(args.device)
+def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], list[float]]:
+    """A function running optimizer step `i` of `cfg`'s method and returning the phase boundaries' times."""
     torch.manual_seed(0)
     parts = load_parts(cfg.model)
     method = build_method(cfg.objective)
     params, reference = prepare_unet(cfg, parts, method.reference, device)
     for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device)
-    loader = build_loader(cfg, build_dataset(cfg))
+    batches = iter(build_loader(cfg, build_dataset(cfg, method=method)))
     optimizer = build_optimizer(params, cfg, cfg.train.learning_rate)
     model = TrainableModel(parts.unet, reference, parts.noise_scheduler, parts.prediction_type)
 
@@ -54,14 +53,13 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    timings: dict[str, list[float]] = defaultdict(list)
-    batches = iter(loader)
-    for step in range(args.warmup + args.steps):
+    def run(step: int) -> list[float]:
         marks = [time.perf_counter()]
         batch = next(batches)
         rand = BatchRandom(cfg.train.seed, step, len(batch), device=device)
         marks.append(time.perf_counter())
-        pairs = encode_batch(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device)
+        pairs = encode_batch(parts, batch, cfg.data.empty_prompt_prob, rand, cfg.data.resolution, device,
+                             per_image_captions=method.per_image_captions)
         sync()
         marks.append(time.perf_counter())
         out = method(model, pairs, rand)
@@ -73,16 +71,47 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         sync()
         marks.append(time.perf_counter())
-        if step >= args.warmup:
-            for name, a, b in zip(("data", "encode", "forward+ref", "backward+opt"), marks, marks[1:]):
-                timings[name].append(b - a)
-            timings["total"].append(marks[-1] - marks[0])
+        return marks
 
-    print(f"Diffusion-DPO step: {args.pairs} pairs, {cfg.data.resolution} px, model {cfg.model.pretrained}, "
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
+    parser.add_argument("--objectives", default=None,
+                        help="comma-separated objective names to time against each other (default: the config's)")
+    parser.add_argument("--pairs", type=int, default=4, help="pairs per step")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    base = [f"train.batch_size={args.pairs}", *args.overrides]
+    names = args.objectives.split(",") if args.objectives else [load_config(RunConfig, None, base).objective.name]
+    device = torch.device(args.device)
+    configs = {name: load_config(RunConfig, None, [*base, f"objective.name={name}"]) for name in names}
+    runners = {name: step_runner(cfg, device) for name, cfg in configs.items()}
+    timings: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
+    for step in range(args.warmup + args.steps):
+        for name, run in runners.items():  # alternating: each method sees the same machine load
+            marks = run(step)
+            if step >= args.warmup:
+                for phase, a, b in zip(PHASES, marks, marks[1:]):
+                    timings[name][phase].append(b - a)
+                timings[name]["total"].append(marks[-1] - marks[0])
+
+    cfg = configs[names[0]]
+    print(f"optimizer step: {args.pairs} pairs, {cfg.data.resolution} px, model {cfg.model.pretrained}, "
           f"device {device}, torch threads {torch.get_num_threads()}")
-    for name, values in timings.items():
-        q1, med, q3 = statistics.quantiles(values, n=4)
-        print(f"  {name:13s} median {1000 * med:7.1f} ms   (quartiles {1000 * q1:.1f}-{1000 * q3:.1f} ms)")
+    first = statistics.median(timings[names[0]]["total"])
+    for name in names:
+        total = statistics.median(timings[name]["total"])
+        ratio = "" if name == names[0] else f"   ({total / first:.2f}x {names[0]})"
+        print(f"{name}: median step {1000 * total:.1f} ms{ratio}")
+        for phase, values in timings[name].items():
+            q1, med, q3 = statistics.quantiles(values, n=4)
+            print(f"  {phase:13s} median {1000 * med:7.1f} ms   (quartiles {1000 * q1:.1f}-{1000 * q3:.1f} ms)")
 
 
 if __name__ == "__main__":
