@@ -73,9 +73,48 @@ def test_clear_errors(tmp_path, text, overrides, message):
 def test_shipped_recipes_parse():
     from pathlib import Path
 
+    from diffalign.cli.main import build_parser
+
     root = Path(__file__).resolve().parents[2]
     recipes = sorted((root / "pipelines").glob("*.yaml"))
     assert recipes
+    parser = build_parser()
     for recipe in recipes:
         _, steps = load_recipe(recipe, [])
-        assert all(step.args[0] in {"train", "fuse", "pairs", "eval", "score", "cache", "relabel"} for step in steps)
+        for step in steps:  # every step is a valid diffalign command line
+            assert parser.parse_args(step.args).command == step.args[0]
+
+
+LOOP_RECIPE = """
+vars: {out: OUT, methods: "dpo,mapo", seeds: "0,1"}
+steps:
+  - name: train {method} {seed}
+    for: {seed: "{seeds}", method: "{methods}"}
+    run: train configs/demo/{method}.yaml train.seed={seed} train.output_dir={out}/{method}-seed{seed}
+    creates: "{out}/{method}-seed{seed}/done"
+  - name: evaluate
+    for: {seed: "{seeds}", method: "{methods}"}
+    join: {runs: "{method}-seed{seed}={out}/{method}-seed{seed}"}
+    run: eval {runs} --out {out}/eval
+"""
+
+
+def test_for_expands_every_combination_and_join_gathers_them(tmp_path):
+    _, steps = load_recipe(write(tmp_path, LOOP_RECIPE), ["methods=dpo,mapo,kto", "seeds=3"])
+    out = tmp_path / "out"
+    assert [s.name for s in steps] == ["train dpo 3", "train mapo 3", "train kto 3", "evaluate"]
+    assert steps[1].args == ["train", "configs/demo/mapo.yaml", "train.seed=3", f"train.output_dir={out}/mapo-seed3"]
+    assert steps[2].creates == out / "kto-seed3" / "done"
+    assert steps[3].args == ["eval", *(f"{m}-seed3={out}/{m}-seed3" for m in ("dpo", "mapo", "kto")), "--out", f"{out}/eval"]
+    assert len(load_recipe(write(tmp_path, LOOP_RECIPE), [])[1]) == 5  # 2 seeds x 2 methods + the evaluation
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("for: {out: '1,2'}", "hides the recipe variable"),
+    ("for: {x: ''}", "empty list"),
+    ("for: [1, 2]", "maps loop variables"),
+])
+def test_bad_loops_are_refused(tmp_path, bad, match):
+    text = f"vars: {{out: OUT}}\nsteps:\n  - run: config keys\n    {bad}\n"
+    with pytest.raises(ValueError, match=match):
+        load_recipe(write(tmp_path, text), [])

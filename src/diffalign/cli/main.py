@@ -14,6 +14,7 @@ from .fuse import add_fuse_parser
 from .generate import add_generate_parser
 from .grid import add_grid_parser
 from .label import add_label_parser
+from .method_table import add_method_table_parser
 from .pairs import add_pairs_parser
 from .pipeline import add_pipeline_parser
 from .relabel import add_relabel_parser
@@ -125,6 +126,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
 
     add_generate_parser(sub)
     add_eval_parser(sub)
+    add_method_table_parser(sub)
     add_grid_parser(sub)
     add_score_parser(sub, scorer_names)
     add_pairs_parser(sub)

@@ -12,11 +12,28 @@ A recipe is a list of steps, each one `diffalign` command line, with `{name}` va
 Steps run in order, each in its own process. A step whose `creates` path exists is skipped, so a
 recipe that stopped (crash, Ctrl-C) resumes at the step that did not finish when it is run again.
 `key=value` arguments override `vars`.
+
+A step with `for` runs once for every combination of its loop variables, each a comma-separated list
+(after substitution, so a list can come from `vars` and be overridden on the command line):
+
+      - name: train {method}, seed {seed}
+        for: {method: "{methods}", seed: "0,1,2"}
+        run: train configs/demo/{method}.yaml train.seed={seed} train.output_dir={out}/{method}-seed{seed}
+        creates: "{out}/{method}-seed{seed}/pytorch_lora_weights.safetensors"
+
+With `join` as well, the step runs once, and each `join` variable is its template filled in for every
+combination, joined by spaces (every run of the loop above as `NAME=FOLDER` arguments of one command):
+
+      - name: evaluate every run
+        for: {method: "{methods}", seed: "0,1,2"}
+        join: {runs: "{method}-seed{seed}={out}/{method}-seed{seed}"}
+        run: eval {runs} --out {out}/eval
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import string
 import subprocess
@@ -44,6 +61,32 @@ def _substitute(text: str, values: dict[str, str], where: str) -> str:
         raise ValueError(f"{where}: unknown variable {{{error.args[0]}}}; defined: {', '.join(sorted(values))}") from None
 
 
+def _loop(spec: object, values: dict[str, str], where: str) -> list[dict[str, str]]:
+    """Every combination of a step's `for` variables (each a comma-separated list after substitution)."""
+    if spec is None:
+        return [{}]
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"{where}: `for` maps loop variables to comma-separated lists, e.g. {{seed: '0,1,2'}}")
+    names, lists = [], []
+    for name, items in spec.items():
+        if str(name) in values:
+            raise ValueError(f"{where}: loop variable {name!r} hides the recipe variable of that name; rename it")
+        listed = [x.strip() for x in _substitute(str(items), values, where).split(",") if x.strip()]
+        if not listed:
+            raise ValueError(f"{where}: loop variable {name!r} has an empty list")
+        names.append(str(name))
+        lists.append(listed)
+    return [dict(zip(names, combo)) for combo in itertools.product(*lists)]
+
+
+def _joined(spec: object, loops: list[dict[str, str]], values: dict[str, str], where: str) -> dict[str, str]:
+    """A step's `join` variables: each template filled in for every loop combination, space-separated."""
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"{where}: `join` maps variables to templates, e.g. {{runs: '{{method}}={{out}}/{{method}}'}}")
+    return {str(name): " ".join(_substitute(str(template), {**values, **combo}, where) for combo in loops)
+            for name, template in spec.items()}
+
+
 def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]]:
     """The description and the steps of a recipe file, with `vars` and the `key=value` overrides substituted."""
     path = Path(path)
@@ -66,13 +109,18 @@ def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]
         where = f"{path} step {i}"
         if not isinstance(raw, dict) or "run" not in raw:
             raise ValueError(f"{where}: each step needs `run: <diffalign command line>`")
-        extra = set(raw) - {"name", "run", "creates"}
+        extra = set(raw) - {"name", "run", "creates", "for", "join"}
         if extra:
-            raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; a step has name, run, creates")
-        args = shlex.split(_substitute(str(raw["run"]), values, where))
-        creates = raw.get("creates")
-        steps.append(Step(str(raw.get("name", args[0] if args else f"step {i}")), args,
-                          Path(_substitute(str(creates), values, where)) if creates else None))
+            raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; a step has name, run, creates, for, join")
+        loops = _loop(raw.get("for"), values, where)
+        if "join" in raw:
+            loops = [_joined(raw["join"], loops, values, where)]
+        for loop_values in loops:
+            scope = {**values, **loop_values}
+            args = shlex.split(_substitute(str(raw["run"]), scope, where))
+            creates = raw.get("creates")
+            name = _substitute(str(raw["name"]), scope, where) if "name" in raw else (args[0] if args else f"step {i}")
+            steps.append(Step(name, args, Path(_substitute(str(creates), scope, where)) if creates else None))
     if not steps:
         raise ValueError(f"{path}: no steps")
     return str(recipe.get("description", "")).strip(), steps

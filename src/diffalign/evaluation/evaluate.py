@@ -137,7 +137,7 @@ def _write_scores_csv(path: Path, keys, prompts: PromptSet, columns: dict[str, n
     writer.writerow(["index", "prompt_index", "prompt", "category", "seed", *columns])
     for row, (index, seed) in enumerate(keys):
         p = prompts.prompts[index]
-        writer.writerow([row, index, p.text, p.category or "", seed, *(f"{v[row]:.6f}" for v in columns.values())])
+        writer.writerow([row, index, p.text, p.category or "", seed, *(repr(float(v[row])) for v in columns.values())])
     atomic_write_text(path, buffer.getvalue())
 
 

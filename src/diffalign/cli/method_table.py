@@ -1,0 +1,35 @@
+"""`diffalign method-table`: the methods table (one row per method, training seeds pooled) of an evaluation."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_method_table(args: argparse.Namespace) -> int:
+    from ..evaluation.method_table import write_method_table
+
+    path = write_method_table(args.eval_dir, args.out, args.scorer, args.resamples)
+    print(path.read_text(), end="")
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def add_method_table_parser(sub: argparse._SubParsersAction) -> None:
+    """Add the `method-table` subcommand."""
+    p = sub.add_parser(
+        "method-table",
+        help="one row per training method from a `diffalign eval` of many runs (training seeds pooled)",
+        description="Group the tuned models of an evaluation folder by method (models named METHOD-seedK, or\n"
+        "METHOD alone) and write a Markdown table: per method, the mean reward gain, the win rate among\n"
+        "decided pairs and the per-prompt win rate (a prompt's seeds averaged first), each pooled over the\n"
+        "method's runs with a 95 % CI from a bootstrap over prompts; each run's win rate and gain (the\n"
+        "spread over training seeds); and the training time per run (from each run's metrics.jsonl).",
+        epilog="example:\n  diffalign eval dpo-seed0=runs/b/dpo-seed0 dpo-seed1=runs/b/dpo-seed1 mapo-seed0=runs/b/mapo-seed0 "
+        "--out runs/b/eval\n  diffalign method-table runs/b/eval            # writes runs/b/eval/methods.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("eval_dir", help="a `diffalign eval` output folder (results.json, scores.csv)")
+    p.add_argument("--out", default=None, help="Markdown file to write (default EVAL_DIR/methods.md)")
+    p.add_argument("--scorer", default=None, help="which scorer's scores (default: the evaluation's first)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.set_defaults(func=cmd_method_table)
