@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from diffalign.cli.main import main
+from diffalign.cli.pipeline import load_recipe, run_recipe
 from diffalign.config.objectives import registered_objectives
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,12 +27,12 @@ def test_the_benchmark_recipe_runs_end_to_end_on_a_reduced_budget(tmp_path, monk
     pairs = tmp_path / "pairs.parquet"
     pq.write_table(pq.read_table(ROOT / "assets" / "demo" / "pairs_train.parquet").slice(0, 16), pairs)
     out = tmp_path / "bench"
-    status = main([
-        "pipeline", str(RECIPE), f"out={out}", "seeds=0", "steps=1", f"pairs={pairs}",
+    _, steps = load_recipe(RECIPE, [
+        f"out={out}", "seeds=0", "steps=1", f"pairs={pairs}",
         "train_args=train.batch_size=2 train.warmup_steps=0 rollout.prompts_per_round=2 rollout.sample_batch_size=2",
-        "eval_args=--max-prompts 3 --seeds 0,1",
+        "eval_args=--max-prompts 2 --seeds 0,1",
     ])
-    assert status == 0, capsys.readouterr().err[-2000:]
+    assert run_recipe(steps, in_process=True) == 0, capsys.readouterr().err[-2000:]
     table = (out / "methods.md").read_text()
     methods = yaml.safe_load(RECIPE.read_text())["vars"]["methods"].split(",")
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()

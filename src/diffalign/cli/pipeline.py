@@ -126,8 +126,10 @@ def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]
     return str(recipe.get("description", "")).strip(), steps
 
 
-def run_recipe(steps: list[Step], dry_run: bool = False) -> int:
-    """Run the steps not yet done, in order, each as `python -m diffalign.cli.main ARGS`; the first failure stops."""
+def run_recipe(steps: list[Step], dry_run: bool = False, in_process: bool = False) -> int:
+    """Run the steps not yet done, in order, each as `python -m diffalign.cli.main ARGS` (with `in_process`,
+    as `diffalign.cli.main.main(ARGS)` in this process: no interpreter start-up per step, for tests);
+    the first failure stops."""
     for i, step in enumerate(steps, start=1):
         line = "diffalign " + shlex.join(step.args)
         if step.creates is not None and step.creates.exists():
@@ -137,7 +139,12 @@ def run_recipe(steps: list[Step], dry_run: bool = False) -> int:
         if dry_run:
             continue
         start = time.time()
-        code = subprocess.call([sys.executable, "-m", "diffalign.cli.main", *step.args])
+        if in_process:
+            from .main import main
+
+            code = main(list(step.args))
+        else:
+            code = subprocess.call([sys.executable, "-m", "diffalign.cli.main", *step.args])
         if code != 0:
             print(f"step {i} ({step.name}) failed with exit status {code}; fix it and run the recipe again: "
                   "finished steps are skipped", file=sys.stderr)
