@@ -30,7 +30,7 @@ def test_the_benchmark_recipe_runs_end_to_end_on_a_reduced_budget(tmp_path, monk
     _, steps = load_recipe(RECIPE, [
         f"out={out}", "seeds=0", "steps=1", f"pairs={pairs}",
         "train_args=train.batch_size=2 train.warmup_steps=0 rollout.prompts_per_round=2 rollout.sample_batch_size=2",
-        "eval_args=--max-prompts 2 --seeds 0,1",
+        "eval_args=--max-prompts 1 --seeds 0,1",
     ])
     assert run_recipe(steps, in_process=True) == 0, capsys.readouterr().err[-2000:]
     table = (out / "methods.md").read_text()
