@@ -18,7 +18,6 @@ from diffalign.config.objectives import InPOConfig, SmPOConfig
 from diffalign.config.schema import RunConfig
 from diffalign.data.record import PairBatch, Side
 from diffalign.models.conditioning import encode_prompts
-from diffalign.models.loading import load_parts
 from diffalign.models.reference import AdapterDisabledReference
 from diffalign.objectives.smpo import smoothed_weight
 from diffalign.training.loop import train
