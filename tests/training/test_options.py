@@ -45,3 +45,23 @@ def test_offloading_the_reference_is_for_full_finetuning_only(tiny_models):
     full = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.offload_reference=true", "lora.enabled=false")
     params, reference = prepare_unet(full, load_parts(full.model, encoders=False), "base", torch.device("cpu"))
     assert reference is not None and reference.unet is not parts.unet and params
+
+
+def test_adamw_is_fused_by_default_and_updates_as_the_for_loop_kernel():
+    torch.manual_seed(0)
+    shapes = [(8, 4), (4,), (16, 8, 3)]
+    runs = {}
+    for fused in (True, False):
+        params = [torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(i)))
+                  for i, shape in enumerate(shapes)]
+        optimizer = build_optimizer(params, _cfg(f"train.fused_optimizer={str(fused).lower()}"), 1e-2)
+        assert bool(optimizer.defaults.get("fused")) is fused
+        for step in range(5):
+            for i, p in enumerate(params):
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * step + i))
+            optimizer.step()
+        runs[fused] = params
+    for a, b in zip(runs[True], runs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    sharded = build_optimizer([torch.nn.Parameter(torch.zeros(2))], _cfg(), 1e-3, sharded=True)
+    assert sharded.defaults["foreach"] and not sharded.defaults.get("fused")

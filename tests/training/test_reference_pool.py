@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from diffalign.config.schema import LoraConfig, ModelConfig, ReferencePoolConfig
+from diffalign.config.schema import LoraConfig, ModelConfig, ReferenceConfig
 from diffalign.models.loading import load_parts
 from diffalign.models.lora import attach_lora
 from diffalign.training.reference_pool import ReferencePool
@@ -32,7 +32,7 @@ def _train_step(params, value: float) -> None:
 
 def test_pool_keeps_every_n_steps_and_predicts_as_the_unet_did(tiny_models, tmp_path):
     unet, params = _unet(tiny_models)
-    pool = ReferencePool(unet, LoraConfig(rank=4, alpha=4), ReferencePoolConfig(every=2, keep=2, selection="latest"))
+    pool = ReferencePool(unet, LoraConfig(rank=4, alpha=4), ReferenceConfig(every=2, keep=2, selection="latest"))
     assert all(p.requires_grad for p in params)
     sample, t, kwargs = _inputs(unet)
     initial = unet(sample, t, **kwargs).sample.detach()
@@ -54,7 +54,7 @@ def test_pool_keeps_every_n_steps_and_predicts_as_the_unet_did(tiny_models, tmp_
 
     pool.save(tmp_path, rank=0)
     again_unet, _ = _unet(tiny_models)
-    again = ReferencePool(again_unet, LoraConfig(rank=4, alpha=4), ReferencePoolConfig(every=2, keep=2))
+    again = ReferencePool(again_unet, LoraConfig(rank=4, alpha=4), ReferenceConfig(every=2, keep=2))
     again.restore(tmp_path, rank=0)
     assert again.members() == [0, 4, 6]
     again.current = 4
@@ -63,7 +63,7 @@ def test_pool_keeps_every_n_steps_and_predicts_as_the_unet_did(tiny_models, tmp_
 
 def test_selection_strategies(tiny_models):
     unet, params = _unet(tiny_models)
-    pool = ReferencePool(unet, LoraConfig(rank=4, alpha=4), ReferencePoolConfig(every=1, keep=3, selection="random"))
+    pool = ReferencePool(unet, LoraConfig(rank=4, alpha=4), ReferenceConfig(every=1, keep=3, selection="random"))
     for step in range(1, 5):
         _train_step(params, 0.01 * step)
         pool.refresh(step, seed=0, micro_step=step)

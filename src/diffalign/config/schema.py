@@ -160,6 +160,11 @@ class TrainConfig:
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = cfg_field(
         "adamw", "Optimizer: AdamW (SD1.5/2.1), 8-bit AdamW (needs bitsandbytes) or Adafactor (SDXL)."
     )
+    fused_optimizer: bool = cfg_field(
+        True,
+        "AdamW in one fused kernel call for every parameter (CPU and CUDA; FSDP runs use the foreach kernel); false: "
+        "PyTorch's default per-device implementation.",
+    )
     adam_beta1: float = cfg_field(0.9, "AdamW beta1.", min=0.0, max=1.0)
     adam_beta2: float = cfg_field(0.999, "AdamW beta2.", min=0.0, max=1.0)
     adam_epsilon: float = cfg_field(1e-8, "AdamW epsilon.", min=0.0)
@@ -182,6 +187,12 @@ class TrainConfig:
     seed: int = cfg_field(0, "Seed of data order, noise and timesteps.")
     log_every: int = cfg_field(10, "Update the progress bar metrics every N optimizer steps.", min=1)
     cpu: bool = cfg_field(False, "Train on the CPU even if a GPU is available.")
+    cpu_threads: int = cfg_field(
+        0,
+        "Threads of the CPU operations when training on the CPU (torch.set_num_threads); 0: PyTorch's default, one per "
+        "core. Lower it to run several trainings side by side on one machine.",
+        min=0,
+    )
     checkpoint_every: int = cfg_field(
         100, "Write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps (0: never).",
         min=0,
@@ -225,14 +236,28 @@ class RolloutConfig:
 
 
 @dataclass
-class ReferencePoolConfig:
-    """Methods whose reference is a pool of earlier states of the run (SePPO): which states it keeps and uses."""
+class ReferenceConfig:
+    """The reference model's errors computed before training (methods whose reference term depends only on the
+    data and the micro-step's draws: Diffusion-DPO and its IPO/hinge forms, DCPO, KTO), and the pool of earlier
+    states of the run (methods whose reference is such a pool: SePPO)."""
 
-    every: int = cfg_field(30, "Keep the LoRA weights every N optimizer steps (30: a secondary review's value).", min=1)
-    keep: int = cfg_field(7, "Keep the newest K states beside the initial model (7: a secondary review's value).", min=1)
+    precompute: Literal["auto", "on", "off"] = cfg_field(
+        "auto",
+        "Reference-output pre-pass: before the first step, replay the run's micro-steps (data order, noise and "
+        "timesteps), compute the reference's errors in large no-grad batches, keep them under data.cache_dir "
+        "(reused by runs with the same data, model, seed and batch: beta and learning-rate sweeps) and skip the "
+        "reference forward in training. 'auto': when the method allows it and the run reads the latent cache; "
+        "'on': whenever the method allows it (an error otherwise); 'off': a reference forward every micro-step.",
+    )
+    precompute_batch: int = cfg_field(
+        64, "Images per no-grad reference forward of the pre-pass (lower it for SDXL on small GPUs).", min=1
+    )
+
+    every: int = cfg_field(30, "Pool: keep the LoRA weights every N optimizer steps (30: a secondary review's value).", min=1)
+    keep: int = cfg_field(7, "Pool: keep the newest K states beside the initial model (7: a secondary review's value).", min=1)
     selection: Literal["random", "latest", "initial"] = cfg_field(
         "random",
-        "Which member is the reference of a micro-step: uniformly at random over the initial model and the kept "
+        "Pool: which member is the reference of a micro-step: uniformly at random over the initial model and the kept "
         "states (the paper's Random Checkpoint Replay), the latest, or the initial model only.",
     )
 
@@ -269,6 +294,6 @@ class RunConfig:
     train: TrainConfig = cfg_field(TrainConfig, "Optimisation and bookkeeping.")
     validation: ValidationConfig = cfg_field(ValidationConfig, "Validation images during training.")
     rollout: RolloutConfig = cfg_field(RolloutConfig, "Online sampling (methods that learn from their own images).")
-    reference: ReferencePoolConfig = cfg_field(
-        ReferencePoolConfig, "Reference pool (methods whose reference is earlier states of the run)."
+    reference: ReferenceConfig = cfg_field(
+        ReferenceConfig, "The reference: its precomputed errors, or a pool of earlier states of the run (SePPO)."
     )

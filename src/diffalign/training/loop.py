@@ -33,8 +33,9 @@ from ..models.reference import FrozenCopyReference
 from .checkpoint import resolve_resume
 from .methods import Method, TrainableModel, build_method
 from .randomness import BatchRandom
+from .reference_errors import precompute_reference_errors, wants_precompute
 from .reference_pool import ReferencePool
-from .setup import build_optimizer, check_distributed, configure_unet, prepare_unet
+from .setup import build_optimizer, check_distributed, configure_unet, cpu_threads, prepare_unet
 from .sources.base import BatchSource
 from .sources.offline import OfflinePairs, build_dataset
 from .state import TrainingState, full_trainable_state
@@ -168,6 +169,11 @@ def build_source(
 
 def train(cfg: RunConfig) -> TrainResult:
     """Run one training job described by `cfg` and return where its outputs are."""
+    with cpu_threads(cfg.train.cpu_threads if cfg.train.cpu or not torch.cuda.is_available() else 0):
+        return _train(cfg)
+
+
+def _train(cfg: RunConfig) -> TrainResult:
     t = cfg.train
     out_dir = Path(t.output_dir)
     trackers = [name for name in t.trackers if name != "none"]
@@ -207,7 +213,7 @@ def train(cfg: RunConfig) -> TrainResult:
     skip_path = out_dir / SKIP_FILE
     source = build_source(cfg, method, parts, cache, accelerator, skip_path, resume_from is not None, substeps)
     lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
-    optimizer = build_optimizer(params, cfg, lr)
+    optimizer = build_optimizer(params, cfg, lr, sharded=sharded)
     lr_scheduler = get_scheduler(
         t.lr_scheduler,
         optimizer,
@@ -220,6 +226,11 @@ def train(cfg: RunConfig) -> TrainResult:
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
     if hasattr(source, "attach"):  # a source that samples: the policy (online rollouts) or the reference (SePPO)
         source.attach(accelerator.unwrap_model(unet), reference, accelerator.autocast)  # type: ignore[attr-defined]
+    if wants_precompute(cfg, method, cache is not None):
+        model.precomputed = precompute_reference_errors(
+            cfg, method, model, source, t.max_steps * t.grad_accum * substeps, rank, world, device,
+            accelerator.autocast, log=print if accelerator.is_main_process else lambda _: None,
+        )
     base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
     validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None
     config_text = dump_yaml(cfg)

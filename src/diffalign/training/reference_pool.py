@@ -22,7 +22,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
-from ..config.schema import LoraConfig, ReferencePoolConfig
+from ..config.schema import LoraConfig, ReferenceConfig
 from ..data.order import derive_seed
 
 POOL_FILE = "reference_pool"
@@ -33,7 +33,7 @@ INITIAL = 0  # the pool member "step 0": the initial model
 class ReferencePool:
     """Earlier LoRA states of the trained UNet, one of which serves as the reference of a micro-step."""
 
-    def __init__(self, unet: UNet2DConditionModel, lora: LoraConfig, cfg: ReferencePoolConfig) -> None:
+    def __init__(self, unet: UNet2DConditionModel, lora: LoraConfig, cfg: ReferenceConfig) -> None:
         self.unet, self.cfg = unet, cfg
         with warnings.catch_warnings():  # peft warns that a second adapter is being added: that is the point
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")

@@ -3,6 +3,9 @@ reference the method asked for, the optimizer, and the attention and checkpointi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
@@ -15,8 +18,11 @@ from .methods.base import ReferenceKind
 from .reference_pool import ReferencePool
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW, 8-bit AdamW (bitsandbytes) or Adafactor (fixed learning rate, as the Diffusion-DPO SDXL recipe)."""
+def build_optimizer(
+    params: list[torch.nn.Parameter], cfg: RunConfig, lr: float, sharded: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW (fused with `train.fused_optimizer`, foreach when `sharded` by FSDP), 8-bit AdamW (bitsandbytes) or
+    Adafactor (fixed learning rate, as the Diffusion-DPO SDXL recipe)."""
     t = cfg.train
     if t.optimizer == "adafactor":
         from transformers.optimization import Adafactor
@@ -33,7 +39,23 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig, lr: float)
                 "train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); or use adamw"
             ) from error
         return bitsandbytes.optim.AdamW8bit(params, **kwargs)
+    if t.fused_optimizer:
+        fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        kwargs.update(foreach=True) if sharded else kwargs.update(fused=fusable)
     return torch.optim.AdamW(params, **kwargs)
+
+
+@contextmanager
+def cpu_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` CPU threads (`torch.set_num_threads`; 0: leave the setting alone), restoring
+    the previous count after it."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def configure_unet(unet: torch.nn.Module, cfg: RunConfig) -> None:

@@ -17,7 +17,11 @@ method names:
 - `needs_reward`: whether it needs a registered scorer (`rollout.reward`);
 - `per_image_captions`: condition each image of a pair on its own caption (`caption_0`/`caption_1`
   of a dual-caption table) instead of the pair's prompt; otherwise a dual-caption table trains as a
-  plain one.
+  plain one;
+- `precomputable_reference`: the reference errors depend only on what `noised(model, batch, rand)`
+  draws from the micro-step's batch (latents, conditioning, noise, timesteps), measured in the method's
+  `error_space`; such a method takes them from `model.reference_errors`, which the reference-output
+  pre-pass (`training/reference_errors.py`, `reference.precompute`) can serve without a reference forward.
 
 `__call__(model, batch, rand)` turns one micro-batch into an `ObjectiveOutput` (loss and metrics). A method
 whose batch is used for several micro-steps (`micro_steps_per_batch`, D3PO's one per trajectory step) gets
@@ -59,9 +63,20 @@ class TrainableModel:
     noise_scheduler: DDPMScheduler
     prediction_type: str
 
+    precomputed: Any = None  # a `PrecomputedErrors` of this run, set by the reference-output pre-pass
+
     def predict(self, sample: torch.Tensor, timestep: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """The trained UNet's output (with gradient)."""
         return self.unet(sample, timestep, **kwargs).sample
+
+    def reference_errors(self, noised: NoisedPair, space: ErrorSpace, rand: BatchRandom) -> torch.Tensor:
+        """The reference's per-sample errors on `noised` (see `prediction_errors`): read from the run's
+        precomputed errors for this micro-step when there are some, else a reference forward (no gradient)."""
+        if self.precomputed is not None:
+            return self.precomputed.lookup(rand, noised.t)
+        if self.reference is None:
+            raise ValueError("this method needs its reference model, and the run built none")
+        return prediction_errors(self, self.reference.predict(noised.noisy, noised.t, **noised.kwargs), noised, space)
 
 
 class Method:
@@ -72,9 +87,21 @@ class Method:
     reference_samples: ClassVar[bool] = False
     needs_reward: ClassVar[bool] = False
     per_image_captions: ClassVar[bool] = False
+    precomputable_reference: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.error_space: ErrorSpace = "prediction"
+
+    def noised(self, model: TrainableModel, batch: Any, rand: BatchRandom) -> NoisedPair:
+        """The micro-step's UNet inputs and targets, drawn from `rand` exactly as `__call__` draws them (a method
+        with `precomputable_reference`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its reference inputs")
+
+    def reference_key(self) -> dict[str, Any]:
+        """The objective settings its precomputed reference errors depend on (not beta or the loss form, so runs
+        that differ only in those share them); by default every setting."""
+        return {"name": self.cfg.name, **{k: v for k, v in vars(self.cfg).items() if k != "name"}}
 
     def micro_steps_per_batch(self, run: Any) -> int:
         """How many micro-steps (backward passes) each batch of the source is used for, with gradients

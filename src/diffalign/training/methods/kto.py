@@ -21,7 +21,7 @@ from ...data.pairs import has_rejected
 from ...data.record import WEIGHT_COLUMN, PairBatch
 from ...objectives import ObjectiveOutput, kto_loss
 from ..randomness import BatchRandom
-from .base import Method, TrainableModel, noise_pair, prediction_errors, sample_noise_and_timesteps
+from .base import Method, NoisedPair, TrainableModel, noise_pair, prediction_errors, sample_noise_and_timesteps
 
 RATINGS = (0, 1)
 
@@ -30,6 +30,7 @@ class KTO(Method):
     """Diffusion-KTO on pairs split into a desirable and an undesirable image, or on rated single images."""
 
     reference = "base"
+    precomputable_reference = True
 
     def __init__(self, cfg: KTOConfig) -> None:
         super().__init__(cfg)
@@ -64,20 +65,25 @@ class KTO(Method):
             raise ValueError(f"a rated row's label_0 is {row.get('label_0')!r}, not 1 (desirable) or 0 (undesirable)")
         return {**row, WEIGHT_COLUMN: 1.0 if row["label_0"] == 1 else -1.0, "label_0": 1.0, "label_1": 0.0}
 
-    def __call__(self, model: TrainableModel, batch: PairBatch, rand: BatchRandom) -> ObjectiveOutput:
+    def reference_key(self) -> dict[str, Any]:
+        return {"name": self.cfg.name, "rows": self.cfg.rows}
+
+    def noised(self, model: TrainableModel, batch: PairBatch, rand: BatchRandom) -> NoisedPair:
         noise, t = sample_noise_and_timesteps(batch.w.latents, model.noise_scheduler, rand)
+        if self.cfg.rows == "rated":
+            return noise_pair(model, batch.w, None, noise, t)
+        loser_noise, loser_t = sample_noise_and_timesteps(batch.w.latents, model.noise_scheduler, rand)
+        return noise_pair(model, batch.w, batch.loser, noise, t, loser_noise, loser_t)
+
+    def __call__(self, model: TrainableModel, batch: PairBatch, rand: BatchRandom) -> ObjectiveOutput:
         if self.cfg.rows == "rated":
             if batch.weight is None:
                 raise ValueError("KTO's rated rows carry no rating: the table transform did not run")
-            noised = noise_pair(model, batch.w, None, noise, t)
             desirable = batch.weight > 0
         else:
-            loser_noise, loser_t = sample_noise_and_timesteps(batch.w.latents, model.noise_scheduler, rand)
-            noised = noise_pair(model, batch.w, batch.loser, noise, t, loser_noise, loser_t)
             desirable = torch.arange(2 * len(batch)) < len(batch)
+        noised = self.noised(model, batch, rand)
         err = prediction_errors(model, model.predict(noised.noisy, noised.t, **noised.kwargs), noised)
-        if model.reference is None:
-            raise ValueError("KTO needs its reference model")
-        ref_err = prediction_errors(model, model.reference.predict(noised.noisy, noised.t, **noised.kwargs), noised)
+        ref_err = model.reference_errors(noised, "prediction", rand)
         c = self.cfg
         return kto_loss(err, ref_err, desirable, c.beta, c.lambda_desirable, c.lambda_undesirable)
