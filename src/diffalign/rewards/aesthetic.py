@@ -23,10 +23,9 @@ from .base import (
     register_scorer,
     resolve_device,
     resolve_dtype,
-    to_pil_images,
 )
 from .heads import linear_head
-from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor
+from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor, processor_backend, processor_images
 from .weights import WeightsNotFound, read_state_dict, url_file
 
 HEAD_URL = (
@@ -46,7 +45,7 @@ class AestheticScore:
         self,
         head: str = HEAD_URL,
         clip_model: str = "openai/clip-vit-large-patch14",
-        image_processor_backend: str = "pil",
+        image_processor_backend: str = "auto",
         attention: str = "sdpa",
         cache_dir: str | None = None,
         device: str | None = None,
@@ -57,7 +56,7 @@ class AestheticScore:
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.model = load_clip_model(clip_model, self.dtype, self.device, attention, "aesthetic CLIP model")
-        self.image_processor, _ = load_clip_processor(clip_model, image_processor_backend, "aesthetic CLIP processor")
+        self.image_processor, _ = load_clip_processor(clip_model, processor_backend(image_processor_backend, self.device), "aesthetic CLIP processor")
         path = url_file(head, cache_dir, "aesthetic head") if head.startswith(("https://", "http://")) else Path(head)
         if not path.is_file():
             raise WeightsNotFound(f"aesthetic head: {head} does not exist; give the .pth/.safetensors file or a URL")
@@ -73,8 +72,8 @@ class AestheticScore:
     @torch.no_grad()
     def score(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor:
         """Aesthetic rating of each image, shape (N,), float32 on the CPU; `prompts` only fix the count."""
-        pil = to_pil_images(images)
-        check_batch(pil, prompts)
-        out = [self.head(image_embeddings(self.model, self.image_processor, pil[part])).squeeze(-1).cpu()
-               for part in batches(len(pil), self.batch_size)]
+        inputs = processor_images(self.image_processor, images)
+        check_batch(inputs, prompts)
+        out = [self.head(image_embeddings(self.model, self.image_processor, inputs[part])).squeeze(-1).cpu()
+               for part in batches(len(inputs), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0)

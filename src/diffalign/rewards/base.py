@@ -134,6 +134,24 @@ def to_pil_images(images: ImageBatch) -> list[Image.Image]:
     return out
 
 
+def to_uint8_tensors(images: ImageBatch) -> list[torch.Tensor]:
+    """Each image as a uint8 (3, H, W) CPU tensor (any sizes): PIL images (any mode), uint8 arrays/tensors
+    (HWC or CHW) or float tensors in [0, 1] (rounded as `to_pil_images` rounds them)."""
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        floats = to_float_images(images)
+        if floats.dtype != torch.uint8:
+            floats = (floats.clamp(0, 1) * 255).round()
+        return list(floats.to(torch.uint8).unbind(0))
+    out = []
+    for image in images:
+        if isinstance(image, Image.Image):
+            array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+            out.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
+        else:
+            out.extend(to_uint8_tensors(image))
+    return out
+
+
 def check_batch(images: Sequence[object], prompts: Sequence[str]) -> None:
     """Raise a clear error when images and prompts are not one-to-one."""
     if isinstance(prompts, str):

@@ -22,9 +22,8 @@ from .base import (
     register_scorer,
     resolve_device,
     resolve_dtype,
-    to_pil_images,
 )
-from .hf_clip import clip_cosines, load_clip_model, load_clip_processor
+from .hf_clip import clip_cosines, load_clip_model, load_clip_processor, processor_backend, processor_images
 
 SCALES = ("100*cos", "cos")
 
@@ -51,14 +50,14 @@ class ClipScore:
         self.dtype = resolve_dtype(dtype, self.device)
         self.scale, self.batch_size = scale, batch_size
         self.model = load_clip_model(model, self.dtype, self.device, attention, "clip model")
-        self.image_processor, self.tokenizer = load_clip_processor(model, image_processor_backend, "clip processor")
+        self.image_processor, self.tokenizer = load_clip_processor(model, processor_backend(image_processor_backend, self.device), "clip processor")
         temperature = float(self.model.logit_scale.detach().float().exp())
         self.logit_scale = temperature / 100 if scale == "100*cos" else temperature
 
     @torch.no_grad()
     def score(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor:
         """CLIP score of each image for its prompt, shape (N,), float32 on the CPU."""
-        pil = to_pil_images(images)
-        check_batch(pil, prompts)
-        cos = clip_cosines(self.model, self.image_processor, self.tokenizer, pil, prompts, self.batch_size)
+        inputs = processor_images(self.image_processor, images)
+        check_batch(inputs, prompts)
+        cos = clip_cosines(self.model, self.image_processor, self.tokenizer, inputs, prompts, self.batch_size)
         return cos * 100 if self.scale == "100*cos" else cos

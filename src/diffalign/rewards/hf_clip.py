@@ -19,8 +19,17 @@ from transformers import (
 )
 
 from .attention import attention_implementation
+from .base import ImageBatch, to_pil_images, to_uint8_tensors
 
 IMAGE_PROCESSORS = {"pil": CLIPImageProcessorPil, "torchvision": CLIPImageProcessor}
+
+
+def processor_backend(backend: str, device: torch.device) -> str:
+    """The image-processor backend to load: `backend`, or for "auto" the torchvision one (preprocessing on the
+    model's device) on CUDA and the PIL one (the published pixels) elsewhere."""
+    if backend == "auto":
+        return "torchvision" if device.type == "cuda" else "pil"
+    return backend
 
 
 def _unreachable(what: str, source: str, error: Exception) -> OSError:
@@ -45,7 +54,9 @@ def load_clip_processor(source: str, backend: str, what: str) -> tuple[object, o
     """(image processor, tokenizer) of a CLIP hub repo or folder; `backend` "pil" or "torchvision".
 
     The PIL backend reproduces transformers 4.x and open_clip's preprocessing bit for bit; the
-    torchvision backend is transformers 5's default `CLIPImageProcessor` (within 1/255 of it).
+    torchvision backend is transformers 5's default `CLIPImageProcessor`, run on the model's device from
+    uint8 tensors (`image_embeddings`), whose pixels differ from the PIL ones by the bicubic kernels'
+    rounding (bounded in tests/rewards/test_device_preprocessing.py).
     """
     if backend not in IMAGE_PROCESSORS:
         raise ValueError(f"unknown image processor backend {backend!r}; use one of {', '.join(IMAGE_PROCESSORS)}")
@@ -60,9 +71,19 @@ def _pooled(output: object) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[attr-defined]
 
 
-def image_embeddings(model: CLIPModel, processor: object, images: Sequence[Image.Image]) -> torch.Tensor:
-    """Unit-norm projected image embeddings (N, D), float32."""
-    pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]  # type: ignore[operator]
+def processor_images(processor: object, images: ImageBatch) -> list:
+    """The images as `processor` takes them: PIL images for the PIL backend, uint8 (3, H, W) tensors for the
+    torchvision one (which then resizes, crops and normalises them on the model's device)."""
+    return to_uint8_tensors(images) if isinstance(processor, CLIPImageProcessor) else to_pil_images(images)
+
+
+def image_embeddings(model: CLIPModel, processor: object, images: Sequence) -> torch.Tensor:
+    """Unit-norm projected image embeddings (N, D), float32; `images` as `processor_images` gives them."""
+    if isinstance(processor, CLIPImageProcessor):  # uint8 tensors: preprocessed where the model runs
+        tensors = [image.to(model.device, non_blocking=True) for image in images]
+        pixels = processor(images=tensors, return_tensors="pt", device=model.device)["pixel_values"]
+    else:
+        pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]  # type: ignore[operator]
     features = _pooled(model.get_image_features(pixel_values=pixels.to(model.device, model.dtype)))
     features = features.float()
     return features / features.norm(dim=-1, keepdim=True)
@@ -86,10 +107,11 @@ def text_embeddings(model: CLIPModel, tokenizer: object, prompts: Sequence[str])
 
 
 def clip_cosines(
-    model: CLIPModel, processor: object, tokenizer: object, images: Sequence[Image.Image], prompts: Sequence[str],
+    model: CLIPModel, processor: object, tokenizer: object, images: Sequence, prompts: Sequence[str],
     batch_size: int,
 ) -> torch.Tensor:
-    """cos(E_image(image_i), E_text(prompt_i)) for every pair, `batch_size` at a time; (N,) float32 on the CPU."""
+    """cos(E_image(image_i), E_text(prompt_i)) for every pair, `batch_size` at a time (`images` as
+    `processor_images` gives them); (N,) float32 on the CPU."""
     out = [
         (image_embeddings(model, processor, images[part]) * text_embeddings(model, tokenizer, prompts[part])).sum(-1).cpu()
         for part in batches(len(images), batch_size)

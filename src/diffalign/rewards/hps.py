@@ -10,7 +10,7 @@ hub repo `xswu/HPSv2`, tensors under "state_dict") on top of open_clip's `ViT-H-
 pretrained weights, so the 3.9 GB LAION checkpoint that the `hpsv2` package downloads first is not
 needed. Preprocessing is HPS's own "light" transform, not open_clip's: to tensor, bicubic resize of
 the longest side to 224 on the tensor (antialiased), zero-pad to 224 x 224 centred, OpenAI mean/std
-(`hps_transform`). Unlike the reference, RGBA images are converted to RGB (the reference passes the
+(`hps_transform`), run on the model's device from uint8 tensors (`hps_pixels`). Unlike the reference, RGBA images are converted to RGB (the reference passes the
 alpha channel on, which the model then rejects), and an image whose longest side is already 224 is
 padded to a square too (the reference leaves it non-square, which the model rejects).
 """
@@ -31,7 +31,7 @@ from .base import (
     register_scorer,
     resolve_device,
     resolve_dtype,
-    to_pil_images,
+    to_uint8_tensors,
 )
 from .hf_clip import batches
 from .weights import hub_file, read_state_dict
@@ -43,9 +43,10 @@ SCALES = ("cos", "100*cos")
 _OPEN_CLIP_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def hps_transform(image: Image.Image, size: int = 224) -> torch.Tensor:
-    """HPS's evaluation preprocessing of one image: (3, size, size), normalised with the OpenAI mean/std."""
-    pixels = TF.to_tensor(image.convert("RGB"))
+def hps_pixels(image: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """HPS's evaluation preprocessing of one uint8 (3, H, W) image tensor, on the tensor's device:
+    (3, size, size), normalised with the OpenAI mean/std."""
+    pixels = image.float() / 255
     height, width = pixels.shape[1:]
     scale = size / max(height, width)
     new_h, new_w = (round(height * scale), round(width * scale)) if scale != 1.0 else (height, width)
@@ -55,6 +56,11 @@ def hps_transform(image: Image.Image, size: int = 224) -> torch.Tensor:
     if pad_h or pad_w:
         pixels = TF.pad(pixels, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
     return TF.normalize(pixels, OPENAI_MEAN, OPENAI_STD)
+
+
+def hps_transform(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """HPS's evaluation preprocessing of one PIL image (`hps_pixels` of its RGB pixels, on the CPU)."""
+    return hps_pixels(TF.pil_to_tensor(image.convert("RGB")), size)
 
 
 class HPSv2:
@@ -111,13 +117,14 @@ class HPSv2:
     @torch.no_grad()
     def score(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor:
         """HPS of each image for its prompt, shape (N,), float32 on the CPU."""
-        pil = to_pil_images(images)
-        check_batch(pil, prompts)
+        tensors = to_uint8_tensors(images)  # preprocessed on the model's device
+        check_batch(tensors, prompts)
         input_dtype = self.model.visual.conv1.weight.dtype
         out = []
-        for part in batches(len(pil), self.batch_size):
-            pixels = torch.stack([hps_transform(image, self.image_size) for image in pil[part]])
-            image = self.model.encode_image(pixels.to(self.device, input_dtype)).float()
+        for part in batches(len(tensors), self.batch_size):
+            pixels = torch.stack([hps_pixels(t.to(self.device, non_blocking=True), self.image_size)
+                                  for t in tensors[part]])
+            image = self.model.encode_image(pixels.to(input_dtype)).float()
             text = self.model.encode_text(self.tokenizer(list(prompts[part])).to(self.device)).float()
             cos = (image / image.norm(dim=-1, keepdim=True) * (text / text.norm(dim=-1, keepdim=True))).sum(-1)
             out.append(cos.cpu())

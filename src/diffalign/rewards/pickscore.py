@@ -6,9 +6,12 @@ codebases report the raw cosine instead ("cos", 100 times smaller); choose with 
 the preference probability among the candidates of one prompt is softmax_i(s * cos_i) (`preference`).
 
 Preprocessing is that of the processor of `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` (shortest side to
-224, bicubic, centre crop 224, OpenAI mean/std), run by transformers' PIL backend, which reproduces
-the transformers 4.x processor the model was trained and published with; the tokenizer is its fast
-CLIP tokenizer (no ftfy clean-up, as in the reference).
+224, bicubic, centre crop 224, OpenAI mean/std), run by transformers' PIL backend on the CPU, which
+reproduces the transformers 4.x processor the model was trained and published with; on CUDA
+(`image_processor_backend="auto"`) by its torchvision backend on the GPU from uint8 tensors, so that
+preprocessing keeps up with the fp16 model (its pixels differ from the PIL ones by the bicubic
+kernels' rounding: see `hf_clip.load_clip_processor`). The tokenizer is its fast CLIP tokenizer (no
+ftfy clean-up, as in the reference).
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ from .base import (
     register_scorer,
     resolve_device,
     resolve_dtype,
-    to_pil_images,
 )
-from .hf_clip import clip_cosines, load_clip_model, load_clip_processor
+from .hf_clip import clip_cosines, load_clip_model, load_clip_processor, processor_backend, processor_images
 
 SCALES = ("logit_scale*cos", "cos")
 
@@ -42,7 +44,7 @@ class PickScore:
         model: str = "yuvalkirstain/PickScore_v1",
         processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         scale: str = "logit_scale*cos",
-        image_processor_backend: str = "pil",
+        image_processor_backend: str = "auto",
         attention: str = "sdpa",
         device: str | None = None,
         dtype: str | None = None,
@@ -55,19 +57,19 @@ class PickScore:
         self.batch_size = batch_size
         self.scale = scale
         self.model = load_clip_model(model, self.dtype, self.device, attention, "pickscore model")
-        self.image_processor, self.tokenizer = load_clip_processor(processor, image_processor_backend, "pickscore processor")
+        self.image_processor, self.tokenizer = load_clip_processor(processor, processor_backend(image_processor_backend, self.device), "pickscore processor")
         self.temperature = float(self.model.logit_scale.detach().float().exp())
         self.logit_scale = 1.0 if scale == "logit_scale*cos" else self.temperature
 
     @torch.no_grad()
     def score(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor:
         """PickScore of each image for its prompt, shape (N,), float32 on the CPU."""
-        pil = to_pil_images(images)
-        check_batch(pil, prompts)
-        cos = clip_cosines(self.model, self.image_processor, self.tokenizer, pil, prompts, self.batch_size)
+        inputs = processor_images(self.image_processor, images)
+        check_batch(inputs, prompts)
+        cos = clip_cosines(self.model, self.image_processor, self.tokenizer, inputs, prompts, self.batch_size)
         return cos * self.temperature if self.scale == "logit_scale*cos" else cos
 
     def preference(self, images: ImageBatch, prompt: str) -> torch.Tensor:
         """P(each candidate is preferred) among `images` of one prompt: softmax(exp(logit_scale) * cos)."""
-        pil = to_pil_images(images)
-        return preference_probabilities(self.score(pil, [prompt] * len(pil)), self.logit_scale).float()
+        inputs = processor_images(self.image_processor, images)
+        return preference_probabilities(self.score(inputs, [prompt] * len(inputs)), self.logit_scale).float()
