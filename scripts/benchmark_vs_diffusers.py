@@ -1,99 +1,292 @@
 #!/usr/bin/env python
-"""Time a Diffusion-DPO training step of `diffalign train` against diffusers' research script.
+"""The training benchmark: `diffalign train` in several configurations against diffusers' research script.
 
     python scripts/benchmark_vs_diffusers.py --script PATH/TO/train_diffusion_dpo.py
+    python scripts/benchmark_vs_diffusers.py --script ... --row "2 threads=train.cpu_threads=0" --row ...
+    python scripts/benchmark_vs_diffusers.py --model FOLDER --device cuda --resolution 512 --pairs 4 \\
+        --mixed-precision fp16 --script ...       # a full-size architecture (scripts/benchmark_full_size.py --save)
 
-diffusers' `examples/research_projects/diffusion_dpo/train_diffusion_dpo.py` is not shipped here: pass
-a checkout's copy (it imports `wandb` at the top, so `pip install wandb` first). Both trainers run
-as subprocesses on the same model (default: the embedded tiny model), the same Pick-a-Pic-schema
-pairs, the same pairs per step, LoRA rank and resolution, with validation, checkpoints and trackers
-off, on the CPU. Each runs twice, for `--short` and `--long` steps; the time per step is the
-difference of the wall times divided by the difference of the step counts, so loading, start-up and
-saving cancel out. diffalign runs with on-the-fly encoding (as the research script) and, when the
-latent cache is built first, from the cache.
+diffusers' `examples/research_projects/diffusion_dpo/train_diffusion_dpo.py` (`train_diffusion_dpo_sdxl.py` for
+SDXL) is not shipped here: pass a checkout's copy. It imports `wandb` at the top; trackers are off, so where
+wandb is not installed an empty module of that name is put on the script's path. Every trainer runs as a subprocess on the same model (default: the
+embedded tiny model), the same Pick-a-Pic-schema pairs, pairs per step, LoRA rank and resolution, with
+validation, checkpoints and trackers off. Each configuration runs for `--short` and `--long` steps, the runs
+of all configurations alternating (so a slower spell of a shared machine hits them alike), `--repeats` times;
+the time per step is the difference of the fastest wall times over the difference of the step counts, so
+process start-up, model loading and saving cancel out, and what grows with the steps stays in: the reference
+pre-pass computes exactly the run's micro-steps, and its folder is deleted before every run (except in the
+"reused" row, which measures a beta or learning-rate sweep's later runs).
+
+What does not grow with the steps is measured once and reported beside: building the latent cache
+(`diffalign cache`, a whole process). "All-in" adds it to the step time amortised over `--run-steps` steps
+(default: one epoch of the data at this batch). Peak memory is each process's maximum resident set (CPU), or
+the trainer's own peak GPU allocation from its metrics (CUDA). With `--device cuda`, MFU is the model FLOPs
+of a Diffusion-DPO step (policy forward and backward, reference forward, counted by
+`torch.utils.flop_counter` on the model's UNet with the LoRA) per second, over the bf16 (or fp16) matmul
+peak measured in the same run.
+
+Default rows: the research script; diffalign encoding every step with a reference forward per step (the
+research script's way); from the latent cache with a reference forward per step; from the cache with the
+reference pre-pass (diffalign's default once the cache exists); and the same reusing a pre-pass. `--row
+"NAME=key=value,key=value"` adds a configuration of diffalign (overrides of the run config).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = "research script"
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+# Runs a training script or module, then writes the CUDA peak memory (if CUDA started) to the file in argv[1].
+PEAK_WRAPPER = """
+import atexit, json, runpy, sys
+out = sys.argv[1]
+def peak():
+    import torch
+    gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    open(out, "w").write(json.dumps({"cuda_peak_gib": gib}))
+atexit.register(peak)
+if sys.argv[2] == "-m":
+    sys.argv = [sys.argv[3], *sys.argv[4:]]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@dataclass
+class Row:
+    """One configuration and its measurements: wall seconds by step count, peak memory of its long runs."""
+
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    theirs: bool = False
+    reuse_prepass: bool = False
+    seconds: dict[int, list[float]] = field(default_factory=dict)
+    peak: list[float] = field(default_factory=list)
+
+    def per_step(self, short: int, long: int) -> float:
+        return (min(self.seconds[long]) - min(self.seconds[short])) / (long - short)
+
+
+def run_process(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float | None]:
+    """Run `cmd` (output into `log`); return its wall seconds, peak resident memory (MiB) and CUDA peak (GiB)."""
+    peak_file = log.with_suffix(".peak.json")
+    peak_file.unlink(missing_ok=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), *cmd], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr[-3000:]}")
-    return elapsed
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+    cuda = json.loads(peak_file.read_text())["cuda_peak_gib"] if peak_file.is_file() else None
+    return elapsed, usage.ru_maxrss / 1024, cuda
 
 
-def per_step(make_cmd, short: int, long: int, env: dict[str, str], repeats: int) -> float:
-    """Seconds per step from the difference of a long and a short run (best of `repeats` each)."""
-    t_short = min(timed(make_cmd(short), env) for _ in range(repeats))
-    t_long = min(timed(make_cmd(long), env) for _ in range(repeats))
-    return (t_long - t_short) / (long - short)
+def matmul_peak_tflops(dtype_name: str) -> float:
+    """The measured dense matmul throughput of this GPU in `dtype_name` (TFLOP/s), 8192^3, best of 20."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype_name, torch.float32)
+    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000)
+    return 2 * 8192**3 / best / 1e12
+
+
+def step_flops(model: str, pairs: int, resolution: int, rank: int, device: str) -> float:
+    """Model FLOPs of one Diffusion-DPO step on `pairs` pairs: the LoRA policy's forward and backward on the 2B
+    images and the reference's forward, counted by `torch.utils.flop_counter.FlopCounterMode`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffalign.config.core import load_config
+    from diffalign.config.schema import RunConfig
+    from diffalign.models.loading import load_parts
+    from diffalign.training.setup import prepare_unet
+
+    cfg = load_config(RunConfig, None, [f"model.pretrained={model}", f"lora.rank={rank}", f"lora.alpha={rank}"])
+    parts = load_parts(cfg.model, encoders=False)
+    unet = parts.unet.to(device)
+    _, reference = prepare_unet(cfg, parts, "base", torch.device(device))
+    c = unet.config
+    n, side = 2 * pairs, resolution // parts.vae_scale_factor
+    kwargs: dict = {"encoder_hidden_states": torch.randn(n, 77, c.cross_attention_dim, device=device)}
+    if c.addition_embed_type == "text_time":
+        pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(n, pooled, device=device),
+                                       "time_ids": torch.randn(n, 6, device=device)}
+    sample = torch.randn(n, c.in_channels, side, side, device=device)
+    t = torch.randint(0, 1000, (n,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        unet(sample, t, **kwargs).sample.float().square().mean().backward()
+        reference.predict(sample, t, **kwargs)
+    return float(counter.get_total_flops())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--script", type=Path, required=True, help="diffusers' train_diffusion_dpo.py")
+    parser.add_argument("--script", type=Path, required=True,
+                        help="diffusers' train_diffusion_dpo.py (train_diffusion_dpo_sdxl.py for an SDXL model)")
     parser.add_argument("--model", default=str(ROOT / "assets" / "tiny-sd"), help="model folder or hub id")
     parser.add_argument("--data", type=Path, default=ROOT / "assets" / "demo" / "pairs_train.parquet",
                         help="Pick-a-Pic-schema parquet file")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per step")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no",
+                        help="both trainers; diffalign's frozen weights in the same dtype")
     parser.add_argument("--short", type=int, default=10, help="steps of the short run")
     parser.add_argument("--long", type=int, default=110, help="steps of the long run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each length (the fastest counts)")
+    parser.add_argument("--run-steps", type=int, default=None,
+                        help="steps the latent cache's build is amortised over (default: one epoch of the data)")
+    parser.add_argument("--row", action="append", default=[], metavar="NAME=OVERRIDES",
+                        help="an extra diffalign configuration: its name, '=', comma-separated key=value overrides")
+    parser.add_argument("--rows", default="script,encode,cache,prepass,reused",
+                        help="which default rows to run (script,encode,cache,prepass,reused)")
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs' folders and logs here")
     args = parser.parse_args()
 
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "pairs"
-        data_dir.mkdir()
+    env = {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    default_rows = {
+        "script": Row(f"diffusers {SCRIPT}", theirs=True),
+        "encode": Row("diffalign, encoding every step, reference forward", ["data.cache=off", "reference.precompute=off"]),
+        "cache": Row("diffalign, latent cache, reference forward", ["data.cache=require", "reference.precompute=off"]),
+        "prepass": Row("diffalign, latent cache + reference pre-pass", ["data.cache=require", "reference.precompute=on"]),
+        "reused": Row("diffalign, latent cache + reused pre-pass (sweep)",
+                      ["data.cache=require", "reference.precompute=on"], reuse_prepass=True),
+    }
+    rows = [default_rows[name] for name in args.rows.split(",") if name]
+    for spec in args.row:
+        name, _, overrides = spec.partition("=")
+        rows.append(Row(name, [o for o in overrides.split(",") if o]))
+    work = Path(tempfile.mkdtemp(prefix="bench-")) if args.work is None else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    data_dir = work / "pairs"
+    data_dir.mkdir(exist_ok=True)
+    if not (data_dir / "train.parquet").exists():
         (data_dir / "train.parquet").symlink_to(args.data.resolve())
-        cache_dir = Path(tmp) / "cache"
+    cache_dir = work / "cache"
+    try:
+        import wandb  # noqa: F401
+    except ImportError:  # the research script only imports it (trackers are off): an empty stand-in will do
+        (work / "stub").mkdir(exist_ok=True)
+        (work / "stub" / "wandb.py").write_text("")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(work / "stub"), env.get("PYTHONPATH", "")) if p)
+    frozen = {"fp16": "float16", "bf16": "bfloat16"}.get(args.mixed_precision, "float32")
+    common = [f"model.pretrained={args.model}", f"data.path={args.data}", f"data.resolution={args.resolution}",
+              f"data.cache_dir={cache_dir}", f"model.frozen_dtype={frozen}"]
 
-        def theirs(steps: int) -> list[str]:
-            return [sys.executable, str(args.script), "--pretrained_model_name_or_path", args.model,
-                    "--dataset_name", str(data_dir), "--dataset_split_name", "train",
-                    "--output_dir", str(Path(tmp) / "theirs"), "--resolution", str(args.resolution),
-                    "--train_batch_size", str(args.pairs), "--max_train_steps", str(steps),
-                    "--rank", str(args.rank), "--learning_rate", "1e-3", "--lr_warmup_steps", "0",
-                    "--checkpointing_steps", "1000000", "--report_to", "tensorboard", "--seed", "0",
-                    "--beta_dpo", "1000"]
+    def theirs(steps: int) -> list[str]:
+        return [str(args.script), "--pretrained_model_name_or_path", args.model, "--dataset_name", str(data_dir),
+                "--dataset_split_name", "train", "--output_dir", str(work / "theirs"),
+                "--resolution", str(args.resolution), "--train_batch_size", str(args.pairs),
+                "--max_train_steps", str(steps), "--rank", str(args.rank), "--learning_rate", "1e-3",
+                "--lr_warmup_steps", "0", "--checkpointing_steps", "1000000", "--report_to", "tensorboard",
+                "--seed", "0", "--beta_dpo", "1000", "--mixed_precision", args.mixed_precision]
 
-        def ours(steps: int, cache: str) -> list[str]:
-            return [sys.executable, "-m", "diffalign.cli.main", "train", "configs/demo/dpo.yaml",
-                    f"model.pretrained={args.model}", f"data.path={args.data}", f"data.resolution={args.resolution}",
-                    f"data.cache_dir={cache_dir}", f"data.cache={cache}", f"lora.rank={args.rank}",
-                    f"lora.alpha={args.rank}", f"train.batch_size={args.pairs}", f"train.max_steps={steps}",
-                    "train.warmup_steps=0", "train.checkpoint_every=0", "train.trackers=[]", "validation.every=0",
-                    "train.cpu=true", f"train.output_dir={Path(tmp) / 'ours'}"]
+    def ours(steps: int, overrides: list[str]) -> list[str]:
+        return ["-m", "diffalign.cli.main", "train", "configs/demo/dpo.yaml", *common, f"lora.rank={args.rank}",
+                f"lora.alpha={args.rank}", f"train.batch_size={args.pairs}", f"train.max_steps={steps}",
+                "train.warmup_steps=0", "train.checkpoint_every=0", "train.trackers=[]", "validation.every=0",
+                f"train.cpu={'true' if args.device == 'cpu' else 'false'}", f"train.mixed_precision={args.mixed_precision}",
+                f"train.output_dir={work / 'ours'}", *overrides]
 
-        rows = [("diffusers research script", per_step(theirs, args.short, args.long, env, args.repeats))]
-        rows.append(("diffalign train (encoding every step)",
-                     per_step(lambda n: ours(n, "off"), args.short, args.long, env, args.repeats)))
-        timed([sys.executable, "-m", "diffalign.cli.main", "cache", "configs/demo/dpo.yaml",
-               f"model.pretrained={args.model}", f"data.path={args.data}", f"data.resolution={args.resolution}",
-               f"data.cache_dir={cache_dir}"], env)
-        rows.append(("diffalign train (latent cache)",
-                     per_step(lambda n: ours(n, "require"), args.short, args.long, env, args.repeats)))
+    def clear_prepass() -> None:
+        for folder in cache_dir.glob("reference-*"):
+            shutil.rmtree(folder)
 
-    base = rows[0][1]
-    print(f"{args.pairs} pairs per step, {args.resolution} px, LoRA r={args.rank}, model {args.model}, "
-          f"threads {os.cpu_count()}; steps {args.long} - {args.short}, best of {args.repeats}")
-    for name, seconds in rows:
-        print(f"  {name:40s} {seconds * 1000:7.1f} ms/step   {seconds / base:5.2f} x the research script")
+    started = time.perf_counter()
+    cache_s, _, _ = run_process(["-m", "diffalign.cli.main", "cache", "configs/demo/dpo.yaml", *common],
+                                env, work / "cache.log")
+    kept = work / "kept-prepass"
+    if any(row.reuse_prepass for row in rows):  # the first run of a sweep: its pre-pass is kept for the others
+        reused = next(row for row in rows if row.reuse_prepass)
+        clear_prepass()
+        run_process(ours(args.long, reused.overrides), env, work / "warm.log")
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(cache_dir, kept, ignore=lambda d, names: [n for n in names if n.startswith(("latents-", "text-"))])
+    for repeat in range(args.repeats):
+        for index, row in enumerate(rows):
+            for steps in (args.short, args.long):
+                if not row.theirs:
+                    clear_prepass()
+                    if row.reuse_prepass:
+                        for folder in kept.glob("reference-*"):
+                            shutil.copytree(folder, cache_dir / folder.name)
+                log = work / f"{index}-{steps}-{repeat}.log"
+                cmd = theirs(steps) if row.theirs else ours(steps, row.overrides)
+                seconds, rss, cuda = run_process(cmd, env, log)
+                row.seconds.setdefault(steps, []).append(seconds)
+                if steps == args.long:
+                    row.peak.append(cuda * 1024 if cuda is not None else rss)
+
+    import pyarrow.parquet as pq
+
+    data_pairs = pq.ParquetFile(args.data).metadata.num_rows
+    run_steps = args.run_steps or -(-data_pairs // args.pairs)
+    base = rows[0].per_step(args.short, args.long) if rows[0].theirs else None
+    base_peak = max(rows[0].peak) if rows[0].theirs else None
+    flops = peak_tflops = None
+    if args.device == "cuda":
+        flops = step_flops(args.model, args.pairs, args.resolution, args.rank, "cuda")
+        peak_tflops = matmul_peak_tflops(args.mixed_precision)
+    memory = "peak GPU memory" if args.device == "cuda" else "peak resident memory"
+    print(f"{args.pairs} pairs per step, {args.resolution} px, LoRA r={args.rank}, model {args.model}, device "
+          f"{args.device}, mixed precision {args.mixed_precision}, CPU cores {os.cpu_count()}; per step: "
+          f"({args.long} - {args.short})-step wall times, fastest of {args.repeats}, runs alternating; "
+          f"{time.perf_counter() - started:.0f} s in all")
+    print(f"latent cache: built in {cache_s:.1f} s (`diffalign cache`, a whole process); all-in adds it amortised "
+          f"over {run_steps} steps ({'--run-steps' if args.run_steps else f'one epoch of {data_pairs} pairs'})")
+    if flops is not None:
+        print(f"model FLOPs per step {flops / 1e12:.2f} TFLOP; measured {args.mixed_precision} matmul peak "
+              f"{peak_tflops:.0f} TFLOP/s")
+    for row in rows:
+        step = row.per_step(args.short, args.long)
+        all_in = step if row.theirs or "data.cache=off" in row.overrides else step + cache_s / run_steps
+        line = f"  {row.name:52s} {1000 * step:8.1f} ms/step  {args.pairs / step:7.2f} pairs/s"
+        if base is not None:
+            line += f"  {step / base:5.2f}x"
+        line += f"  all-in {1000 * all_in:8.1f} ms/step"
+        if base is not None:
+            line += f" {all_in / base:5.2f}x"
+        peak = max(row.peak)
+        line += f"  {memory} {peak:7.0f} MiB"
+        if base_peak is not None:
+            line += f" {peak / base_peak:5.2f}x"
+        if flops is not None and peak_tflops is not None:
+            line += f"  MFU {flops / all_in / 1e12 / peak_tflops:6.1%}"
+        print(line, flush=True)
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

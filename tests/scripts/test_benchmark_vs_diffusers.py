@@ -16,7 +16,7 @@ import argparse, pathlib, time
 p = argparse.ArgumentParser()
 for flag in ["--pretrained_model_name_or_path", "--dataset_name", "--dataset_split_name", "--output_dir",
              "--resolution", "--train_batch_size", "--max_train_steps", "--rank", "--learning_rate",
-             "--lr_warmup_steps", "--checkpointing_steps", "--report_to", "--seed", "--beta_dpo"]:
+             "--lr_warmup_steps", "--checkpointing_steps", "--report_to", "--seed", "--beta_dpo", "--mixed_precision"]:
     p.add_argument(flag, required=True)
 a = p.parse_args()
 assert (pathlib.Path(a.dataset_name) / "train.parquet").is_file() and a.dataset_split_name == "train"
@@ -30,12 +30,21 @@ def test_benchmark_runs_both_trainers(tmp_path, pair_file, tiny_models):
     script.write_text(STAND_IN)
     result = subprocess.run(
         [sys.executable, "scripts/benchmark_vs_diffusers.py", "--script", str(script), "--model",
-         str(tiny_models["sd15"]), "--data", str(pair_file), "--short", "1", "--long", "3", "--repeats", "1"],
+         str(tiny_models["sd15"]), "--data", str(pair_file), "--short", "1", "--long", "3", "--repeats", "1",
+         "--rows", "script,prepass,reused", "--row", "fp32 adamw loop=train.fused_optimizer=false,data.cache=off",
+         "--work", str(tmp_path / "work")],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("4 pairs per step, 32 px, LoRA r=8")
-    assert [line.split("  ")[1] for line in lines[1:]] == [
-        "diffusers research script", "diffalign train (encoding every step)", "diffalign train (latent cache)"]
-    assert all("ms/step" in line for line in lines[1:])
+    assert lines[1].startswith("latent cache: built in") and "over 3 steps (one epoch of 12 pairs)" in lines[1]
+    names = ["diffusers research script", "diffalign, latent cache + reference pre-pass",
+             "diffalign, latent cache + reused pre-pass (sweep)", "fp32 adamw loop"]
+    assert [line.split("  ")[1].strip() for line in lines[2:]] == names
+    assert all("ms/step" in line and "all-in" in line and "peak resident memory" in line for line in lines[2:])
+    logs = {path.name: path.read_text() for path in (tmp_path / "work").glob("*.log")}
+    prepass = [text for name, text in logs.items() if name.startswith("1-")]
+    assert prepass and all("computed now" in text and " 0 reused" in text for text in prepass)
+    reused = [text for name, text in logs.items() if name.startswith("2-")]
+    assert reused and all(" 0 computed now" in text for text in reused)
