@@ -251,7 +251,8 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    data_pairs = pq.ParquetFile(args.data).metadata.num_rows
+    labels = pq.read_table(args.data, columns=["label_0"])["label_0"].to_pylist()
+    data_pairs = sum(label in (0, 1) for label in labels)  # ties are dropped
     run_steps = args.run_steps or -(-data_pairs // args.pairs)
     base = rows[0].per_step(args.short, args.long) if rows[0].theirs else None
     base_peak = max(rows[0].peak) if rows[0].theirs else None
@@ -265,7 +266,7 @@ def main() -> None:
           f"({args.long} - {args.short})-step wall times, fastest of {args.repeats}, runs alternating; "
           f"{time.perf_counter() - started:.0f} s in all")
     print(f"latent cache: built in {cache_s:.1f} s (`diffalign cache`, a whole process); all-in adds it amortised "
-          f"over {run_steps} steps ({'--run-steps' if args.run_steps else f'one epoch of {data_pairs} pairs'})")
+          f"over {run_steps} steps ({'--run-steps' if args.run_steps else f'one epoch of {data_pairs} decided pairs'})")
     if flops is not None:
         print(f"model FLOPs per step {flops / 1e12:.2f} TFLOP; measured {args.mixed_precision} matmul peak "
               f"{peak_tflops:.0f} TFLOP/s")
