@@ -10,7 +10,8 @@ the loop's own: load a batch, VAE-encode and text-encode it, noise it, the LoRA 
 backward, the reference forward the method declared (adapters off; none for MaPO), the optimizer step.
 With several `--objectives` each gets its own model and optimizer and their steps alternate in one process,
 so the ratios to the first (printed) compare them under the same machine load. Prints the median and
-quartiles over `--steps` timed steps after `--warmup` untimed ones, per phase. (DCPO needs a table with
+quartiles over `--steps` timed steps after `--warmup` untimed ones, per phase ("forward" is the trained
+model's, "reference" the reference's forward, timed apart). (DCPO needs a table with
 caption_0/caption_1, e.g. `diffalign captions assets/demo/pairs_train.parquet --captioner shapes --out
 runs/demo-captions`; any pairwise method reads it.)
 """
@@ -34,11 +35,27 @@ from diffalign.training.randomness import BatchRandom
 from diffalign.training.setup import build_optimizer, prepare_unet
 from diffalign.training.sources.offline import build_dataset, build_loader
 
-PHASES = ("data", "encode", "forward+ref", "backward+opt")
+PHASES = ("data", "encode", "forward", "backward+opt")
 
 
-def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], list[float]]:
-    """A function running optimizer step `i` of `cfg`'s method and returning the phase boundaries' times."""
+class TimedReference:
+    """The run's reference, adding the seconds of each of its forward passes to `seconds`."""
+
+    def __init__(self, reference, sync: Callable[[], None]) -> None:
+        self.reference, self.sync, self.seconds = reference, sync, 0.0
+
+    def predict(self, *args, **kwargs):
+        self.sync()
+        start = time.perf_counter()
+        out = self.reference.predict(*args, **kwargs)
+        self.sync()
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], tuple[list[float], float]]:
+    """A function running optimizer step `i` of `cfg`'s method and returning the phase boundaries' times and
+    the seconds its reference forward took (inside the "forward" phase)."""
     torch.manual_seed(0)
     parts = load_parts(cfg.model)
     method = build_method(cfg.objective)
@@ -47,13 +64,16 @@ def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], list[fl
         module.to(device)
     batches = iter(build_loader(cfg, build_dataset(cfg, method=method)))
     optimizer = build_optimizer(params, cfg, cfg.train.learning_rate)
-    model = TrainableModel(parts.unet, reference, parts.noise_scheduler, parts.prediction_type)
-
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def run(step: int) -> list[float]:
+    timed = None if reference is None else TimedReference(reference, sync)
+    model = TrainableModel(parts.unet, timed, parts.noise_scheduler, parts.prediction_type)
+
+    def run(step: int) -> tuple[list[float], float]:
+        if timed is not None:
+            timed.seconds = 0.0
         marks = [time.perf_counter()]
         batch = next(batches)
         rand = BatchRandom(cfg.train.seed, step, len(batch), device=device)
@@ -71,7 +91,7 @@ def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], list[fl
         optimizer.zero_grad(set_to_none=True)
         sync()
         marks.append(time.perf_counter())
-        return marks
+        return marks, 0.0 if timed is None else timed.seconds
 
     return run
 
@@ -95,10 +115,12 @@ def main() -> None:
     timings: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
     for step in range(args.warmup + args.steps):
         for name, run in runners.items():  # alternating: each method sees the same machine load
-            marks = run(step)
+            marks, reference_s = run(step)
             if step >= args.warmup:
                 for phase, a, b in zip(PHASES, marks, marks[1:]):
-                    timings[name][phase].append(b - a)
+                    timings[name][phase].append(b - a - (reference_s if phase == "forward" else 0.0))
+                    if phase == "forward":
+                        timings[name]["reference"].append(reference_s)
                 timings[name]["total"].append(marks[-1] - marks[0])
 
     cfg = configs[names[0]]

@@ -12,7 +12,8 @@ wandb is not installed an empty module of that name is put on the script's path.
 embedded tiny model), the same Pick-a-Pic-schema pairs, pairs per step, LoRA rank and resolution, with
 validation, checkpoints and trackers off. Each configuration runs for `--short` and `--long` steps, the runs
 of all configurations alternating (so a slower spell of a shared machine hits them alike), `--repeats` times;
-the time per step is the difference of the fastest wall times over the difference of the step counts, so
+the time per step is the median over repeats of the difference of the wall times over the difference of the
+step counts, so
 process start-up, model loading and saving cancel out, and what grows with the steps stays in: the reference
 pre-pass computes exactly the run's micro-steps, and its folder is deleted before every run (except in the
 "reused" row, which measures a beta or learning-rate sweep's later runs).
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,9 @@ class Row:
     peak: list[float] = field(default_factory=list)
 
     def per_step(self, short: int, long: int) -> float:
-        return (min(self.seconds[long]) - min(self.seconds[short])) / (long - short)
+        """The median over repeats of (long run - short run) / (long - short): each repeat's two runs are close
+        in time, so a slow spell of a shared machine shifts a repeat, not the median."""
+        return statistics.median((b - a) / (long - short) for a, b in zip(self.seconds[short], self.seconds[long]))
 
 
 def run_process(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float | None]:
@@ -163,7 +167,7 @@ def main() -> None:
                         help="both trainers; diffalign's frozen weights in the same dtype")
     parser.add_argument("--short", type=int, default=10, help="steps of the short run")
     parser.add_argument("--long", type=int, default=110, help="steps of the long run")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each length (the fastest counts)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each length (the median difference counts)")
     parser.add_argument("--run-steps", type=int, default=None,
                         help="steps the latent cache's build is amortised over (default: one epoch of the data)")
     parser.add_argument("--row", action="append", default=[], metavar="NAME=OVERRIDES",
@@ -225,8 +229,15 @@ def main() -> None:
             shutil.rmtree(folder)
 
     started = time.perf_counter()
-    cache_s, _, _ = run_process(["-m", "diffalign.cli.main", "cache", "configs/demo/dpo.yaml", *common],
-                                env, work / "cache.log")
+    def cache_key(row: Row) -> tuple[str, ...]:  # the overrides a latent cache depends on
+        return tuple(o for o in row.overrides if o.startswith(("model.", "data.")) and not o.startswith("data.cache="))
+
+    cache_s: dict[tuple[str, ...], float] = {}  # build seconds of each distinct cache the rows read
+    for row in rows:
+        if not row.theirs and "data.cache=off" not in row.overrides and cache_key(row) not in cache_s:
+            cache_s[cache_key(row)], _, _ = run_process(
+                ["-m", "diffalign.cli.main", "cache", "configs/demo/dpo.yaml", *common, *cache_key(row)],
+                env, work / f"cache-{len(cache_s)}.log")
     kept = work / "kept-prepass"
     if any(row.reuse_prepass for row in rows):  # the first run of a sweep: its pre-pass is kept for the others
         reused = next(row for row in rows if row.reuse_prepass)
@@ -263,16 +274,17 @@ def main() -> None:
     memory = "peak GPU memory" if args.device == "cuda" else "peak resident memory"
     print(f"{args.pairs} pairs per step, {args.resolution} px, LoRA r={args.rank}, model {args.model}, device "
           f"{args.device}, mixed precision {args.mixed_precision}, CPU cores {os.cpu_count()}; per step: "
-          f"({args.long} - {args.short})-step wall times, fastest of {args.repeats}, runs alternating; "
+          f"({args.long} - {args.short})-step wall times, median of {args.repeats}, runs alternating; "
           f"{time.perf_counter() - started:.0f} s in all")
-    print(f"latent cache: built in {cache_s:.1f} s (`diffalign cache`, a whole process); all-in adds it amortised "
+    builds = ", ".join(f"{seconds:.1f} s" + (f" ({' '.join(key)})" if key else "") for key, seconds in cache_s.items())
+    print(f"latent cache: built in {builds} (`diffalign cache`, a whole process); all-in adds it amortised "
           f"over {run_steps} steps ({'--run-steps' if args.run_steps else f'one epoch of {data_pairs} decided pairs'})")
     if flops is not None:
         print(f"model FLOPs per step {flops / 1e12:.2f} TFLOP; measured {args.mixed_precision} matmul peak "
               f"{peak_tflops:.0f} TFLOP/s")
     for row in rows:
         step = row.per_step(args.short, args.long)
-        all_in = step if row.theirs or "data.cache=off" in row.overrides else step + cache_s / run_steps
+        all_in = step if row.theirs or "data.cache=off" in row.overrides else step + cache_s[cache_key(row)] / run_steps
         line = f"  {row.name:52s} {1000 * step:8.1f} ms/step  {args.pairs / step:7.2f} pairs/s"
         if base is not None:
             line += f"  {step / base:5.2f}x"

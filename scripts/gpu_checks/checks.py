@@ -874,19 +874,18 @@ def check_variants(fig: Figures) -> None:
 # performance: scripts/benchmark_vs_diffusers.py at full size, diffalign against the research scripts
 
 RESEARCH = Path(os.environ.get("GPUCHK_RESEARCH", ROOT / "runs" / "research"))
-# family: (research script, resolution, pairs, mixed precision, rows, extra --row configurations)
+# family: (research script, resolution, pairs, mixed precision, rows, short and long step counts); the long
+# run is 30 (SD1.5) or 15 (SDXL) steps longer, ~10-15 s of steps, against a few seconds of loading noise
 PERF_RUNS = {
-    "sd15": ("train_diffusion_dpo.py", 512, 4, "fp16", "script,cache,prepass",
-             ["bf16=data.cache=require,reference.precompute=on,train.mixed_precision=bf16,model.frozen_dtype=bfloat16"]),
-    "sdxl": ("train_diffusion_dpo_sdxl.py", 1024, 1, "bf16", "script,cache,prepass",
-             ["checkpointing=data.cache=require,reference.precompute=on,train.gradient_checkpointing=true"]),
+    "sd15": ("train_diffusion_dpo.py", 512, 4, "fp16", "script,cache,prepass", (5, 35)),
+    "sdxl": ("train_diffusion_dpo_sdxl.py", 1024, 1, "bf16", "script,prepass", (3, 18)),
 }
 
 
 def check_perf(fig: Figures) -> None:
     """SD1.5 (512 px, 4 pairs, fp16) and SDXL (1024 px, 1 pair, bf16) LoRA DPO steps: the research script
-    against diffalign from the latent cache with and without the reference pre-pass, pairs/s, peak GPU memory
-    and MFU per configuration (scripts/benchmark_vs_diffusers.py); its printed tables go to $OUT/perf-*.txt.
+    against diffalign from the latent cache with (and for SD1.5 without) the reference pre-pass: ms/step,
+    pairs/s, peak GPU memory and MFU per configuration (scripts/benchmark_vs_diffusers.py); its printed tables go to $OUT/perf-*.txt.
     Needs the research scripts in GPUCHK_RESEARCH (default runs/research, an ignored folder: carry it to the GPU
     machine)."""
     missing = [PERF_RUNS[f][0] for f in PERF_RUNS if not (RESEARCH / PERF_RUNS[f][0]).is_file()]
@@ -894,14 +893,14 @@ def check_perf(fig: Figures) -> None:
         raise Skip(f"no {missing} in {RESEARCH} (copy them from diffusers' examples/research_projects/diffusion_dpo)")
     out = Path(os.environ.get("OUT", WORK / "out"))
     out.mkdir(parents=True, exist_ok=True)
-    for family, (script, full, pairs, mixed, rows, extra) in PERF_RUNS.items():
+    for family, (script, full, pairs, mixed, rows, (short, long)) in PERF_RUNS.items():
         model = build_model(family)
-        steps = ["--short", "2", "--long", "4"] if CPU else ["--short", "3", "--long", "8"]
+        steps = ["--short", "2", "--long", "4"] if CPU else ["--short", str(short), "--long", str(long)]
         cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_vs_diffusers.py"), "--script", str(RESEARCH / script),
                "--model", str(model), "--resolution", str(resolution(full)), "--pairs", str(pairs), "--repeats", "1",
                "--device", "cpu" if CPU else "cuda", "--mixed-precision", "no" if CPU else mixed, "--rows", rows,
-               "--run-steps", "2000", *steps, *[a for e in extra for a in ("--row", e)]]
-        result = must(run(cmd, 420 if family == "sdxl" else 240), f"benchmark {family}")
+               "--run-steps", "2000", *steps]
+        result = must(run(cmd, 360 if family == "sdxl" else 240), f"benchmark {family}")
         table = [line for line in result.tail if "ms/step" in line or line.startswith(("latent cache", "model FLOPs"))]
         (out / f"perf-{family}.txt").write_text("\n".join(result.tail) + "\n")
         fig[family] = table
