@@ -7,7 +7,9 @@ No weights are downloaded: the UNet, VAE and text encoder(s) are built from the 
 architectures with random weights (so losses mean nothing, but time and memory are those of the
 real models), saved as a diffusers folder and trained through `diffalign.training.loop.train`
 on the demo pairs (resized to the resolution). The tokenizer is the embedded model's CLIP BPE.
-Prints one JSON line per run: median step time, peak memory, the first and last loss.
+Prints one JSON line per run: median step time, peak memory, the first and last loss, and on a GPU the
+MFU (a DPO step's model FLOPs, counted as `benchmark_vs_diffusers.py` counts them, over the measured
+matmul peak of the run's precision).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -123,8 +126,16 @@ def main() -> None:
         result = train(cfg)
         log = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
         step_times = [b["seconds"] - a["seconds"] for a, b in zip(log[1:], log[2:])]
+        mfu = None
+        if torch.cuda.is_available() and step_times:  # model FLOPs of a DPO step over the measured matmul peak
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from benchmark_vs_diffusers import matmul_peak_tflops, step_flops
+
+            flops = step_flops(str(model), args.pairs, resolution, cfg.lora.rank, "cuda")
+            peak = matmul_peak_tflops(args.mixed_precision)
+            mfu = round(flops / statistics.median(step_times) / 1e12 / peak, 4)
         print(json.dumps({
-            "family": args.family, "resolution": resolution, "pairs": args.pairs,
+            "family": args.family, "resolution": resolution, "pairs": args.pairs, "mfu": mfu,
             "mixed_precision": args.mixed_precision, "frozen_dtype": frozen, "overrides": args.overrides,
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "median_step_s": statistics.median(step_times) if step_times else None,

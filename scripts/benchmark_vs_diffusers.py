@@ -82,7 +82,11 @@ class Row:
     def per_step(self, short: int, long: int) -> float:
         """The median over repeats of (long run - short run) / (long - short): each repeat's two runs are close
         in time, so a slow spell of a shared machine shifts a repeat, not the median."""
-        return statistics.median((b - a) / (long - short) for a, b in zip(self.seconds[short], self.seconds[long]))
+        return statistics.median(self.repeats(short, long))
+
+    def repeats(self, short: int, long: int) -> list[float]:
+        """Each repeat's (long run - short run) / (long - short)."""
+        return [(b - a) / (long - short) for a, b in zip(self.seconds[short], self.seconds[long])]
 
 
 def run_process(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float | None]:
@@ -297,6 +301,9 @@ def main() -> None:
             line += f" {peak / base_peak:5.2f}x"
         if flops is not None and peak_tflops is not None:
             line += f"  MFU {flops / all_in / 1e12 / peak_tflops:6.1%}"
+        if len(row.seconds[args.long]) > 1:
+            spread = row.repeats(args.short, args.long)
+            line += f"  (repeats {1000 * min(spread):.0f}-{1000 * max(spread):.0f} ms/step)"
         print(line, flush=True)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -43,3 +43,25 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)
     )
     assert log_two == pytest.approx(log_one, rel=1e-3)  # logged metrics are means over both processes
+
+
+@pytest.mark.slow
+def test_each_process_precomputes_the_reference_errors_of_its_own_pairs(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    train = ["-m", "diffalign.cli.main", "train", *RUN]
+    subprocess.run([sys.executable, *train, f"train.output_dir={one}", "train.batch_size=4",
+                    "reference.precompute=off"], check=True, cwd=ROOT, env=env, capture_output=True)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    result = subprocess.run([*launch, *train, f"train.output_dir={two}", "train.batch_size=2", "train.cpu=true",
+                             "reference.precompute=on", f"data.cache_dir={tmp_path / 'cache'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reference errors: 4 micro-steps, 4 computed now" in result.stdout
+    assert len(list((tmp_path / "cache").glob("reference-*/rank-*/steps-*.safetensors"))) == 2
+    # the reference does not train: its errors, logged as means over both processes' pairs, are the one-process
+    # run's at every step, to float rounding (the pre-pass batches 16 micro-steps into one forward)
+    log_one, log_two = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+                        for run in (one, two))
+    for key in ("ref_err_w", "ref_err_l"):
+        assert [row[key] for row in log_two] == pytest.approx([row[key] for row in log_one], rel=1e-6)
