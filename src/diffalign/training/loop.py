@@ -230,6 +230,7 @@ def _train(cfg: RunConfig) -> TrainResult:
         model.precomputed = precompute_reference_errors(
             cfg, method, model, source, t.max_steps * t.grad_accum * substeps, rank, world, device,
             accelerator.autocast, log=print if accelerator.is_main_process else lambda _: None,
+            progress=accelerator.is_main_process,
         )
     base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
     validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..config.schema import RunConfig
 from ..data.cache import latent_cache_inputs, text_cache_inputs
@@ -188,21 +189,26 @@ def _compute(
 def precompute_reference_errors(
     cfg: RunConfig, method: Method, model: TrainableModel, source: Any, micro_steps: int, rank: int, world: int,
     device: torch.device, autocast: Callable[[], AbstractContextManager], log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> PrecomputedErrors:
     """This process's reference errors for micro-steps [0, `micro_steps`), computing (and saving) the ones
-    no earlier run saved; `source` is the run's batch source (its `batches` and `prepare` replay the run)."""
+    no earlier run saved, with a progress bar when `progress`; `source` is the run's batch source (its
+    `batches` and `prepare` replay the run)."""
     root = store_folder(cfg, method, world)
     folder = root / f"rank-{rank}"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "inputs.json", json.dumps(store_inputs(cfg, method, world), indent=2, default=str))
     missing = _missing(_files(folder), micro_steps)
     started = time.perf_counter()
+    bar = tqdm(total=sum(end - start for start, end in missing), desc="reference errors", unit="micro-step",
+               disable=not progress or not missing, dynamic_ncols=True)
     for start, end in missing:
         batches = iter(source.batches(start))
 
         def prepared(m: int) -> tuple[Any, BatchRandom]:
             raw = next(batches)
             rand = BatchRandom(cfg.train.seed, m, len(raw), rank, world, device)
+            bar.update(1)
             return source.prepare(raw, rand), rand
 
         errors, steps = _compute(method, model, prepared, start, end, cfg.reference.precompute_batch, autocast)
@@ -210,6 +216,7 @@ def precompute_reference_errors(
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"errors": errors.contiguous(), "timesteps": steps.contiguous()}, str(tmp))
         os.replace(tmp, path)
+    bar.close()
     computed = sum(end - start for start, end in missing)
     errors_rows: list[torch.Tensor] = []
     steps_rows: list[torch.Tensor] = []
