@@ -16,13 +16,21 @@ RUN = ["train.max_steps=4", "train.log_every=1", "train.trackers=[]", "train.che
        "data.random_flip=true", "data.empty_prompt_prob=0.3", "train.warmup_steps=2"]
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The output folder of the one-process run (4 pairs a step, reference forward every step)."""
+    one = tmp_path_factory.mktemp("one-process") / "one"
+    subprocess.run([sys.executable, "-m", "diffalign.cli.main", "train", *RUN, f"train.output_dir={one}",
+                    "train.batch_size=4", "reference.precompute=off"],
+                   check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    return one
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, one_process):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two = one_process, tmp_path / "two"
     train = ["-m", "diffalign.cli.main", "train", *RUN]
-    subprocess.run([sys.executable, *train, f"train.output_dir={one}", "train.batch_size=4"],
-                   check=True, cwd=ROOT, env=env, capture_output=True)
     # torchrun is what `accelerate launch --multi_gpu` runs; train.cpu=true makes accelerate pick gloo
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
     result = subprocess.run([*launch, *train, f"train.output_dir={two}", "train.batch_size=2", "train.cpu=true"],
@@ -46,12 +54,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_each_process_precomputes_the_reference_errors_of_its_own_pairs(tmp_path):
+def test_each_process_precomputes_the_reference_errors_of_its_own_pairs(tmp_path, one_process):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two = one_process, tmp_path / "two"
     train = ["-m", "diffalign.cli.main", "train", *RUN]
-    subprocess.run([sys.executable, *train, f"train.output_dir={one}", "train.batch_size=4",
-                    "reference.precompute=off"], check=True, cwd=ROOT, env=env, capture_output=True)
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
     result = subprocess.run([*launch, *train, f"train.output_dir={two}", "train.batch_size=2", "train.cpu=true",
                              "reference.precompute=on", f"data.cache_dir={tmp_path / 'cache'}"],
