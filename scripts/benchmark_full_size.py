@@ -105,8 +105,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps (the first 2 are not timed)")
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "fp16", "bf16"])
     parser.add_argument("--frozen-dtype", default=None, help="default: float16 under fp16, else bfloat16")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="only build the family's random-weight pipeline into this folder (for other benchmarks)")
     parser.add_argument("overrides", nargs="*", help="extra key=value run-config overrides")
     args = parser.parse_args()
+    if args.save is not None:
+        print(build_pipeline(args.family, args.save))
+        return
 
     resolution = args.resolution or {"sd15": 512, "sd21-v": 768, "sdxl": 1024}[args.family]
     frozen = args.frozen_dtype or ("float16" if args.mixed_precision == "fp16" else "bfloat16")

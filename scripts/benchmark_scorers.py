@@ -95,7 +95,8 @@ def matmul_peak_tflops(device: torch.device, dtype: str) -> float | None:
 
 
 def measure(name: str, options: dict, images: list[Image.Image], prompts: list[str], device: torch.device,
-            batch_size: int, reference: torch.Tensor | None, peak_tflops: float | None = None) -> tuple[dict, torch.Tensor]:
+            batch_size: int, reference: torch.Tensor | None,
+            peak_tflops: float | None = None) -> tuple[dict, torch.Tensor]:
     """Build one scorer, warm it up, time `score` over all images; figures and the scores."""
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -4,27 +4,27 @@
     python scripts/benchmark_vs_diffusers.py --script PATH/TO/train_diffusion_dpo.py
     python scripts/benchmark_vs_diffusers.py --script ... --row "2 threads=train.cpu_threads=0" --row ...
     python scripts/benchmark_vs_diffusers.py --model FOLDER --device cuda --resolution 512 --pairs 4 \\
-        --mixed-precision fp16 --script ...       # a full-size architecture (scripts/benchmark_full_size.py --save)
+        --mixed-precision fp16 --script ...   # a full-size folder: scripts/benchmark_full_size.py --save FOLDER
 
-diffusers' `examples/research_projects/diffusion_dpo/train_diffusion_dpo.py` (`train_diffusion_dpo_sdxl.py` for
-SDXL) is not shipped here: pass a checkout's copy. It imports `wandb` at the top; trackers are off, so where
-wandb is not installed an empty module of that name is put on the script's path. Every trainer runs as a subprocess on the same model (default: the
-embedded tiny model), the same Pick-a-Pic-schema pairs, pairs per step, LoRA rank and resolution, with
-validation, checkpoints and trackers off. Each configuration runs for `--short` and `--long` steps, the runs
-of all configurations alternating (so a slower spell of a shared machine hits them alike), `--repeats` times;
-the time per step is the median over repeats of the difference of the wall times over the difference of the
-step counts, so
-process start-up, model loading and saving cancel out, and what grows with the steps stays in: the reference
-pre-pass computes exactly the run's micro-steps, and its folder is deleted before every run (except in the
+diffusers' `examples/research_projects/diffusion_dpo/train_diffusion_dpo.py` (`train_diffusion_dpo_sdxl.py`
+for SDXL) is not shipped here: pass a checkout's copy. It imports `wandb` at the top; trackers are off, so
+where wandb is not installed an empty module of that name is put on the script's path. Every trainer runs
+as a subprocess on the same model (default: the embedded tiny model), the same Pick-a-Pic-schema pairs,
+pairs per step, LoRA rank and resolution, with validation, checkpoints and trackers off. Each
+configuration runs for `--short` and `--long` steps, the runs of all configurations alternating (so a
+slower spell of a shared machine hits them alike), `--repeats` times; the time per step is the median over
+repeats of the difference of the wall times over the difference of the step counts, so process start-up,
+model loading and saving cancel out, and what grows with the steps stays in: the reference pre-pass
+computes exactly the run's micro-steps, and its folder is deleted before every run (except in the
 "reused" row, which measures a beta or learning-rate sweep's later runs).
 
 What does not grow with the steps is measured once and reported beside: building the latent cache
 (`diffalign cache`, a whole process). "All-in" adds it to the step time amortised over `--run-steps` steps
-(default: one epoch of the data at this batch). Peak memory is each process's maximum resident set (CPU), or
-the trainer's own peak GPU allocation from its metrics (CUDA). With `--device cuda`, MFU is the model FLOPs
-of a Diffusion-DPO step (policy forward and backward, reference forward, counted by
-`torch.utils.flop_counter` on the model's UNet with the LoRA) per second, over the bf16 (or fp16) matmul
-peak measured in the same run.
+(default: one epoch of the data at this batch). Peak memory is each process's maximum resident set (CPU),
+or its peak CUDA allocation (`torch.cuda.max_memory_allocated` at exit, both trainers). With `--device
+cuda`, MFU is the model FLOPs of a Diffusion-DPO step (policy forward and backward, reference forward,
+counted by `torch.utils.flop_counter` on the model's UNet with the LoRA) per second, over the bf16 (or
+fp16) matmul peak measured in the same run.
 
 Default rows: the research script; diffalign encoding every step with a reference forward per step (the
 research script's way); from the latent cache with a reference forward per step; from the cache with the
@@ -56,7 +56,8 @@ import atexit, json, runpy, sys
 out = sys.argv[1]
 def peak():
     import torch
-    gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    started = torch.cuda.is_available() and torch.cuda.is_initialized()
+    gib = torch.cuda.max_memory_allocated() / 2**30 if started else None
     open(out, "w").write(json.dumps({"cuda_peak_gib": gib}))
 atexit.register(peak)
 if sys.argv[2] == "-m":
@@ -186,9 +187,11 @@ def main() -> None:
         env["CUDA_VISIBLE_DEVICES"] = ""
     default_rows = {
         "script": Row(f"diffusers {SCRIPT}", theirs=True),
-        "encode": Row("diffalign, encoding every step, reference forward", ["data.cache=off", "reference.precompute=off"]),
+        "encode": Row("diffalign, encoding every step, reference forward",
+                      ["data.cache=off", "reference.precompute=off"]),
         "cache": Row("diffalign, latent cache, reference forward", ["data.cache=require", "reference.precompute=off"]),
-        "prepass": Row("diffalign, latent cache + reference pre-pass", ["data.cache=require", "reference.precompute=on"]),
+        "prepass": Row("diffalign, latent cache + reference pre-pass",
+                       ["data.cache=require", "reference.precompute=on"]),
         "reused": Row("diffalign, latent cache + reused pre-pass (sweep)",
                       ["data.cache=require", "reference.precompute=on"], reuse_prepass=True),
     }
@@ -225,7 +228,8 @@ def main() -> None:
         return ["-m", "diffalign.cli.main", "train", "configs/demo/dpo.yaml", *common, f"lora.rank={args.rank}",
                 f"lora.alpha={args.rank}", f"train.batch_size={args.pairs}", f"train.max_steps={steps}",
                 "train.warmup_steps=0", "train.checkpoint_every=0", "train.trackers=[]", "validation.every=0",
-                f"train.cpu={'true' if args.device == 'cpu' else 'false'}", f"train.mixed_precision={args.mixed_precision}",
+                f"train.cpu={'true' if args.device == 'cpu' else 'false'}",
+                f"train.mixed_precision={args.mixed_precision}",
                 f"train.output_dir={work / 'ours'}", *overrides]
 
     def clear_prepass() -> None:
@@ -248,7 +252,8 @@ def main() -> None:
         clear_prepass()
         run_process(ours(args.long, reused.overrides), env, work / "warm.log")
         shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(cache_dir, kept, ignore=lambda d, names: [n for n in names if n.startswith(("latents-", "text-"))])
+        shutil.copytree(cache_dir, kept,
+                        ignore=lambda d, names: [n for n in names if n.startswith(("latents-", "text-"))])
     for repeat in range(args.repeats):
         for index, row in enumerate(rows):
             for steps in (args.short, args.long):

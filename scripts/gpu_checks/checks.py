@@ -885,7 +885,8 @@ PERF_RUNS = {
 def check_perf(fig: Figures) -> None:
     """SD1.5 (512 px, 4 pairs, fp16) and SDXL (1024 px, 1 pair, bf16) LoRA DPO steps: the research script
     against diffalign from the latent cache with (and for SD1.5 without) the reference pre-pass: ms/step,
-    pairs/s, peak GPU memory and MFU per configuration (scripts/benchmark_vs_diffusers.py); its printed tables go to $OUT/perf-*.txt.
+    pairs/s, peak GPU memory and MFU per configuration (scripts/benchmark_vs_diffusers.py); its printed
+    tables go to $OUT/perf-*.txt.
     Needs the research scripts in GPUCHK_RESEARCH (default runs/research, an ignored folder: carry it to the GPU
     machine)."""
     missing = [PERF_RUNS[f][0] for f in PERF_RUNS if not (RESEARCH / PERF_RUNS[f][0]).is_file()]

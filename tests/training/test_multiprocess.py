@@ -16,26 +16,40 @@ RUN = ["train.max_steps=4", "train.log_every=1", "train.trackers=[]", "train.che
        "data.random_flip=true", "data.empty_prompt_prob=0.3", "train.warmup_steps=2"]
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train(*overrides: str) -> list[str]:
+    return ["-m", "diffalign.cli.main", "train", *RUN, *overrides]
+
+
+def _two_processes(out: Path, port: int, *overrides: str) -> subprocess.CompletedProcess:
+    """`diffalign train` on two CPU processes, 2 pairs each (torchrun is what `accelerate launch --multi_gpu`
+    runs; train.cpu=true makes accelerate pick gloo)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    result = subprocess.run([*launch, *_train(f"train.output_dir={out}", "train.batch_size=2", "train.cpu=true",
+                                              *overrides)], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> Path:
     """The output folder of the one-process run (4 pairs a step, reference forward every step)."""
     one = tmp_path_factory.mktemp("one-process") / "one"
-    subprocess.run([sys.executable, "-m", "diffalign.cli.main", "train", *RUN, f"train.output_dir={one}",
-                    "train.batch_size=4", "reference.precompute=off"],
-                   check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    subprocess.run([sys.executable, *_train(f"train.output_dir={one}", "train.batch_size=4", "reference.precompute=off")],
+                   check=True, cwd=ROOT, env=ENV, capture_output=True)
     return one
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, one_process):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = one_process, tmp_path / "two"
-    train = ["-m", "diffalign.cli.main", "train", *RUN]
-    # torchrun is what `accelerate launch --multi_gpu` runs; train.cpu=true makes accelerate pick gloo
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    result = subprocess.run([*launch, *train, f"train.output_dir={two}", "train.batch_size=2", "train.cpu=true"],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _two_processes(two, 29531)
     assert "2 pairs/device x 1 accumulation x 2 process(es) = 4 pairs per optimizer step" in result.stdout
     a = load_file(str(one / "pytorch_lora_weights.safetensors"))
     b = load_file(str(two / "pytorch_lora_weights.safetensors"))
@@ -47,27 +61,18 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, one_proces
     scale = max(v.abs().max().item() for v in a.values())
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= 2e-4 * scale, (worst, scale)
-    log_one, log_two = (
-        [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)
-    )
-    assert log_two == pytest.approx(log_one, rel=1e-3)  # logged metrics are means over both processes
+    # logged metrics are means over both processes
+    assert [m["loss"] for m in _metrics(two)] == pytest.approx([m["loss"] for m in _metrics(one)], rel=1e-3)
 
 
 @pytest.mark.slow
 def test_each_process_precomputes_the_reference_errors_of_its_own_pairs(tmp_path, one_process):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one, two = one_process, tmp_path / "two"
-    train = ["-m", "diffalign.cli.main", "train", *RUN]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    result = subprocess.run([*launch, *train, f"train.output_dir={two}", "train.batch_size=2", "train.cpu=true",
-                             "reference.precompute=on", f"data.cache_dir={tmp_path / 'cache'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "two"
+    result = _two_processes(two, 29533, "reference.precompute=on", f"data.cache_dir={tmp_path / 'cache'}")
     assert "reference errors: 4 micro-steps, 4 computed now" in result.stdout
     assert len(list((tmp_path / "cache").glob("reference-*/rank-*/steps-*.safetensors"))) == 2
     # the reference does not train: its errors, logged as means over both processes' pairs, are the one-process
-    # run's at every step, to float rounding (the pre-pass batches 16 micro-steps into one forward)
-    log_one, log_two = ([json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-                        for run in (one, two))
+    # run's at every step, to float rounding (the pre-pass runs each process's 4 micro-steps as one forward)
+    log_one, log_two = _metrics(one_process), _metrics(two)
     for key in ("ref_err_w", "ref_err_l"):
         assert [row[key] for row in log_two] == pytest.approx([row[key] for row in log_one], rel=1e-6)

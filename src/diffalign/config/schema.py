@@ -253,8 +253,12 @@ class ReferenceConfig:
         64, "Images per no-grad reference forward of the pre-pass (lower it for SDXL on small GPUs).", min=1
     )
 
-    every: int = cfg_field(30, "Pool: keep the LoRA weights every N optimizer steps (30: a secondary review's value).", min=1)
-    keep: int = cfg_field(7, "Pool: keep the newest K states beside the initial model (7: a secondary review's value).", min=1)
+    every: int = cfg_field(
+        30, "Pool: keep the LoRA weights every N optimizer steps (30: a secondary review's value).", min=1
+    )
+    keep: int = cfg_field(
+        7, "Pool: keep the newest K states beside the initial model (7: a secondary review's value).", min=1
+    )
     selection: Literal["random", "latest", "initial"] = cfg_field(
         "random",
         "Pool: which member is the reference of a micro-step: uniformly at random over the initial model and the kept "

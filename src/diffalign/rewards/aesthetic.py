@@ -25,7 +25,7 @@ from .base import (
     resolve_dtype,
 )
 from .heads import linear_head
-from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor, processor_backend, processor_images
+from .hf_clip import batches, image_embeddings, load_clip_model, load_clip_processor, processor_images
 from .weights import WeightsNotFound, read_state_dict, url_file
 
 HEAD_URL = (
@@ -56,7 +56,9 @@ class AestheticScore:
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.model = load_clip_model(clip_model, self.dtype, self.device, attention, "aesthetic CLIP model")
-        self.image_processor, _ = load_clip_processor(clip_model, processor_backend(image_processor_backend, self.device), "aesthetic CLIP processor")
+        self.image_processor, _ = load_clip_processor(
+            clip_model, image_processor_backend, "aesthetic CLIP processor", self.device
+        )
         path = url_file(head, cache_dir, "aesthetic head") if head.startswith(("https://", "http://")) else Path(head)
         if not path.is_file():
             raise WeightsNotFound(f"aesthetic head: {head} does not exist; give the .pth/.safetensors file or a URL")

@@ -138,10 +138,7 @@ def to_uint8_tensors(images: ImageBatch) -> list[torch.Tensor]:
     """Each image as a uint8 (3, H, W) CPU tensor (any sizes): PIL images (any mode), uint8 arrays/tensors
     (HWC or CHW) or float tensors in [0, 1] (rounded as `to_pil_images` rounds them)."""
     if isinstance(images, (torch.Tensor, np.ndarray)):
-        floats = to_float_images(images)
-        if floats.dtype != torch.uint8:
-            floats = (floats.clamp(0, 1) * 255).round()
-        return list(floats.to(torch.uint8).unbind(0))
+        return list((to_float_images(images).clamp(0, 1) * 255).round().to(torch.uint8).unbind(0))
     out = []
     for image in images:
         if isinstance(image, Image.Image):

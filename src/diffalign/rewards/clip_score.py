@@ -23,7 +23,7 @@ from .base import (
     resolve_device,
     resolve_dtype,
 )
-from .hf_clip import clip_cosines, load_clip_model, load_clip_processor, processor_backend, processor_images
+from .hf_clip import clip_cosines, load_clip_model, load_clip_processor, processor_images
 
 SCALES = ("100*cos", "cos")
 
@@ -50,7 +50,9 @@ class ClipScore:
         self.dtype = resolve_dtype(dtype, self.device)
         self.scale, self.batch_size = scale, batch_size
         self.model = load_clip_model(model, self.dtype, self.device, attention, "clip model")
-        self.image_processor, self.tokenizer = load_clip_processor(model, processor_backend(image_processor_backend, self.device), "clip processor")
+        self.image_processor, self.tokenizer = load_clip_processor(
+            model, image_processor_backend, "clip processor", self.device
+        )
         temperature = float(self.model.logit_scale.detach().float().exp())
         self.logit_scale = temperature / 100 if scale == "100*cos" else temperature
 

@@ -50,16 +50,20 @@ def load_clip_model(source: str, dtype: torch.dtype, device: torch.device, atten
     return model.to(device).eval().requires_grad_(False)
 
 
-def load_clip_processor(source: str, backend: str, what: str) -> tuple[object, object]:
-    """(image processor, tokenizer) of a CLIP hub repo or folder; `backend` "pil" or "torchvision".
+def load_clip_processor(
+    source: str, backend: str, what: str, device: torch.device = torch.device("cpu")
+) -> tuple[object, object]:
+    """(image processor, tokenizer) of a CLIP hub repo or folder; `backend` "pil", "torchvision" or "auto"
+    (`processor_backend` for a model on `device`).
 
     The PIL backend reproduces transformers 4.x and open_clip's preprocessing bit for bit; the
     torchvision backend is transformers 5's default `CLIPImageProcessor`, run on the model's device from
     uint8 tensors (`image_embeddings`), whose pixels differ from the PIL ones by the bicubic kernels'
     rounding (bounded in tests/rewards/test_device_preprocessing.py).
     """
+    backend = processor_backend(backend, device)
     if backend not in IMAGE_PROCESSORS:
-        raise ValueError(f"unknown image processor backend {backend!r}; use one of {', '.join(IMAGE_PROCESSORS)}")
+        raise ValueError(f"unknown image processor backend {backend!r}; use auto, {', '.join(IMAGE_PROCESSORS)}")
     try:
         return IMAGE_PROCESSORS[backend].from_pretrained(source), AutoTokenizer.from_pretrained(source)
     except OSError as error:

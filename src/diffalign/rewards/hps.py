@@ -10,9 +10,10 @@ hub repo `xswu/HPSv2`, tensors under "state_dict") on top of open_clip's `ViT-H-
 pretrained weights, so the 3.9 GB LAION checkpoint that the `hpsv2` package downloads first is not
 needed. Preprocessing is HPS's own "light" transform, not open_clip's: to tensor, bicubic resize of
 the longest side to 224 on the tensor (antialiased), zero-pad to 224 x 224 centred, OpenAI mean/std
-(`hps_transform`), run on the model's device from uint8 tensors (`hps_pixels`). Unlike the reference, RGBA images are converted to RGB (the reference passes the
-alpha channel on, which the model then rejects), and an image whose longest side is already 224 is
-padded to a square too (the reference leaves it non-square, which the model rejects).
+(`hps_transform`), run on the model's device from uint8 tensors (`hps_pixels`). Unlike the reference,
+RGBA images are converted to RGB (the reference passes the alpha channel on, which the model then
+rejects), and an image whose longest side is already 224 is padded to a square too (the reference
+leaves it non-square, which the model rejects).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from .base import (
     resolve_device,
     resolve_dtype,
 )
-from .hf_clip import clip_cosines, load_clip_model, load_clip_processor, processor_backend, processor_images
+from .hf_clip import clip_cosines, load_clip_model, load_clip_processor, processor_images
 
 SCALES = ("logit_scale*cos", "cos")
 
@@ -57,7 +57,9 @@ class PickScore:
         self.batch_size = batch_size
         self.scale = scale
         self.model = load_clip_model(model, self.dtype, self.device, attention, "pickscore model")
-        self.image_processor, self.tokenizer = load_clip_processor(processor, processor_backend(image_processor_backend, self.device), "pickscore processor")
+        self.image_processor, self.tokenizer = load_clip_processor(
+            processor, image_processor_backend, "pickscore processor", self.device
+        )
         self.temperature = float(self.model.logit_scale.detach().float().exp())
         self.logit_scale = 1.0 if scale == "logit_scale*cos" else self.temperature
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -33,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ..config.schema import RunConfig
 from ..data.cache import latent_cache_inputs, text_cache_inputs
-from ..files import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 from .methods.base import Method, NoisedPair, TrainableModel, prediction_errors
 from .randomness import BatchRandom
 
@@ -49,11 +48,11 @@ FILE_STEPS = 1024  # micro-steps per file
 def store_inputs(cfg: RunConfig, method: Method, world: int) -> dict[str, Any]:
     """Everything a run's reference errors depend on."""
     d, t = cfg.data, cfg.train
-    data = {k: v for k, v in vars(d).items() if k not in ("num_workers", "cache", "cache_dir", "streaming", "shuffle_buffer")}
+    unused = ("num_workers", "cache", "cache_dir", "streaming", "shuffle_buffer")
+    data = {k: v for k, v in vars(d).items() if k not in unused}
     return {
         "version": STORE_VERSION,
-        "latents": {**latent_cache_inputs(cfg.model, d), "random_crop": d.random_crop} if not d.random_crop
-        else {"random_crop": True},
+        "latents": None if d.random_crop else latent_cache_inputs(cfg.model, d),  # random crops: no cache
         "text": text_cache_inputs(cfg.model, d),
         "data": data,
         "model": vars(cfg.model),
@@ -212,10 +211,8 @@ def precompute_reference_errors(
             return source.prepare(raw, rand), rand
 
         errors, steps = _compute(method, model, prepared, start, end, cfg.reference.precompute_batch, autocast)
-        path = folder / f"steps-{start:07d}-{end:07d}.safetensors"
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"errors": errors.contiguous(), "timesteps": steps.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        tensors = {"errors": errors.contiguous(), "timesteps": steps.contiguous()}
+        atomic_write(folder / f"steps-{start:07d}-{end:07d}.safetensors", lambda out: out.write(save(tensors)))
     bar.close()
     computed = sum(end - start for start, end in missing)
     errors_rows: list[torch.Tensor] = []
