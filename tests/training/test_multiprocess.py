@@ -41,8 +41,8 @@ def _metrics(run: Path) -> list[dict]:
 def one_process(tmp_path_factory) -> Path:
     """The output folder of the one-process run (4 pairs a step, reference forward every step)."""
     one = tmp_path_factory.mktemp("one-process") / "one"
-    subprocess.run([sys.executable, *_train(f"train.output_dir={one}", "train.batch_size=4", "reference.precompute=off")],
-                   check=True, cwd=ROOT, env=ENV, capture_output=True)
+    command = _train(f"train.output_dir={one}", "train.batch_size=4", "reference.precompute=off")
+    subprocess.run([sys.executable, *command], check=True, cwd=ROOT, env=ENV, capture_output=True)
     return one
 
 
