@@ -29,6 +29,7 @@ import torch
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
+from diffalign.models.reference import compile_unet
 from diffalign.training.encode import encode_batch
 from diffalign.training.methods import TrainableModel, build_method
 from diffalign.training.randomness import BatchRandom
@@ -62,6 +63,8 @@ def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], tuple[l
     params, reference = prepare_unet(cfg, parts, method.reference, device)
     for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device)
+    if cfg.train.compile:  # as the loop does; the warm-up steps take the compilation
+        compile_unet(parts.unet)
     batches = iter(build_loader(cfg, build_dataset(cfg, method=method)))
     optimizer = build_optimizer(params, cfg, cfg.train.learning_rate)
     def sync() -> None:

@@ -37,6 +37,61 @@ class AdapterDisabledReference:
             self._set_adapters(True)
 
 
+class CompiledAdapterReference:
+    """The base model as the trained UNet's own compiled graph (`train.compile`) with every LoRA scale at zero.
+
+    A compiled graph's fusions and roundings are its own: switching the adapters off, or running without
+    gradients, selects another graph, whose outputs in bf16 differ from the trained model's by enough to start
+    the DPO logit at +-1 or more with the LoRA still zero. So the reference runs the trained model's graph:
+    the same module, recording gradients like its forward, with peft's tensor scalings (`compile_unet`)
+    set to zero in place, which selects no other graph. While the LoRA is zero its outputs equal the trained
+    model's bit for bit; later they are exactly the base model's through that graph. Inputs of the trained
+    model's shapes (the pre-pass runs one micro-step per forward) reuse its graph; others compile their own.
+    """
+
+    per_micro_step = True
+
+    def __init__(self, unet: UNet2DConditionModel) -> None:
+        self.unet = unet
+        self._scalings: list[torch.Tensor] | None = None
+
+    def _scaling_tensors(self) -> list[torch.Tensor]:
+        if self._scalings is None:
+            self._scalings = [
+                value for m in self.unet.modules() if isinstance(m, BaseTunerLayer)
+                for value in getattr(m, "scaling", {}).values()
+            ]
+            if not all(isinstance(value, torch.Tensor) for value in self._scalings):
+                raise RuntimeError("the LoRA scalings are not tensors: call compile_unet on the UNet first")
+        return self._scalings
+
+    def predict(self, sample: torch.Tensor, timestep: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The reference UNet output for these inputs (no gradient flows out of it)."""
+        scalings = self._scaling_tensors()
+        saved = [value.detach().clone() for value in scalings]
+        # through .data: the trained model's pending backward saved these tensors, and an in-place change
+        # bumping their version would make it refuse to run, though they are restored before it does
+        for value in scalings:
+            value.data.zero_()
+        try:
+            with torch.enable_grad():
+                return self.unet(sample, timestep, **kwargs).sample.detach()
+        finally:
+            for value, old in zip(scalings, saved):
+                value.data.copy_(old)
+
+
+def compile_unet(unet: UNet2DConditionModel) -> None:
+    """Compile `unet` in place (`torch.nn.Module.compile`: its state dict keeps its names), first turning its
+    LoRA scalings into tensors on the UNet's device (peft's `prepare_model_for_compiled_hotswap`), so that a
+    `CompiledAdapterReference` can zero them without selecting another graph."""
+    if any(isinstance(m, BaseTunerLayer) for m in unet.modules()):
+        from peft.utils.hotswap import prepare_model_for_compiled_hotswap
+
+        prepare_model_for_compiled_hotswap(unet, check_compiled="error")
+    unet.compile()
+
+
 class FrozenCopyReference:
     """A frozen copy of the initial UNet, for full fine-tuning (optionally in a lower precision)."""
 

@@ -29,13 +29,21 @@ from ..data.skip_report import SKIP_FILE
 from ..files import atomic_save, atomic_write_text
 from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import save_lora
-from ..models.reference import FrozenCopyReference
+from ..models.reference import FrozenCopyReference, compile_unet
 from .checkpoint import resolve_resume
 from .methods import Method, TrainableModel, build_method
 from .randomness import BatchRandom
 from .reference_errors import precompute_reference_errors, wants_precompute
 from .reference_pool import ReferencePool
-from .setup import build_optimizer, check_distributed, configure_unet, cpu_threads, prepare_unet
+from .setup import (
+    build_optimizer,
+    check_compile,
+    check_distributed,
+    configure_unet,
+    cpu_threads,
+    prepare_unet,
+    uncompiled,
+)
 from .sources.base import BatchSource
 from .sources.offline import OfflinePairs, build_dataset
 from .state import TrainingState, full_trainable_state
@@ -188,6 +196,7 @@ def _train(cfg: RunConfig) -> TrainResult:
     )
     check_distributed(accelerator)
     sharded = accelerator.distributed_type == DistributedType.FSDP
+    check_compile(cfg, method, sharded)
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)
@@ -223,6 +232,8 @@ def _train(cfg: RunConfig) -> TrainResult:
     n_trainable = sum(p.numel() for p in params)
     unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
     params = [p for p in unet.parameters() if p.requires_grad]  # FSDP2 swaps in sharded parameters
+    if t.compile:
+        compile_unet(accelerator.unwrap_model(unet))
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
     if hasattr(source, "attach"):  # a source that samples: the policy (online rollouts) or the reference (SePPO)
         source.attach(accelerator.unwrap_model(unet), reference, accelerator.autocast)  # type: ignore[attr-defined]
@@ -304,8 +315,9 @@ def _train(cfg: RunConfig) -> TrainResult:
                 accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
         due = validator is not None and (step % cfg.validation.every == 0 or step == t.max_steps)
         if due and (accelerator.is_main_process or sharded):  # a sharded UNet samples only with every process
-            _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast,
-                                    save=accelerator.is_main_process)
+            with uncompiled(t.compile):  # sampling shapes would compile graphs of their own
+                _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast,
+                                        save=accelerator.is_main_process)
             if trackers and accelerator.is_main_process:
                 log_grid(accelerator, grid, step)
         if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:

@@ -6,9 +6,10 @@ and timestep: Diffusion-DPO and its forms, DCPO, KTO), those draws are a functio
 micro-step and the pair's position only (`BatchRandom`), and the data order a function of the micro-step
 (`data.order`). So the pre-pass replays the run's micro-steps through the run's own batch source and the
 method's own `noised`, concatenates many micro-steps into one no-grad reference forward of
-`reference.precompute_batch` images, and keeps each micro-step's per-sample errors. Training then reads
-them (`TrainableModel.reference_errors`) instead of running the reference: one UNet pass per micro-step
-instead of two, and no adapter switching.
+`reference.precompute_batch` images (with `train.compile`, one micro-step per forward through the trained
+model's compiled graph, whose roundings the errors must share), and keeps each micro-step's per-sample
+errors. Training then reads them (`TrainableModel.reference_errors`) instead of running the reference: one
+UNet pass per micro-step instead of two, and no adapter switching.
 
 The errors are kept under `data.cache_dir/reference-<hash>/rank-<r>/`, the hash naming everything they
 depend on (the data and its cache inputs, the model and its precision, the seed, the batch, the process
@@ -57,7 +58,7 @@ def store_inputs(cfg: RunConfig, method: Method, world: int) -> dict[str, Any]:
         "data": data,
         "model": vars(cfg.model),
         "full_unet": not cfg.lora.enabled,
-        "precision": {"mixed_precision": t.mixed_precision, "attention": t.attention},
+        "precision": {"mixed_precision": t.mixed_precision, "attention": t.attention, "compile": t.compile},
         "order": {"seed": t.seed, "batch_size": t.batch_size, "processes": world},
         "objective": method.reference_key(),
         "per_image_captions": method.per_image_captions,
@@ -159,8 +160,11 @@ def _compute(
     method: Method, model: TrainableModel, prepared: Callable[[int], tuple[Any, BatchRandom]], start: int, end: int,
     batch_images: int, autocast: Callable[[], AbstractContextManager],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference errors and timesteps of micro-steps [start, end), `batch_images` images per reference forward."""
+    """Reference errors and timesteps of micro-steps [start, end), `batch_images` images per reference forward
+    (one micro-step per forward for a reference that must run the trained model's compiled graph)."""
     assert model.reference is not None
+    if getattr(model.reference, "per_micro_step", False):
+        batch_images = 1
     errors: list[torch.Tensor] = []
     steps: list[torch.Tensor] = []
     pending: list[NoisedPair] = []

@@ -4,7 +4,7 @@ reference the method asked for, the optimizer, and the attention and checkpointi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from accelerate import Accelerator
@@ -13,8 +13,8 @@ from accelerate.utils import DistributedType
 from ..config.schema import RunConfig
 from ..models.loading import DTYPES, DiffusionParts
 from ..models.lora import attach_lora
-from ..models.reference import AdapterDisabledReference, FrozenCopyReference
-from .methods.base import ReferenceKind
+from ..models.reference import AdapterDisabledReference, CompiledAdapterReference, FrozenCopyReference
+from .methods.base import Method, ReferenceKind
 from .reference_pool import ReferencePool
 
 
@@ -58,6 +58,12 @@ def cpu_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def uncompiled(active: bool = True) -> AbstractContextManager:
+    """Run compiled modules eagerly inside the block when `active` (`torch.compiler.set_stance("force_eager")`):
+    for passes of other shapes than training's (validation sampling), which would otherwise compile their own."""
+    return torch.compiler.set_stance("force_eager") if active else nullcontext()
+
+
 def configure_unet(unet: torch.nn.Module, cfg: RunConfig) -> None:
     """Gradient checkpointing and the attention backend of the trained UNet; TF32 matmuls."""
     t = cfg.train
@@ -79,7 +85,29 @@ def configure_unet(unet: torch.nn.Module, cfg: RunConfig) -> None:
             raise RuntimeError(f"train.attention=xformers cannot run here ({error}); use train.attention=sdpa") from error
 
 
-Reference = AdapterDisabledReference | FrozenCopyReference | ReferencePool
+Reference = AdapterDisabledReference | CompiledAdapterReference | FrozenCopyReference | ReferencePool
+
+
+def check_compile(cfg: RunConfig, method: Method, sharded: bool) -> None:
+    """Refuse `train.compile` where a second graph would stand in for the trained model's: every comparison
+    of the trained model with its reference (or with its own earlier samples) must run one compiled graph."""
+    if not cfg.train.compile:
+        return
+    why = None
+    if sharded:
+        why = ("a compiled FSDP-sharded UNet is not supported (untested here); use DDP "
+               "(configs/accelerate/ddp.yaml)")
+    elif method.data == "rollouts":
+        why = ("online methods compare the log-probabilities of the sampler's no-gradient passes with the training "
+               "passes', which would be two compiled graphs with different roundings")
+    elif method.reference == "pool":
+        why = "the reference pool switches peft adapters, which selects another compiled graph"
+    elif method.reference == "base" and not cfg.lora.enabled:
+        why = ("full fine-tuning keeps the reference as a separate frozen UNet, another compiled graph whose "
+               "roundings would bias the loss from step 0; use LoRA")
+    if why:
+        raise ValueError(f"train.compile=true cannot apply to objective {cfg.objective.name!r}: {why}. "
+                         "Set train.compile=false")
 
 
 def prepare_unet(
@@ -99,7 +127,7 @@ def prepare_unet(
         unet.to(DTYPES[cfg.model.frozen_dtype])
         params = attach_lora(unet, cfg.lora)
         if reference_kind == "base":
-            reference = AdapterDisabledReference(unet)
+            reference = CompiledAdapterReference(unet) if cfg.train.compile else AdapterDisabledReference(unet)
         elif reference_kind == "pool":
             reference = ReferencePool(unet, cfg.lora, cfg.reference)
     else:
