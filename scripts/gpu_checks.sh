@@ -14,6 +14,9 @@
 #                      peak; tables in $OUT/perf-sd15.txt, $OUT/perf-sdxl.txt (expected ~8-9 min on an H100)
 #                      Issue 19: two device calls, GPUCHK_ONLY="env scorers" then GPUCHK_ONLY=perf with
 #                      GPUCHK_TOTAL_BUDGET=590 (carry runs/research)
+#   compile            SD1.5 LoRA, 512 px, 4 pairs, bf16: train.compile off / on / on with the reference pre-pass:
+#                      median step, the compiled run's extra seconds (compilation), step-1 loss = ln 2 in each
+#                      (~5 min on an H100 with a cold compile cache)
 #   fsdp-lora          accelerate launch --config_file configs/accelerate/fsdp.yaml (1 process) of diffalign train,
 #                      LoRA, bf16 mixed precision, bf16 frozen weights: straight run with checkpoints vs a run
 #                      resumed from its step-3 checkpoint; final weights and the step-6 checkpoints compared
@@ -160,6 +163,7 @@ run_check offload-reference "${GPUCHK_OFFLOAD_BUDGET:-100}" $CHECKS offload-refe
 run_check sdxl-memory       150 $CHECKS sdxl-memory
 run_check sd15-baseline      40 $CHECKS sd15-baseline
 run_check xformers           60 $CHECKS xformers
+run_check compile           480 $CHECKS compile
 
 kill "$BUILD_PID" 2>/dev/null  # still running only if every check that needed it was skipped
 { echo "===== background model build"; cat "$GPUCHK_WORK/build.log"; } >>"$LOG"

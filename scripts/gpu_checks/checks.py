@@ -653,6 +653,28 @@ def check_sd15_baseline(fig: Figures) -> None:
     (WORK / "sd15-baseline.sdpa.json").write_text(json.dumps(fig["sdpa"]))
 
 
+def check_compile(fig: Figures) -> None:
+    """SD1.5 LoRA, 512 px, 4 pairs, bf16, frozen bf16: train.compile=false against true (the step, the whole run
+    with its compilation), and true with the reference pre-pass; every run's step-1 loss must be ln 2 (the
+    compiled reference is the policy's own graph, issue 19's trap)."""
+    model = build_model("sd15")
+    args = (model, resolution(512), 4, "bf16", "bfloat16")
+    runs = {
+        "eager": bench("sd15-compile-off", *args, [], timeout=90),
+        "compiled": bench("sd15-compile-on", *args, ["train.compile=true"], timeout=420),
+        "compiled_prepass": bench("sd15-compile-prepass", *args, ["train.compile=true", "reference.precompute=on"],
+                                  timeout=150),
+    }
+    fig.update(runs)
+    off = [name for name, r in runs.items() if not r["losses"] or abs(r["losses"][0] - math.log(2)) > 1e-6]
+    if off:
+        raise CheckFailed(f"step-1 loss is not ln 2 in {off}: {[runs[n]['losses'][:1] for n in off]}")
+    eager, compiled = runs["eager"]["median_step_s"], runs["compiled"]["median_step_s"]
+    if eager and compiled:
+        fig["step_ratio_compiled_to_eager"] = round(compiled / eager, 3)
+    fig["compile_overhead_s"] = round(runs["compiled"]["run_s"] - runs["eager"]["run_s"], 1)
+
+
 def check_xformers(fig: Figures) -> None:
     """SD1.5 LoRA, 4 pairs, fp16: train.attention=xformers against sdpa (the sd15-baseline run if it ran)."""
     try:
@@ -928,6 +950,7 @@ def planned_configs() -> list[tuple[str, str | None, list[str]]]:
         ("sdxl gc+cache", ["train.gradient_checkpointing=true", "data.cache=require"]),
         ("sd15 offload", ["lora.enabled=false", "train.optimizer=adamw", "train.offload_reference=true", "data.cache=off"]),
         ("sd15 xformers", ["train.attention=xformers", "data.cache=off"]),
+        ("sd15 compile+pre-pass", ["train.compile=true", "reference.precompute=on", "data.cache=off"]),
     ]:
         plans.append((label, None, bench_overrides(m, 512, 1, "bf16", "bfloat16", out, cache, extra)))
     for name, extra in AGAINST_DPO.items():
@@ -996,6 +1019,7 @@ CHECKS = {
     "inversion": check_inversion,
     "variants": check_variants,
     "perf": check_perf,
+    "compile": check_compile,
 }
 
 
