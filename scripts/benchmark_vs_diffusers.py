@@ -18,18 +18,24 @@ model loading and saving cancel out, and what grows with the steps stays in: the
 computes exactly the run's micro-steps, and its folder is deleted before every run (except in the
 "reused" row, which measures a beta or learning-rate sweep's later runs).
 
-What does not grow with the steps is measured once and reported beside: building the latent cache
-(`diffalign cache`, a whole process). "All-in" adds it to the step time amortised over `--run-steps` steps
-(default: one epoch of the data at this batch). Peak memory is each process's maximum resident set (CPU),
-or its peak CUDA allocation (`torch.cuda.max_memory_allocated` at exit, both trainers). With `--device
-cuda`, MFU is the model FLOPs of a Diffusion-DPO step (policy forward and backward, reference forward,
-counted by `torch.utils.flop_counter` on the model's UNet with the LoRA) per second, over the bf16 (or
-fp16) matmul peak measured in the same run.
+What does not grow with the steps is reported beside: each run's fixed seconds (start-up, loading,
+`train.compile`'s compilation, saving: the short run less its steps; median and largest over repeats), and
+building the latent cache (`diffalign cache`, a whole process, measured once). "All-in" adds both to the
+step time amortised over `--run-steps` steps (default: one epoch of the data at this batch): the wall time
+of such a run over its steps. PyTorch's compile cache is a fresh folder per benchmark
+(`TORCHINDUCTOR_CACHE_DIR`): the first compiled row runs once untimed first, which compiles cold as a
+user's first run does, and its fixed seconds and all-in are printed apart; the timed runs find the cache. Peak memory is each process's maximum resident
+set (CPU), or its peak CUDA allocation (`torch.cuda.max_memory_allocated` at exit, both trainers). With
+`--device cuda`, MFU is the model FLOPs of a Diffusion-DPO step (policy forward and backward, reference
+forward, counted by `torch.utils.flop_counter` on the model's UNet with the LoRA) per second of a step,
+over the bf16 (or fp16) matmul peak measured in the same run.
 
 Default rows: the research script; diffalign encoding every step with a reference forward per step (the
 research script's way); from the latent cache with a reference forward per step; from the cache with the
-reference pre-pass (diffalign's default once the cache exists); and the same reusing a pre-pass. `--row
-"NAME=key=value,key=value"` adds a configuration of diffalign (overrides of the run config).
+reference pre-pass (diffalign's default once the cache exists); and the same reusing a pre-pass (its first
+run, untimed, computes it). `--rows` also offers `compiled` and `compiled-reused`: those two with
+`train.compile=true`. `--row "NAME=key=value,key=value"` adds a configuration of diffalign (overrides of the
+run config).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "research script"
+COMPILED = ("data.cache=require", "reference.precompute=on", "train.compile=true")
 
 
 # Runs a training script or module, then writes the CUDA peak memory (if CUDA started) to the file in argv[1].
@@ -77,6 +84,7 @@ class Row:
     overrides: list[str] = field(default_factory=list)
     theirs: bool = False
     reuse_prepass: bool = False
+    first: tuple[float, int] | None = None  # a compiled row's untimed first run: (wall seconds, steps)
     seconds: dict[int, list[float]] = field(default_factory=dict)
     peak: list[float] = field(default_factory=list)
 
@@ -88,6 +96,11 @@ class Row:
     def repeats(self, short: int, long: int) -> list[float]:
         """Each repeat's (long run - short run) / (long - short)."""
         return [(b - a) / (long - short) for a, b in zip(self.seconds[short], self.seconds[long])]
+
+    def fixed(self, short: int, long: int) -> list[float]:
+        """Each repeat's seconds that do not grow with the steps (start-up, loading, compilation, saving): its
+        short run less `short` steps at that repeat's per-step time."""
+        return [a - short * step for a, step in zip(self.seconds[short], self.repeats(short, long))]
 
 
 def run_process(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, float | None]:
@@ -178,7 +191,7 @@ def main() -> None:
     parser.add_argument("--row", action="append", default=[], metavar="NAME=OVERRIDES",
                         help="an extra diffalign configuration: its name, '=', comma-separated key=value overrides")
     parser.add_argument("--rows", default="script,encode,cache,prepass,reused",
-                        help="which default rows to run (script,encode,cache,prepass,reused)")
+                        help="which default rows to run (script,encode,cache,prepass,reused,compiled,compiled-reused)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' folders and logs here")
     args = parser.parse_args()
 
@@ -194,6 +207,8 @@ def main() -> None:
                        ["data.cache=require", "reference.precompute=on"]),
         "reused": Row("diffalign, latent cache + reused pre-pass (sweep)",
                       ["data.cache=require", "reference.precompute=on"], reuse_prepass=True),
+        "compiled": Row("diffalign, latent cache + pre-pass, compiled", [*COMPILED]),
+        "compiled-reused": Row("diffalign, latent cache + reused pre-pass, compiled", [*COMPILED], reuse_prepass=True),
     }
     rows = [default_rows[name] for name in args.rows.split(",") if name]
     for spec in args.row:
@@ -206,6 +221,7 @@ def main() -> None:
     if not (data_dir / "train.parquet").exists():
         (data_dir / "train.parquet").symlink_to(args.data.resolve())
     cache_dir = work / "cache"
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "inductor"))  # a compiled row's first run compiles cold
     try:
         import wandb  # noqa: F401
     except ImportError:  # the research script only imports it (trackers are off): an empty stand-in will do
@@ -247,13 +263,22 @@ def main() -> None:
                 ["-m", "diffalign.cli.main", "cache", "configs/demo/dpo.yaml", *common, *cache_key(row)],
                 env, work / f"cache-{len(cache_s)}.log")
     kept = work / "kept-prepass"
-    if any(row.reuse_prepass for row in rows):  # the first run of a sweep: its pre-pass is kept for the others
-        reused = next(row for row in rows if row.reuse_prepass)
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir()
+    for index, row in enumerate(rows):  # untimed first runs
+        compiled = "train.compile=true" in row.overrides
+        if row.theirs or not (row.reuse_prepass or compiled):
+            continue
+        # a sweep's first run, whose pre-pass the row's timed runs reuse; a compiled row's first run fills
+        # PyTorch's compile cache (a fresh folder), as a user's first run does, and its time is reported apart
         clear_prepass()
-        run_process(ours(args.long, reused.overrides), env, work / "warm.log")
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(cache_dir, kept,
-                        ignore=lambda d, names: [n for n in names if n.startswith(("latents-", "text-"))])
+        steps = args.long if row.reuse_prepass else args.short
+        seconds, _, _ = run_process(ours(steps, row.overrides), env, work / f"first-{index}.log")
+        if compiled and not any(r.first for r in rows):  # the first to compile: a cold cache
+            row.first = (seconds, steps)
+        if row.reuse_prepass:
+            for folder in cache_dir.glob("reference-*"):
+                shutil.copytree(folder, kept / folder.name, dirs_exist_ok=True)
     for repeat in range(args.repeats):
         for index, row in enumerate(rows):
             for steps in (args.short, args.long):
@@ -286,26 +311,40 @@ def main() -> None:
           f"({args.long} - {args.short})-step wall times, median of {args.repeats}, runs alternating; "
           f"{time.perf_counter() - started:.0f} s in all")
     builds = ", ".join(f"{seconds:.1f} s" + (f" ({' '.join(key)})" if key else "") for key, seconds in cache_s.items())
-    print(f"latent cache: built in {builds} (`diffalign cache`, a whole process); all-in adds it amortised "
-          f"over {run_steps} steps ({'--run-steps' if args.run_steps else f'one epoch of {data_pairs} decided pairs'})")
+    print(f"latent cache: built in {builds} (`diffalign cache`, a whole process); all-in adds it and each run's "
+          f"fixed seconds (median) amortised over {run_steps} steps "
+          f"({'--run-steps' if args.run_steps else f'one epoch of {data_pairs} decided pairs'})")
     if flops is not None:
         print(f"model FLOPs per step {flops / 1e12:.2f} TFLOP; measured {args.mixed_precision} matmul peak "
               f"{peak_tflops:.0f} TFLOP/s")
+    def all_in(row: Row) -> float:
+        cache = 0.0 if row.theirs or "data.cache=off" in row.overrides else cache_s[cache_key(row)]
+        fixed = statistics.median(row.fixed(args.short, args.long))
+        return row.per_step(args.short, args.long) + (cache + fixed) / run_steps
+
+    base_all_in = all_in(rows[0]) if rows[0].theirs else None
     for row in rows:
         step = row.per_step(args.short, args.long)
-        all_in = step if row.theirs or "data.cache=off" in row.overrides else step + cache_s[cache_key(row)] / run_steps
+        fixed = row.fixed(args.short, args.long)
         line = f"  {row.name:52s} {1000 * step:8.1f} ms/step  {args.pairs / step:7.2f} pairs/s"
         if base is not None:
             line += f"  {step / base:5.2f}x"
-        line += f"  all-in {1000 * all_in:8.1f} ms/step"
-        if base is not None:
-            line += f" {all_in / base:5.2f}x"
+        line += f"  fixed {statistics.median(fixed):5.1f} s (max {max(fixed):5.1f})"
+        line += f"  all-in {1000 * all_in(row):8.1f} ms/step"
+        if base_all_in is not None:
+            line += f" {all_in(row) / base_all_in:5.2f}x"
+        if row.first is not None:  # a first run compiles cold: its fixed seconds instead of the median
+            seconds, steps = row.first
+            first_fixed = seconds - steps * step
+            first_all_in = all_in(row) + (first_fixed - statistics.median(fixed)) / run_steps
+            line += f" (first run: fixed {first_fixed:.1f} s, all-in {1000 * first_all_in:.1f} ms/step"
+            line += f" {first_all_in / base_all_in:.2f}x)" if base_all_in is not None else ")"
         peak = max(row.peak)
         line += f"  {memory} {peak:7.0f} MiB"
         if base_peak is not None:
             line += f" {peak / base_peak:5.2f}x"
         if flops is not None and peak_tflops is not None:
-            line += f"  MFU {flops / all_in / 1e12 / peak_tflops:6.1%}"
+            line += f"  MFU {flops / step / 1e12 / peak_tflops:6.1%}"
         if len(row.seconds[args.long]) > 1:
             spread = row.repeats(args.short, args.long)
             line += f"  (repeats {1000 * min(spread):.0f}-{1000 * max(spread):.0f} ms/step)"

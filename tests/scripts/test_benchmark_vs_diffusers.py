@@ -43,7 +43,8 @@ def test_benchmark_runs_both_trainers(tmp_path, pair_file, tiny_models):
     names = ["diffusers research script", "diffalign, latent cache + reused pre-pass (sweep)",
              "pre-pass, for-loop adamw"]
     assert [line.split("  ")[1].strip() for line in lines[2:]] == names
-    assert all("ms/step" in line and "all-in" in line and "peak resident memory" in line for line in lines[2:])
+    assert all("ms/step" in line and "fixed" in line and "all-in" in line and "peak resident memory" in line
+               for line in lines[2:])
     logs = {path.name: path.read_text() for path in (tmp_path / "work").glob("*.log")}
     reused = [text for name, text in logs.items() if name.startswith("1-")]
     assert reused and all(" 0 computed now" in text for text in reused)  # the sweep's first run computed them
