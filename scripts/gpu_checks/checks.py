@@ -665,7 +665,8 @@ def check_compile(fig: Figures) -> None:
         "compiled_prepass": bench("sd15-compile-prepass", *args, ["train.compile=true", "reference.precompute=on"],
                                   timeout=150),
     }
-    fig.update(runs)
+    for name, figures in runs.items():
+        fig[name] = figures
     off = [name for name, r in runs.items() if not r["losses"] or abs(r["losses"][0] - math.log(2)) > 1e-6]
     if off:
         raise CheckFailed(f"step-1 loss is not ln 2 in {off}: {[runs[n]['losses'][:1] for n in off]}")
