@@ -5,10 +5,12 @@ accelerate only turns FSDP on with GPUs, so this worker shards the UNet as accel
 `fsdp2_prepare_model` does with configs/accelerate/fsdp.yaml (every transformer and ResNet block,
 innermost first, then the root) and drives the same checkpoint code.
 
-    python -m torch.distributed.run --nproc_per_node 2 fsdp_worker.py MODEL OUT MODE {lora|full}
+    python -m torch.distributed.run --nproc_per_node 2 fsdp_worker.py MODEL OUT MODES {lora|full}
 
-MODE `straight` trains 4 steps, checkpointing after 2; `resume` restores that checkpoint and trains
-steps 3-4. Both write the gathered weights after step 4 to OUT/final-MODE.safetensors.
+MODES is a comma-separated list, run in order, each on a UNet, optimizer and scheduler built afresh:
+`straight` trains 4 steps, checkpointing after 2; `resume` restores that checkpoint and trains steps 3-4.
+Both write the gathered weights after step 4 to OUT/final-MODE.safetensors. (One launch for both saves
+the start-up of a second pair of processes.)
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ from diffalign.training.state import TrainingState, full_trainable_state
 
 
 def main() -> None:
-    model, out, mode, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+    model, out, modes, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
     acc = Accelerator(cpu=True)
+    for mode in modes.split(","):
+        run(acc, model, out, mode, kind)
+    torch.distributed.destroy_process_group()
+
+
+def run(acc: Accelerator, model: Path, out: Path, mode: str, kind: str) -> None:
     rank = acc.process_index
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
@@ -68,7 +76,6 @@ def main() -> None:
     if acc.is_main_process:
         save_file(weights, str(out / f"final-{mode}.safetensors"))
     acc.wait_for_everyone()
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ def _torchrun(*args: str, port: int) -> None:
 @pytest.mark.parametrize(("kind", "port"), [("full", 29541), ("lora", 29542)])
 def test_fsdp2_checkpoint_resumes_to_identical_weights(tiny_models, tmp_path, kind, port):
     model = str(tiny_models["sd15"])
-    _torchrun(model, str(tmp_path), "straight", kind, port=port)
-    _torchrun(model, str(tmp_path), "resume", kind, port=port)
+    _torchrun(model, str(tmp_path), "straight,resume", kind, port=port)
 
     straight = load_file(str(tmp_path / "final-straight.safetensors"))
     resumed = load_file(str(tmp_path / "final-resume.safetensors"))

@@ -36,8 +36,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = tmp_path / "whole"
-    subprocess.run(_train_cmd(whole), check=True, cwd=ROOT, env=env, capture_output=True)
+    whole = tmp_path / "whole"  # one thread each: the uninterrupted run goes on beside the one to be killed
+    log = (tmp_path / "whole.log").open("w")
+    uninterrupted = subprocess.Popen(_train_cmd(whole), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     broken = tmp_path / "broken"
     proc = subprocess.Popen(_train_cmd(broken), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,6 +52,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert checkpoints and json.loads((checkpoints[-1] / "state.json").read_text())["step"] < 8
 
     subprocess.run(_train_cmd(broken, "train.resume=latest"), check=True, cwd=ROOT, env=env, capture_output=True)
+    assert uninterrupted.wait() == 0, (tmp_path / "whole.log").read_text()[-3000:]
+    log.close()
     a, b = _weights(whole), _weights(broken)
     assert a.keys() == b.keys()
     for key in a:
