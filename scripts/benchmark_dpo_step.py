@@ -33,7 +33,7 @@ from diffalign.models.reference import compile_unet
 from diffalign.training.encode import encode_batch
 from diffalign.training.methods import TrainableModel, build_method
 from diffalign.training.randomness import BatchRandom
-from diffalign.training.setup import build_optimizer, prepare_unet
+from diffalign.training.setup import build_optimizer, check_compile, prepare_unet
 from diffalign.training.sources.offline import build_dataset, build_loader
 
 PHASES = ("data", "encode", "forward", "backward+opt")
@@ -60,6 +60,7 @@ def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], tuple[l
     torch.manual_seed(0)
     parts = load_parts(cfg.model)
     method = build_method(cfg.objective)
+    check_compile(cfg, method, sharded=False)
     params, reference = prepare_unet(cfg, parts, method.reference, device)
     for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device)

@@ -24,10 +24,11 @@ building the latent cache (`diffalign cache`, a whole process, measured once). "
 step time amortised over `--run-steps` steps (default: one epoch of the data at this batch): the wall time
 of such a run over its steps. PyTorch's compile cache is a fresh folder per benchmark
 (`TORCHINDUCTOR_CACHE_DIR`): the first compiled row runs once untimed first, which compiles cold as a
-user's first run does, and its fixed seconds and all-in are printed apart; the timed runs find the cache. Peak memory is each process's maximum resident
-set (CPU), or its peak CUDA allocation (`torch.cuda.max_memory_allocated` at exit, both trainers). With
-`--device cuda`, MFU is the model FLOPs of a Diffusion-DPO step (policy forward and backward, reference
-forward, counted by `torch.utils.flop_counter` on the model's UNet with the LoRA) per second of a step,
+user's first run does, and its fixed seconds and all-in are printed apart; the timed runs find the cache.
+Peak memory is each process's maximum resident set (CPU), or its peak CUDA allocation
+(`torch.cuda.max_memory_allocated` at exit, both trainers). With `--device cuda`, MFU is the model FLOPs
+of a Diffusion-DPO step (policy forward and backward, reference forward, counted by
+`torch.utils.flop_counter` on the model's UNet with the LoRA) per second of a step,
 over the bf16 (or fp16) matmul peak measured in the same run.
 
 Default rows: the research script; diffalign encoding every step with a reference forward per step (the

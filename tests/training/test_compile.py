@@ -1,9 +1,9 @@
 """`train.compile`: the LoRA reference runs the trained model's compiled graph, so DPO starts at ln 2 in bf16.
 
 Compilation is slow on a CPU, so one training test compiles (~30 s here), on a one-level UNet with
-cross-attention (and so LoRA layers) on its way down only. Another graph than the policy's would fail it: on the tiny demo UNet
-in bf16 at beta 5000, a compiled adapters-off reference started the DPO logit at up to 6.1, a compiled
-no-gradient pass at 2.8, the eager model at 8.7 (measured on this CPU, 2026-12-06).
+cross-attention (and so LoRA layers) on its way down only. Another graph than the policy's would fail it:
+on the tiny demo UNet in bf16 at beta 5000, a compiled adapters-off reference started the DPO logit at up
+to 6.1, a compiled no-gradient pass at 2.8, the eager model at 8.7 (measured on this CPU, 2026-12-06).
 """
 
 import json
