@@ -64,8 +64,8 @@ def step_runner(cfg: RunConfig, device: torch.device) -> Callable[[int], tuple[l
     params, reference = prepare_unet(cfg, parts, method.reference, device)
     for module in (parts.unet, parts.vae, *parts.text_encoders):
         module.to(device)
-    if cfg.train.compile:  # as the loop does; the warm-up steps take the compilation
-        compile_unet(parts.unet)
+    if cfg.train.compile != "off":  # as the loop does; the warm-up steps take the compilation
+        compile_unet(parts.unet, cfg.train.compile)
     batches = iter(build_loader(cfg, build_dataset(cfg, method=method)))
     optimizer = build_optimizer(params, cfg, cfg.train.learning_rate)
     def sync() -> None:

@@ -23,8 +23,9 @@ What does not grow with the steps is reported beside: each run's fixed seconds (
 building the latent cache (`diffalign cache`, a whole process, measured once). "All-in" adds both to the
 step time amortised over `--run-steps` steps (default: one epoch of the data at this batch): the wall time
 of such a run over its steps. PyTorch's compile cache is a fresh folder per benchmark
-(`TORCHINDUCTOR_CACHE_DIR`): the first compiled row runs once untimed first, which compiles cold as a
-user's first run does, and its fixed seconds and all-in are printed apart; the timed runs find the cache.
+(`TORCHINDUCTOR_CACHE_DIR`): a compiled row runs once untimed first, and the first row of each
+`train.compile` value compiles cold there, as a user's first run does: its fixed seconds and all-in are printed
+apart; the timed runs find the cache.
 Peak memory is each process's maximum resident set (CPU), or its peak CUDA allocation
 (`torch.cuda.max_memory_allocated` at exit, both trainers). With `--device cuda`, MFU is the model FLOPs
 of a Diffusion-DPO step (policy forward and backward, reference forward, counted by
@@ -35,8 +36,8 @@ Default rows: the research script; diffalign encoding every step with a referenc
 research script's way); from the latent cache with a reference forward per step; from the cache with the
 reference pre-pass (diffalign's default once the cache exists); and the same reusing a pre-pass (its first
 run, untimed, computes it). `--rows` also offers `compiled` and `compiled-reused`: those two with
-`train.compile=true`. `--row "NAME=key=value,key=value"` adds a configuration of diffalign (overrides of the
-run config).
+`train.compile=blocks`, and `compiled-unet-reused`: the reused one with `train.compile=unet`.
+`--row "NAME=key=value,key=value"` adds a configuration of diffalign (overrides of the run config).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "research script"
-COMPILED = ("data.cache=require", "reference.precompute=on", "train.compile=true")
+COMPILED = ("data.cache=require", "reference.precompute=on", "train.compile=blocks")
 
 
 # Runs a training script or module, then writes the CUDA peak memory (if CUDA started) to the file in argv[1].
@@ -192,7 +193,8 @@ def main() -> None:
     parser.add_argument("--row", action="append", default=[], metavar="NAME=OVERRIDES",
                         help="an extra diffalign configuration: its name, '=', comma-separated key=value overrides")
     parser.add_argument("--rows", default="script,encode,cache,prepass,reused",
-                        help="which default rows to run (script,encode,cache,prepass,reused,compiled,compiled-reused)")
+                        help="which default rows to run (script,encode,cache,prepass,reused,compiled,compiled-reused,"
+                             "compiled-unet-reused)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs' folders and logs here")
     args = parser.parse_args()
 
@@ -210,6 +212,8 @@ def main() -> None:
                       ["data.cache=require", "reference.precompute=on"], reuse_prepass=True),
         "compiled": Row("diffalign, latent cache + pre-pass, compiled", [*COMPILED]),
         "compiled-reused": Row("diffalign, latent cache + reused pre-pass, compiled", [*COMPILED], reuse_prepass=True),
+        "compiled-unet-reused": Row("diffalign, latent cache + reused pre-pass, whole UNet compiled",
+                                    [*COMPILED[:-1], "train.compile=unet"], reuse_prepass=True),
     }
     rows = [default_rows[name] for name in args.rows.split(",") if name]
     for spec in args.row:
@@ -266,8 +270,9 @@ def main() -> None:
     kept = work / "kept-prepass"
     shutil.rmtree(kept, ignore_errors=True)
     kept.mkdir()
+    compiled_cold: set[str] = set()  # the train.compile values a first run has compiled
     for index, row in enumerate(rows):  # untimed first runs
-        compiled = "train.compile=true" in row.overrides
+        compiled = next((o for o in row.overrides if o.startswith("train.compile=") and o != "train.compile=off"), None)
         if row.theirs or not (row.reuse_prepass or compiled):
             continue
         # a sweep's first run, whose pre-pass the row's timed runs reuse; a compiled row's first run fills
@@ -275,7 +280,8 @@ def main() -> None:
         clear_prepass()
         steps = args.long if row.reuse_prepass else args.short
         seconds, _, _ = run_process(ours(steps, row.overrides), env, work / f"first-{index}.log")
-        if compiled and not any(r.first for r in rows):  # the first to compile: a cold cache
+        if compiled and compiled not in compiled_cold:  # the first to compile these graphs: a cold cache
+            compiled_cold.add(compiled)
             row.first = (seconds, steps)
         if row.reuse_prepass:
             for folder in cache_dir.glob("reference-*"):

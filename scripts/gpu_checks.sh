@@ -14,9 +14,9 @@
 #                      peak; tables in $OUT/perf-sd15.txt, $OUT/perf-sdxl.txt (expected ~8-9 min on an H100)
 #                      Issue 19: two device calls, GPUCHK_ONLY="env scorers" then GPUCHK_ONLY=perf with
 #                      GPUCHK_TOTAL_BUDGET=590 (carry runs/research)
-#   compile            SD1.5 LoRA, 512 px, 4 pairs, bf16: train.compile off / on / on with the reference pre-pass:
-#                      median step, the compiled run's extra seconds (compilation), step-1 loss = ln 2 in each
-#                      (~5 min on an H100 with a cold compile cache)
+#   compile            SD1.5 LoRA, 512 px, 4 pairs, bf16: train.compile off / blocks / blocks with the reference
+#                      pre-pass / unet: median step, each compiled run's extra seconds (compilation), step-1
+#                      loss = ln 2 in each (~5-7 min on an H100 with a cold compile cache: an estimate)
 #   fsdp-lora          accelerate launch --config_file configs/accelerate/fsdp.yaml (1 process) of diffalign train,
 #                      LoRA, bf16 mixed precision, bf16 frozen weights: straight run with checkpoints vs a run
 #                      resumed from its step-3 checkpoint; final weights and the step-6 checkpoints compared

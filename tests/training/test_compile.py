@@ -1,9 +1,11 @@
 """`train.compile`: the LoRA reference runs the trained model's compiled graph, so DPO starts at ln 2 in bf16.
 
-Compilation is slow on a CPU, so one training test compiles (~30 s here), on a one-level UNet with
-cross-attention (and so LoRA layers) on its way down only. Another graph than the policy's would fail it:
-on the tiny demo UNet in bf16 at beta 5000, a compiled adapters-off reference started the DPO logit at up
-to 6.1, a compiled no-gradient pass at 2.8, the eager model at 8.7 (measured on this CPU, 2026-12-06).
+Compilation is slow on a CPU, so one training test compiles (its transformer block for `blocks`, then the
+whole UNet for `unet`; ~38 s here), on a one-level UNet with cross-attention (and so LoRA layers) on its way
+down only. Another graph than the policy's would fail it: on the tiny demo UNet in bf16 at beta 5000, a
+compiled adapters-off reference started the DPO logit at up to 6.1, a compiled no-gradient pass at 2.8, the
+eager model at 8.7 (measured on this CPU, 2026-12-06); on this test's UNet with `blocks`, an adapters-off
+reference started the loss at 0.621 instead of 0.693.
 """
 
 import json
@@ -17,7 +19,7 @@ from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 from diffalign.config.core import load_config
 from diffalign.config.schema import LoraConfig, RunConfig
 from diffalign.models.lora import attach_lora
-from diffalign.models.reference import CompiledAdapterReference
+from diffalign.models.reference import CompiledAdapterReference, compile_unet
 from diffalign.models.tiny import TEXT_WIDTH, save_tiny_pipeline
 from diffalign.training.loop import train
 from diffalign.training.methods import build_method
@@ -69,19 +71,28 @@ def _cfg(model, pairs, out, *overrides):
 
 
 @pytest.mark.slow
-def test_a_compiled_bf16_run_starts_at_ln2_with_and_without_the_pre_pass(one_level_model, pair_file, tmp_path, capsys,
-                                                                         fresh_accelerator_state, scalar_kernels):
-    pre = train(_cfg(one_level_model, pair_file, tmp_path / "pre", "train.compile=true", "reference.precompute=on"))
+def test_compiled_bf16_runs_start_at_ln2_with_and_without_the_pre_pass(one_level_model, pair_file, tmp_path, capsys,
+                                                                      fresh_accelerator_state, scalar_kernels):
+    pre = train(_cfg(one_level_model, pair_file, tmp_path / "pre", "train.compile=blocks", "reference.precompute=on"))
     assert "reference errors: 4 micro-steps, 4 computed now" in capsys.readouterr().out
-    per_step = train(_cfg(one_level_model, pair_file, tmp_path / "per-step", "train.compile=true",
+    per_step = train(_cfg(one_level_model, pair_file, tmp_path / "per-step", "train.compile=blocks",
                           "reference.precompute=off"))
-    a, b = ([json.loads(line) for line in (r.output_dir / "metrics.jsonl").read_text().splitlines()]
-            for r in (pre, per_step))
+    whole = train(_cfg(one_level_model, pair_file, tmp_path / "whole", "train.compile=unet", "train.max_steps=1"))
+    a, b, c = ([json.loads(line) for line in (r.output_dir / "metrics.jsonl").read_text().splitlines()]
+               for r in (pre, per_step, whole))
     # the policy (LoRA zero) and its reference are one graph: equal errors, a zero logit, exactly ln 2
-    assert a[0]["loss"] == b[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
-    assert a[0]["model_err_w"] == a[0]["ref_err_w"] and a[0]["model_err_l"] == a[0]["ref_err_l"]
+    assert a[0]["loss"] == b[0]["loss"] == c[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    for row in (a[0], c[0]):
+        assert row["model_err_w"] == row["ref_err_w"] and row["model_err_l"] == row["ref_err_l"]
     assert [row["loss"] for row in a] == [row["loss"] for row in b]  # the pre-pass stored that graph's errors
     assert a[1]["loss"] != a[0]["loss"]  # it trained
+
+
+def test_compile_blocks_names_the_way_out_for_a_unet_without_repeated_blocks():
+    unet = _one_level_unet()
+    unet._repeated_blocks = []  # as a UNet class diffusers has not marked
+    with pytest.raises(ValueError, match="train.compile=unet"):
+        compile_unet(unet, "blocks")
 
 
 def test_the_compiled_reference_zeroes_the_lora_scale_and_leaves_the_policy_backward_intact():
@@ -114,8 +125,8 @@ def test_the_compiled_reference_zeroes_the_lora_scale_and_leaves_the_policy_back
     (["lora.enabled=false"], "full fine-tuning"),
 ])
 def test_compile_is_refused_where_the_reference_would_be_another_graph(tmp_path, overrides, why):
-    cfg = _cfg("m", "p", tmp_path, "train.compile=true", *overrides)
+    cfg = _cfg("m", "p", tmp_path, "train.compile=blocks", *overrides)
     with pytest.raises(ValueError, match=why):
         check_compile(cfg, build_method(cfg.objective), sharded=False)
     with pytest.raises(ValueError, match="FSDP"):
-        check_compile(_cfg("m", "p", tmp_path, "train.compile=true"), build_method(cfg.objective), sharded=True)
+        check_compile(_cfg("m", "p", tmp_path, "train.compile=unet"), build_method(cfg.objective), sharded=True)

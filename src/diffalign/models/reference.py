@@ -81,15 +81,24 @@ class CompiledAdapterReference:
                 value.data.copy_(old)
 
 
-def compile_unet(unet: UNet2DConditionModel) -> None:
-    """Compile `unet` in place (`torch.nn.Module.compile`: its state dict keeps its names), first turning its
-    LoRA scalings into tensors on the UNet's device (peft's `prepare_model_for_compiled_hotswap`), so that a
-    `CompiledAdapterReference` can zero them without selecting another graph."""
+def compile_unet(unet: UNet2DConditionModel, scope: str = "blocks") -> None:
+    """Compile `unet` in place (`torch.nn.Module.compile`, so its state dict keeps its names): its repeated
+    transformer blocks (`scope="blocks"`, diffusers' regional compilation) or the whole UNet (`"unet"`). Its
+    LoRA scalings first become tensors on the UNet's device (peft's `prepare_model_for_compiled_hotswap`), so
+    that a `CompiledAdapterReference` can zero them without selecting another graph."""
+    if scope not in ("blocks", "unet"):
+        raise ValueError(f"train.compile must be 'blocks' or 'unet' to compile, not {scope!r}")
     if any(isinstance(m, BaseTunerLayer) for m in unet.modules()):
         from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 
         prepare_model_for_compiled_hotswap(unet, check_compiled="error")
-    unet.compile()
+    if scope == "unet":
+        unet.compile()
+        return
+    try:
+        unet.compile_repeated_blocks()
+    except ValueError as error:  # a UNet class without diffusers' `_repeated_blocks`, or none of them inside
+        raise ValueError(f"train.compile=blocks: {error}. Use train.compile=unet for this model") from None
 
 
 class FrozenCopyReference:

@@ -232,8 +232,8 @@ def _train(cfg: RunConfig) -> TrainResult:
     n_trainable = sum(p.numel() for p in params)
     unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
     params = [p for p in unet.parameters() if p.requires_grad]  # FSDP2 swaps in sharded parameters
-    if t.compile:
-        compile_unet(accelerator.unwrap_model(unet))
+    if t.compile != "off":
+        compile_unet(accelerator.unwrap_model(unet), t.compile)
     model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
     if hasattr(source, "attach"):  # a source that samples: the policy (online rollouts) or the reference (SePPO)
         source.attach(accelerator.unwrap_model(unet), reference, accelerator.autocast)  # type: ignore[attr-defined]
@@ -315,7 +315,7 @@ def _train(cfg: RunConfig) -> TrainResult:
                 accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
         due = validator is not None and (step % cfg.validation.every == 0 or step == t.max_steps)
         if due and (accelerator.is_main_process or sharded):  # a sharded UNet samples only with every process
-            with uncompiled(t.compile):  # sampling shapes would compile graphs of their own
+            with uncompiled(t.compile != "off"):  # sampling shapes would compile graphs of their own
                 _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast,
                                         save=accelerator.is_main_process)
             if trackers and accelerator.is_main_process:

@@ -58,7 +58,9 @@ def store_inputs(cfg: RunConfig, method: Method, world: int) -> dict[str, Any]:
         "data": data,
         "model": vars(cfg.model),
         "full_unet": not cfg.lora.enabled,
-        "precision": {"mixed_precision": t.mixed_precision, "attention": t.attention, "compile": t.compile},
+        # "off" hashes as the boolean it once was, so uncompiled runs keep finding their stored errors
+        "precision": {"mixed_precision": t.mixed_precision, "attention": t.attention,
+                      "compile": False if t.compile == "off" else t.compile},
         "order": {"seed": t.seed, "batch_size": t.batch_size, "processes": world},
         "objective": method.reference_key(),
         "per_image_captions": method.per_image_captions,

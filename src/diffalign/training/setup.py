@@ -91,7 +91,7 @@ Reference = AdapterDisabledReference | CompiledAdapterReference | FrozenCopyRefe
 def check_compile(cfg: RunConfig, method: Method, sharded: bool) -> None:
     """Refuse `train.compile` where a second graph would stand in for the trained model's: every comparison
     of the trained model with its reference (or with its own earlier samples) must run one compiled graph."""
-    if not cfg.train.compile:
+    if cfg.train.compile == "off":
         return
     why = None
     if sharded:
@@ -106,8 +106,8 @@ def check_compile(cfg: RunConfig, method: Method, sharded: bool) -> None:
         why = ("full fine-tuning keeps the reference as a separate frozen UNet, another compiled graph whose "
                "roundings would bias the loss from step 0; use LoRA")
     if why:
-        raise ValueError(f"train.compile=true cannot apply to objective {cfg.objective.name!r}: {why}. "
-                         "Set train.compile=false")
+        raise ValueError(f"train.compile={cfg.train.compile} cannot apply to objective {cfg.objective.name!r}: "
+                         f"{why}. Set train.compile=off")
 
 
 def prepare_unet(
@@ -127,7 +127,7 @@ def prepare_unet(
         unet.to(DTYPES[cfg.model.frozen_dtype])
         params = attach_lora(unet, cfg.lora)
         if reference_kind == "base":
-            reference = CompiledAdapterReference(unet) if cfg.train.compile else AdapterDisabledReference(unet)
+            reference = CompiledAdapterReference(unet) if cfg.train.compile != "off" else AdapterDisabledReference(unet)
         elif reference_kind == "pool":
             reference = ReferencePool(unet, cfg.lora, cfg.reference)
     else:
