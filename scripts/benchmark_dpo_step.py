@@ -115,6 +115,8 @@ def main() -> None:
     names = args.objectives.split(",") if args.objectives else [load_config(RunConfig, None, base).objective.name]
     device = torch.device(args.device)
     configs = {name: load_config(RunConfig, None, [*base, f"objective.name={name}"]) for name in names}
+    if device.type == "cpu" and configs[names[0]].train.cpu_threads:  # as the loop does on the CPU
+        torch.set_num_threads(configs[names[0]].train.cpu_threads)
     runners = {name: step_runner(cfg, device) for name, cfg in configs.items()}
     timings: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
     for step in range(args.warmup + args.steps):
