@@ -16,7 +16,8 @@
 #                      GPUCHK_TOTAL_BUDGET=590 (carry runs/research)
 #   compile            SD1.5 LoRA, 512 px, 4 pairs, bf16: train.compile off / blocks / blocks with the reference
 #                      pre-pass / unet: median step, each compiled run's extra seconds (compilation), step-1
-#                      loss = ln 2 in each (~5-7 min on an H100 with a cold compile cache: an estimate)
+#                      loss = ln 2 in each (~5-7 min on an H100 with a cold compile cache: an estimate; one device
+#                      call of its own, GPUCHK_ONLY=compile GPUCHK_TOTAL_BUDGET=590)
 #   fsdp-lora          accelerate launch --config_file configs/accelerate/fsdp.yaml (1 process) of diffalign train,
 #                      LoRA, bf16 mixed precision, bf16 frozen weights: straight run with checkpoints vs a run
 #                      resumed from its step-3 checkpoint; final weights and the step-6 checkpoints compared
@@ -163,7 +164,7 @@ run_check offload-reference "${GPUCHK_OFFLOAD_BUDGET:-100}" $CHECKS offload-refe
 run_check sdxl-memory       150 $CHECKS sdxl-memory
 run_check sd15-baseline      40 $CHECKS sd15-baseline
 run_check xformers           60 $CHECKS xformers
-run_check compile           480 $CHECKS compile
+run_check compile           560 $CHECKS compile
 
 kill "$BUILD_PID" 2>/dev/null  # still running only if every check that needed it was skipped
 { echo "===== background model build"; cat "$GPUCHK_WORK/build.log"; } >>"$LOG"
