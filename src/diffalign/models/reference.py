@@ -38,15 +38,16 @@ class AdapterDisabledReference:
 
 
 class CompiledAdapterReference:
-    """The base model as the trained UNet's own compiled graph (`train.compile`) with every LoRA scale at zero.
+    """The base model as the trained UNet's own compiled graphs (`train.compile`: its transformer blocks' or the
+    whole UNet's) with every LoRA scale at zero.
 
     A compiled graph's fusions and roundings are its own: switching the adapters off, or running without
     gradients, selects another graph, whose outputs in bf16 differ from the trained model's by enough to start
-    the DPO logit at +-1 or more with the LoRA still zero. So the reference runs the trained model's graph:
+    the DPO logit at +-1 or more with the LoRA still zero. So the reference runs the trained model's graphs:
     the same module, recording gradients like its forward, with peft's tensor scalings (`compile_unet`)
     set to zero in place, which selects no other graph. While the LoRA is zero its outputs equal the trained
-    model's bit for bit; later they are exactly the base model's through that graph. Inputs of the trained
-    model's shapes (the pre-pass runs one micro-step per forward) reuse its graph; others compile their own.
+    model's bit for bit; later they are exactly the base model's through those graphs. Inputs of the trained
+    model's shapes (the pre-pass runs one micro-step per forward) reuse its graphs; others compile their own.
     """
 
     per_micro_step = True
