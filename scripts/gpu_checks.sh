@@ -33,6 +33,8 @@
 #                      without / with gradient checkpointing / with checkpointing and the latent+text cache
 #   sd15-baseline      SD1.5 LoRA, 512 px, 4 pairs, fp16 (the README's row: 0.39 s/step, 11.1 GiB)
 #   xformers           train.attention=xformers vs sdpa on that SD1.5 run (skipped without xformers)
+#   channels-last      train.channels_last=true vs the default layout on that SD1.5 run: step time ratio, loss
+#                      drift, step-1 loss ln 2
 #   eval-demo          the embedded demo: a short `diffalign train`, then `diffalign eval` with float16 (the CUDA
 #                      default) and float32, timed, and each rerun (images reused); reports copied to $OUT
 #   generate           `diffalign generate` on the SD1.5 architecture, 512 px, float16: images/s at batch 16, a
@@ -164,6 +166,7 @@ run_check offload-reference "${GPUCHK_OFFLOAD_BUDGET:-100}" $CHECKS offload-refe
 run_check sdxl-memory       150 $CHECKS sdxl-memory
 run_check sd15-baseline      40 $CHECKS sd15-baseline
 run_check xformers           60 $CHECKS xformers
+run_check channels-last      60 $CHECKS channels-last
 run_check compile           560 $CHECKS compile
 
 kill "$BUILD_PID" 2>/dev/null  # still running only if every check that needed it was skipped

@@ -702,6 +702,22 @@ def check_xformers(fig: Figures) -> None:
         raise CheckFailed(f"losses differ by up to {fig['loss_max_abs_diff']} (sdpa vs xformers)")
 
 
+def check_channels_last(fig: Figures) -> None:
+    """SD1.5 LoRA, 4 pairs, fp16: train.channels_last=true against the default layout (the sd15-baseline run if
+    it ran): step time ratio, and how far the losses drift apart (step 1 is ln 2 in both)."""
+    model = build_model("sd15")
+    earlier = WORK / "sd15-baseline.sdpa.json"
+    args = (model, resolution(512), 4, "fp16", FP16_FROZEN)
+    fig["default"] = json.loads(earlier.read_text()) if earlier.is_file() else bench("sd15-lora-4pairs", *args, [], timeout=90)
+    fig["channels_last"] = bench("sd15-lora-4pairs-channels-last", *args, ["train.channels_last=true"], timeout=90)
+    a, b = fig["default"], fig["channels_last"]
+    fig["channels_last_over_default_step_time"] = (round(b["median_step_s"] / a["median_step_s"], 3)
+                                                   if a["median_step_s"] and b["median_step_s"] else None)
+    fig["loss_max_abs_diff"] = max((abs(x - y) for x, y in zip(a["losses"], b["losses"])), default=None)
+    if not b["losses"] or abs(b["losses"][0] - math.log(2)) > 1e-6:
+        raise CheckFailed(f"step-1 loss is not ln 2 with channels-last: {b['losses'][:1]}")
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "diffalign.cli.main", *args]
 
@@ -953,6 +969,7 @@ def planned_configs() -> list[tuple[str, str | None, list[str]]]:
         ("sdxl gc+cache", ["train.gradient_checkpointing=true", "data.cache=require"]),
         ("sd15 offload", ["lora.enabled=false", "train.optimizer=adamw", "train.offload_reference=true", "data.cache=off"]),
         ("sd15 xformers", ["train.attention=xformers", "data.cache=off"]),
+        ("sd15 channels-last", ["train.channels_last=true", "data.cache=off"]),
         ("sd15 compile+pre-pass", ["train.compile=blocks", "reference.precompute=on", "data.cache=off"]),
     ]:
         plans.append((label, None, bench_overrides(m, 512, 1, "bf16", "bfloat16", out, cache, extra)))
@@ -1023,6 +1040,7 @@ CHECKS = {
     "variants": check_variants,
     "perf": check_perf,
     "compile": check_compile,
+    "channels-last": check_channels_last,
 }
 
 

@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
-from diffalign.training.setup import build_optimizer, configure_unet, prepare_unet
+from diffalign.training.setup import build_optimizer, check_channels_last, configure_unet, prepare_unet
 
 
 def _cfg(*overrides):
@@ -45,6 +45,22 @@ def test_offloading_the_reference_is_for_full_finetuning_only(tiny_models):
     full = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.offload_reference=true", "lora.enabled=false")
     params, reference = prepare_unet(full, load_parts(full.model, encoders=False), "base", torch.device("cpu"))
     assert reference is not None and reference.unet is not parts.unet and params
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_channels_last_lays_out_every_4d_weight_and_the_frozen_reference_too(tiny_models, lora):
+    cfg = _cfg(f"model.pretrained={tiny_models['sd15']}", "train.channels_last=true", f"lora.enabled={str(lora).lower()}")
+    parts = load_parts(cfg.model, encoders=False)
+    _, reference = prepare_unet(cfg, parts, "base", torch.device("cpu"))
+    unets = [parts.unet] if lora else [parts.unet, reference.unet]
+    weights = [p for unet in unets for p in unet.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    assert all(not p.is_contiguous() for p in weights if p.shape[-1] > 1)  # (1x1 kernels are both layouts)
+    default = load_parts(_cfg(f"model.pretrained={tiny_models['sd15']}").model, encoders=False).unet
+    assert all(p.is_contiguous() for p in default.parameters())
+    check_channels_last(cfg, sharded=False)
+    with pytest.raises(ValueError, match="FSDP-sharded UNet is not supported"):
+        check_channels_last(cfg, sharded=True)
 
 
 def test_adamw_is_fused_by_default_and_updates_as_the_for_loop_kernel():

@@ -37,6 +37,7 @@ from .reference_errors import precompute_reference_errors, wants_precompute
 from .reference_pool import ReferencePool
 from .setup import (
     build_optimizer,
+    check_channels_last,
     check_compile,
     check_distributed,
     configure_unet,
@@ -197,6 +198,7 @@ def _train(cfg: RunConfig) -> TrainResult:
     check_distributed(accelerator)
     sharded = accelerator.distributed_type == DistributedType.FSDP
     check_compile(cfg, method, sharded)
+    check_channels_last(cfg, sharded)
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     resume_from = resolve_resume(t.resume, out_dir)

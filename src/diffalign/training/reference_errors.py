@@ -58,9 +58,10 @@ def store_inputs(cfg: RunConfig, method: Method, world: int) -> dict[str, Any]:
         "data": data,
         "model": vars(cfg.model),
         "full_unet": not cfg.lora.enabled,
-        # "off" hashes as the boolean it once was, so uncompiled runs keep finding their stored errors
+        # settings' defaults hash as before they existed ("off" as the boolean it was), so runs keep their errors
         "precision": {"mixed_precision": t.mixed_precision, "attention": t.attention,
-                      "compile": False if t.compile == "off" else t.compile},
+                      "compile": False if t.compile == "off" else t.compile,
+                      **({"channels_last": True} if t.channels_last else {})},
         "order": {"seed": t.seed, "batch_size": t.batch_size, "processes": world},
         "objective": method.reference_key(),
         "per_image_captions": method.per_image_captions,

@@ -110,14 +110,23 @@ def check_compile(cfg: RunConfig, method: Method, sharded: bool) -> None:
                          f"{why}. Set train.compile=off")
 
 
+def check_channels_last(cfg: RunConfig, sharded: bool) -> None:
+    """Refuse `train.channels_last` with an FSDP-sharded UNet, whose flattened shards it has not been tried on."""
+    if cfg.train.channels_last and sharded:
+        raise ValueError("train.channels_last with an FSDP-sharded UNet is not supported (untested here): "
+                         "set train.channels_last=false, or use DDP (configs/accelerate/ddp.yaml)")
+
+
 def prepare_unet(
     cfg: RunConfig, parts: DiffusionParts, reference_kind: ReferenceKind, device: torch.device
 ) -> tuple[list[torch.nn.Parameter], Reference | None]:
-    """Make the UNet trainable (LoRA or full) and build the reference a method declared: none; the base
-    model (adapters off, or a frozen copy on the CPU streamed to `device` per call with
-    `train.offload_reference`); or a pool of earlier LoRA states (a second peft adapter)."""
+    """Make the UNet trainable (LoRA or full; channels-last first with `train.channels_last`) and build the
+    reference a method declared: none; the base model (adapters off, or a frozen copy on the CPU streamed to
+    `device` per call with `train.offload_reference`); or a pool of earlier LoRA states (a second peft adapter)."""
     unet = parts.unet
     reference: Reference | None = None
+    if cfg.train.channels_last:  # before any copy: a frozen reference keeps the layout
+        unet.to(memory_format=torch.channels_last)
     if cfg.lora.enabled:
         if cfg.train.offload_reference:
             raise ValueError(
