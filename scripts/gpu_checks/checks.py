@@ -678,6 +678,20 @@ def check_compile(fig: Figures) -> None:
         fig[f"compile_overhead_{name}_s"] = round(runs[name]["run_s"] - eager["run_s"], 1)
 
 
+def _against_sd15_baseline(fig: Figures, base: str, name: str, label: str, extra: list[str]) -> tuple[dict, dict]:
+    """SD1.5 LoRA, 512 px, 4 pairs, fp16: the sd15-baseline run (run here if that check did not) as fig[base]
+    and a run with `extra` as fig[name], their step time ratio and the largest difference of their losses."""
+    model = build_model("sd15")
+    earlier = WORK / "sd15-baseline.sdpa.json"
+    args = (model, resolution(512), 4, "fp16", FP16_FROZEN)
+    a = fig[base] = json.loads(earlier.read_text()) if earlier.is_file() else bench("sd15-lora-4pairs", *args, [], timeout=90)
+    b = fig[name] = bench(label, *args, extra, timeout=90)
+    fig[f"{name}_over_{base}_step_time"] = (round(b["median_step_s"] / a["median_step_s"], 3)
+                                           if a["median_step_s"] and b["median_step_s"] else None)
+    fig["loss_max_abs_diff"] = max((abs(x - y) for x, y in zip(a["losses"], b["losses"])), default=None)
+    return a, b
+
+
 def check_xformers(fig: Figures) -> None:
     """SD1.5 LoRA, 4 pairs, fp16: train.attention=xformers against sdpa (the sd15-baseline run if it ran)."""
     try:
@@ -688,16 +702,8 @@ def check_xformers(fig: Figures) -> None:
     if CPU:
         raise Skip("xformers attention needs CUDA")
     fig["xformers"] = xformers.__version__
-    model = build_model("sd15")
-    earlier = WORK / "sd15-baseline.sdpa.json"
-    args = (model, resolution(512), 4, "fp16", FP16_FROZEN)
-    fig["sdpa"] = json.loads(earlier.read_text()) if earlier.is_file() else bench("sd15-lora-4pairs", *args, [], timeout=90)
-    fig["xformers_run"] = bench("sd15-lora-4pairs-xformers", *args, ["train.attention=xformers"], timeout=90)
-    a, b = fig["sdpa"]["losses"], fig["xformers_run"]["losses"]
     # step 1 is ln 2 for both (LoRA starts at zero); later steps show how far the two kernels drift apart
-    fig["loss_max_abs_diff"] = max((abs(x - y) for x, y in zip(a, b)), default=None)
-    fig["xformers_over_sdpa_step_time"] = (round(fig["xformers_run"]["median_step_s"] / fig["sdpa"]["median_step_s"], 3)
-                                           if fig["sdpa"]["median_step_s"] and fig["xformers_run"]["median_step_s"] else None)
+    _against_sd15_baseline(fig, "sdpa", "xformers_run", "sd15-lora-4pairs-xformers", ["train.attention=xformers"])
     if fig["loss_max_abs_diff"] is None or fig["loss_max_abs_diff"] > 0.05:
         raise CheckFailed(f"losses differ by up to {fig['loss_max_abs_diff']} (sdpa vs xformers)")
 
@@ -705,15 +711,8 @@ def check_xformers(fig: Figures) -> None:
 def check_channels_last(fig: Figures) -> None:
     """SD1.5 LoRA, 4 pairs, fp16: train.channels_last=true against the default layout (the sd15-baseline run if
     it ran): step time ratio, and how far the losses drift apart (step 1 is ln 2 in both)."""
-    model = build_model("sd15")
-    earlier = WORK / "sd15-baseline.sdpa.json"
-    args = (model, resolution(512), 4, "fp16", FP16_FROZEN)
-    fig["default"] = json.loads(earlier.read_text()) if earlier.is_file() else bench("sd15-lora-4pairs", *args, [], timeout=90)
-    fig["channels_last"] = bench("sd15-lora-4pairs-channels-last", *args, ["train.channels_last=true"], timeout=90)
-    a, b = fig["default"], fig["channels_last"]
-    fig["channels_last_over_default_step_time"] = (round(b["median_step_s"] / a["median_step_s"], 3)
-                                                   if a["median_step_s"] and b["median_step_s"] else None)
-    fig["loss_max_abs_diff"] = max((abs(x - y) for x, y in zip(a["losses"], b["losses"])), default=None)
+    _, b = _against_sd15_baseline(fig, "default", "channels_last", "sd15-lora-4pairs-channels-last",
+                                  ["train.channels_last=true"])
     if not b["losses"] or abs(b["losses"][0] - math.log(2)) > 1e-6:
         raise CheckFailed(f"step-1 loss is not ln 2 with channels-last: {b['losses'][:1]}")
 

@@ -82,7 +82,7 @@ class CompiledAdapterReference:
                 value.data.copy_(old)
 
 
-def compile_unet(unet: UNet2DConditionModel, scope: str = "blocks") -> None:
+def compile_unet(unet: UNet2DConditionModel, scope: str) -> None:
     """Compile `unet` in place (`torch.nn.Module.compile`, so its state dict keeps its names): its repeated
     transformer blocks (`scope="blocks"`, diffusers' regional compilation) or the whole UNet (`"unet"`). Its
     LoRA scalings first become tensors on the UNet's device (peft's `prepare_model_for_compiled_hotswap`), so
