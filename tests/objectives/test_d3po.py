@@ -11,7 +11,7 @@ import torch
 
 from diffalign.objectives.d3po import d3po_loss
 
-VECTOR = json.loads((Path(__file__).resolve().parents[3] / "shared/reference/vectors/vectors.json").read_text())[
+VECTOR = json.loads((Path(__file__).resolve().parents[1] / "reference_vectors.json").read_text())[
     "d3po(t=501,prev=451,eta=1,beta=0.1,eps=0.1)"]
 
 

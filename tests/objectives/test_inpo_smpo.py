@@ -13,7 +13,7 @@ from diffalign.objectives.dpo import dpo_loss
 from diffalign.objectives.inpo import inpo_loss, inversion_target
 from diffalign.objectives.smpo import PAPER_BOUNDS, smoothed_label, smoothed_weight, smpo_loss
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared/reference/vectors/vectors.json").read_text())
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "reference_vectors.json").read_text())
 
 
 def test_tau_is_the_noise_when_the_latent_is_forward_noised():

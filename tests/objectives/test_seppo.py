@@ -11,7 +11,7 @@ import torch
 
 from diffalign.objectives import anchor_sign, dpo_loss, seppo_loss
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared/reference/vectors/vectors.json").read_text())[
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "reference_vectors.json").read_text())[
     "seppo_RECONSTRUCTED(beta=2000)"]
 
 

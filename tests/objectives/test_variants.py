@@ -12,7 +12,7 @@ import torch
 
 from diffalign.objectives import PAIR_LOSSES, dcpo_loss, dpo_loss, error_odds, kto_loss, mapo_loss
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "shared/reference/vectors/vectors.json").read_text())
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "reference_vectors.json").read_text())
 
 
 def _t(values):

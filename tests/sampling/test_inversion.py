@@ -156,7 +156,7 @@ class TimedToyUNet(torch.nn.Module):
 
 
 VECTORS = __import__("json").loads(
-    (__import__("pathlib").Path(__file__).resolve().parents[3] / "shared/reference/vectors/vectors.json").read_text()
+    (__import__("pathlib").Path(__file__).resolve().parents[1] / "reference_vectors.json").read_text()
 )["inversion"]
 
 

@@ -13,8 +13,8 @@ reference (ref), the anchor-based criterion compares the two models on the noise
     loss = mean over pairs of -log σ(-0.5 · β · (Δ_w - s · Δ_r))
 
 in Diffusion-DPO's -0.5·β convention (`objectives.dpo`: β absorbs T·ω(λ_t) and the 1/(C·H·W) of the mean).
-The authors released no training code; this is the reconstruction of `shared/reference/objectives.md` §5
-and its vectors (β = 2000, "the same as Diffusion-DPO").
+The authors released no training code; this is the project's reconstruction of the paper's §5 (β = 2000,
+"the same as Diffusion-DPO"), tested against hand-computed vectors (`tests/reference_vectors.json`).
 
 Tie rule (not in the sources): s = -1 where e_θ(w) = e_ref(w), the reconstruction's choice. Ties are exact
 whenever the reference equals the policy: at step 0 (the pool holds only the initial model) and right after

@@ -20,7 +20,7 @@ For v_prediction and sample models the output is converted to ε̂ at the level 
 Sample b runs the steps whose source level is below its timestep t_b (the InPO/SmPO rule "grid values
 < t_s"), so it reaches the level targets[last run step]: for N = 10, t_b ∈ {0, 1} → 1, 2..101 → 101, …,
 802..999 → 901 (`reached_timesteps`). The two modes differ only in `unet_timesteps`; the official one
-reproduces the papers' latents (and `shared/reference/vectors/`) whichever diffusers is installed.
+reproduces the papers' latents (and the hand-computed vectors of `tests/reference_vectors.json`) whichever diffusers is installed.
 
 ReNoise (`renoise_steps` = k ≥ 1): after the first estimate of the next latent, the UNet's prediction at
 that estimate (same timestep) is evaluated k more times, each re-estimating the next latent from the last

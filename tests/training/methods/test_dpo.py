@@ -1,5 +1,5 @@
 """The Diffusion-DPO method: winner and loser share noise and timestep, and the loss is the official and
-the diffusers research script's formula on the same tensors (hand-computed vectors of shared/reference)."""
+the diffusers research script's formula on the same tensors (hand-computed vectors, tests/reference_vectors.json)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from diffalign.models.conditioning import TextConditioning
 from diffalign.training.methods.base import TrainableModel
 from diffalign.training.methods.dpo import DPO
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared" / "reference" / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "reference_vectors.json"
 # the vectors' toy tensors (vectors.py): shared noise per pair and the predictions' offsets from it
 EPS = torch.tensor([[[[0.5, -1.0], [0.25, 2.0]]], [[[-0.3, 0.7], [1.2, -0.4]]]], dtype=torch.float64)
 D_THETA_W = 0.1 * torch.tensor([[[[0.10, -0.20], [0.05, 0.00]]], [[[0.30, 0.10], [-0.20, 0.20]]]], dtype=torch.float64)
@@ -78,7 +78,7 @@ def _run(beta: float):
 
 @pytest.mark.parametrize("beta", [1, 100, 2000, 5000])
 def test_loss_matches_the_hand_computed_vectors(beta):
-    expected = json.loads((VECTORS / "vectors.json").read_text())["diffusion_dpo"][f"beta={beta}"]
+    expected = json.loads(VECTORS.read_text())["diffusion_dpo"][f"beta={beta}"]
     out, policy, *_ = _run(float(beta))
     assert out.loss.item() == pytest.approx(expected["loss"], rel=2e-6)  # errors are float32
     assert out.metrics["implicit_acc"].item() == expected["implicit_acc_diffusers"]
