@@ -9,6 +9,7 @@ import sys
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
 from .captions import add_captions_parser
+from .errors import expected_failure
 from .evaluate import add_eval_parser
 from .fuse import add_fuse_parser
 from .generate import add_generate_parser
@@ -152,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(scorers).parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
-        if os.environ.get("DIFFALIGN_DEBUG"):
+    except Exception as error:
+        message = expected_failure(error)
+        if message is None or os.environ.get("DIFFALIGN_DEBUG"):
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"diffalign {args.command}: error: {message}\n(set DIFFALIGN_DEBUG=1 for a traceback)", file=sys.stderr)
         return 2
 
