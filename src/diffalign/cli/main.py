@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import metadata
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
@@ -37,10 +38,10 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    path, overrides = _split_args(args.items)
+    cfg = load_config(RunConfig, path, overrides)  # a bad config fails before torch loads
     from ..training.loop import train  # heavy imports only when training
 
-    path, overrides = _split_args(args.items)
-    cfg = load_config(RunConfig, path, overrides)
     result = train(cfg)
     if result.is_main_process:
         print(f"done: weights in {result.weights}; evaluate with `diffalign eval {result.output_dir}`")
@@ -48,13 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    path, overrides = _split_args(args.items)
+    cfg = load_config(RunConfig, path, overrides)  # a bad config fails before torch loads
     import torch
 
     from ..data.cache import build_cache
     from ..models.loading import DTYPES, load_parts
 
-    path, overrides = _split_args(args.items)
-    cfg = load_config(RunConfig, path, overrides)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     parts = load_parts(cfg.model, unet=False)
     for module in (parts.vae, *parts.text_encoders):
@@ -81,6 +82,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(
         prog="diffalign", description="Align text-to-image diffusion models with human preferences."
     )
+    parser.add_argument("--version", action="version", version=f"diffalign {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -139,6 +141,42 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+def package_version() -> str:
+    """The installed distribution's version (the source tree's `__version__` when run uninstalled)."""
+    try:
+        return metadata.version("diffalign")
+    except metadata.PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+CONFIG_COMMANDS = ("train", "cache", "config")  # the commands whose settings are key=value overrides
+
+
+def unknown_options_message(command: str, unknown: list[str], argv: list[str]) -> str:
+    """What to say about options `command` does not know; for the config commands, the key=value form of the
+    same setting (`--max_steps 20` -> `train.max_steps=20`)."""
+    listed = " ".join(unknown)
+    if command not in CONFIG_COMMANDS:
+        return f"unrecognized arguments: {listed} (see `diffalign {command} --help`)"
+    flags = [item for item in unknown if item.startswith("-")] or unknown
+    flag = flags[0]
+    name, _, value = flag.lstrip("-").partition("=")
+    name = name.replace("-", "_")
+    if not value:
+        following = argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else ""
+        value = following if following and not following.startswith("-") and "=" not in following else "VALUE"
+    labels = dict.fromkeys(doc.label.split(" ")[0] for doc in describe(RunConfig))  # "objective.beta (dpo)"
+    keys = [label for label in labels if label == name or label.endswith("." + name)]
+    example = " or ".join(f"{key}={value}" for key in keys[:4]) if keys else f"SECTION.{name}={value}"
+    known = "" if keys else f" (no setting is named {name!r}: `diffalign config keys` lists them all)"
+    return (
+        f"unrecognized option {flag}: `diffalign {command}` takes its settings as key=value after the config file, "
+        f"e.g. `diffalign {command} {example}`{known}"
+    )
+
+
 def _registered_scorers() -> list[str]:
     from ..rewards import available_scorers
 
@@ -148,9 +186,13 @@ def _registered_scorers() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `diffalign` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    # Only `score` lists the registered scorers: importing them loads torch, too slow for other commands' help.
-    scorers = _registered_scorers() if argv[:1] == ["score"] else None
-    args = build_parser(scorers).parse_args(argv)
+    # Only `score --help` lists the registered scorers: importing them loads torch, too slow for anything else.
+    scorers = _registered_scorers() if argv[:1] == ["score"] and {"-h", "--help"} & set(argv) else None
+    args, unknown = build_parser(scorers).parse_known_args(argv)
+    if unknown:
+        print(f"diffalign {args.command}: error: {unknown_options_message(args.command, unknown, argv)}",
+              file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except Exception as error:

@@ -36,19 +36,16 @@ def _exit_code(run: ScoreRun) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..evaluation.scoring import (
-        check_scorer_names,
-        parse_scorer_options,
-        split_scorer_names,
-    )
-    from ..rewards import available_scorers
+    if not any(name.strip() for value in args.scorer or [] for name in value.split(",")):
+        from ..rewards import available_scorers  # the registry alone: the scoring modules load much more
 
-    names = split_scorer_names(args.scorer)
-    if not names:
         raise ValueError(
             f"choose the scorer(s) with --scorer NAME[,NAME...]; available: {', '.join(available_scorers())} "
             "(`shapes` is the rule-based reward of the embedded demo world, for its 32x32 shape images)"
         )
+    from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
+
+    names = split_scorer_names(args.scorer)
     check_scorer_names(names)
     options = parse_scorer_options(args.scorer_option, names)
     if args.batch_size is not None and args.batch_size < 1:
