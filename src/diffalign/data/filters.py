@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,21 +45,46 @@ def _bytes(image: Any) -> bytes:
 
 @dataclass
 class FilterReport:
-    """How many rows were read, kept and dropped (by reason); rows beyond `max_pairs` are not counted."""
+    """How many rows were read, kept and dropped (by reason), and how many kept rows have an empty caption
+    or none (they train unconditionally); rows beyond `max_pairs` are not counted."""
 
     read: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    empty_captions: int = 0
+    missing_captions: int = 0
 
     @property
     def total_dropped(self) -> int:
         """Rows dropped for any reason."""
         return sum(self.dropped.values())
 
+    def count_caption(self, caption: Any) -> None:
+        """Count a kept row's caption if it is missing (None) or empty (nothing but white space)."""
+        if caption is None:
+            self.missing_captions += 1
+        elif not str(caption).strip():
+            self.empty_captions += 1
+
+    def recount_captions(self, captions: Iterable[Any]) -> None:
+        """Count the captions of the kept rows anew (after `max_pairs` cut the kept rows short)."""
+        self.empty_captions = self.missing_captions = 0
+        for caption in captions:
+            self.count_caption(caption)
+
+    def captions_note(self) -> str:
+        """How many kept rows have an empty caption or none ('' when every caption has text)."""
+        if not (self.empty_captions or self.missing_captions):
+            return ""
+        return (f"{self.empty_captions} with an empty caption, {self.missing_captions} with no caption "
+                "(trained unconditionally, as data.empty_prompt_prob does on purpose)")
+
     def describe(self) -> str:
-        """One line: rows read, kept, and each non-zero drop reason."""
+        """One line: rows read, kept, each non-zero drop reason, and the kept rows without caption text."""
         reasons = ", ".join(f"{self.dropped[r]} {r}" for r in REASONS if self.dropped.get(r))
-        return f"{self.read} rows read, {self.kept} kept, {self.total_dropped} dropped ({reasons or 'none'})"
+        line = f"{self.read} rows read, {self.kept} kept, {self.total_dropped} dropped ({reasons or 'none'})"
+        note = self.captions_note()
+        return f"{line}; {note}" if note else line
 
 
 class PairFilter:
@@ -83,6 +109,23 @@ class PairFilter:
         self.seen: set[bytes] = set()
         self.report = FilterReport()
 
+    def explain_empty(self) -> str:
+        """Why no row was kept: the data had none, or how many rows each rule (and the data.* key behind it) dropped."""
+        report = self.report
+        if report.read == 0:
+            return "the data holds no rows"
+        causes = {
+            "other_subset": f"{{}} by data.validation_fraction={self.validation_fraction} (their captions are not in "
+                            f"data.subset={self.subset})",
+            "tie": "{} ties (label_0 = 0.5, always dropped)",
+            "invalid_label": "{} with an invalid label (label_0 not 0, 1 or 0.5)",
+            "not_different": "{} by data.require_different (are_different is false)",
+            "identical_images": "{} by data.dedupe (two identical images)",
+            "duplicate": "{} by data.dedupe (repeats of an earlier pair)",
+        }
+        dropped = "; ".join(causes[r].format(report.dropped[r]) for r in REASONS if report.dropped.get(r))
+        return f"all {report.read} rows were dropped: {dropped}"
+
     @property
     def needs_images(self) -> bool:
         """Whether the decision reads `jpg_0`/`jpg_1` (only for dedupe)."""
@@ -94,6 +137,7 @@ class PairFilter:
         self.report.read += 1
         if why is None:
             self.report.kept += 1
+            self.report.count_caption(row.get("caption"))
         else:
             self.report.dropped[why] += 1
         return why

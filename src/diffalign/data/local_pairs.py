@@ -37,16 +37,26 @@ def local_pairs_file(path: str | Path) -> Path | None:
 
 
 def _rows(file: Path) -> list[dict]:
-    if file.suffix == ".csv":
-        with file.open(newline="") as handle:
-            return list(csv.DictReader(handle))
+    """The rows of a pairs file; a ValueError names the file (and line) that is not UTF-8 CSV or JSON lines."""
+    try:
+        if file.suffix == ".csv":
+            with file.open(newline="", encoding="utf-8") as handle:
+                return list(csv.DictReader(handle))
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        kind = "CSV" if file.suffix == ".csv" else "JSON lines"
+        raise ValueError(f"{file}: not a {kind} text file (byte {error.start} is not UTF-8)") from error
     rows = []
-    for number, line in enumerate(file.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{file} line {number}: not JSON ({error})") from error
+            if not isinstance(row, dict):
+                raise ValueError(f"{file} line {number}: expected a JSON object with prompt, chosen and rejected, "
+                                 f"got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 
@@ -64,7 +74,7 @@ def load_local_pairs(file: str | Path, *, winners_only: bool = False) -> dataset
     file = Path(file)
     rows = _rows(file)
     if not rows:
-        raise ValueError(f"{file}: no pairs")
+        raise ValueError(f"{file}: no pairs (the file holds no rows)")
     keys = set().union(*(r.keys() for r in rows))
     required = WINNER_KEYS if winners_only else REQUIRED_KEYS
     missing = [k for k in required if k not in keys]

@@ -23,6 +23,7 @@ from ..paths import resolve_local
 from .filters import PairFilter
 from .local_pairs import load_local_pairs, local_pairs_file
 from .order import derive_seed
+from .parquet_shards import readable_parquet_files
 from .record import DUAL_CAPTION_COLUMNS, PairFields, pair_fields
 from .skip_report import SkipReport
 from .transforms import prepare_image
@@ -74,13 +75,24 @@ def load_pair_table(
 
         table = winners_folder_table(local)
     elif (files := parquet_files(path)) is not None:
-        table = datasets.load_dataset("parquet", data_files=files, split="train")
+        table = load_parquet_table(path, files)
     elif path.startswith((".", "/", "~")) or Path(path).suffix:
         raise FileNotFoundError(f"data.path {path!r} not found")
     else:
         table = datasets.load_dataset(path, split=split)
     check_columns(path, table.column_names, extra_columns, winners_only=winners_only)
     return table
+
+
+def load_parquet_table(path: str, files: Sequence[str]) -> datasets.Dataset:
+    """The rows of the parquet `files` of data path `path` as one table (files without rows left out);
+    a ValueError names a file that is not parquet, or `path` when no file holds a row or a file's data is corrupt."""
+    try:
+        return datasets.load_dataset("parquet", data_files=readable_parquet_files(files, path), split="train")
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, ValueError):  # pyarrow's ArrowInvalid: damaged data behind a valid footer
+            raise ValueError(f"{path}: cannot read its parquet data ({error.__cause__})") from error
+        raise
 
 
 def has_rejected(table: datasets.Dataset) -> bool:
@@ -239,13 +251,18 @@ class PreferencePairs(torch.utils.data.Dataset):
         keep = filter_rows(table, self.filter)
         self.report = self.filter.report
         self.dropped = self.report.total_dropped
+        if not keep:
+            relabelled = (" (data.relabel_with decided the ties; see data.relabel_tie_tolerance)"
+                          if relabel is not None and self.report.dropped.get("tie") else "")
+            raise ValueError(f"{path}: no pairs to train on: {self.filter.explain_empty()}{relabelled}")
+        truncated = max_pairs is not None and len(keep) > max_pairs
         if max_pairs is not None:
             keep = keep[:max_pairs]
-        if not keep:
-            raise ValueError(f"{path}: no pairs left after filtering ({self.report.describe()})")
         self.source = table  # every row, ties included (the latent cache is indexed by these rows)
         self.source_rows = keep
         self.table = table.select(keep)
+        if truncated:
+            self.report.recount_captions(self.table["caption"])
         self.skip_report = skip_report if isinstance(skip_report, SkipReport) else SkipReport(skip_report)
         self.resolution = resolution
         self.random_crop = random_crop

@@ -65,7 +65,14 @@ def save_progress(out: Path, state: dict) -> None:
 
 def write_shard(out: Path, state: dict, table: Any, **record: Any) -> None:
     """Write `table` (a `datasets.Dataset`) atomically as the next shard, then name it in the progress file with
-    `record` (its row count and whatever the job keeps per shard)."""
+    `record` (its row count and whatever the job keeps per shard).
+
+    A table without rows is recorded with `"file": None` and no file is written: readers such as
+    `datasets.load_dataset(folder)` fail on a parquet file without a row group."""
+    if len(table) == 0:
+        state["shards"].append({"file": None, **record})
+        save_progress(out, state)
+        return
     import pyarrow.parquet as pq
 
     name = shard_name(len(state["shards"]))

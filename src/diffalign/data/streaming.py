@@ -34,6 +34,7 @@ from .filters import PairFilter
 from .local_pairs import local_pairs_file
 from .order import derive_seed
 from .pairs import check_columns, decode_image, image_item, is_image_source, load_pair_table, parquet_files
+from .parquet_shards import readable_parquet_files
 from .record import DUAL_CAPTION_COLUMNS, PairFields, pair_fields
 from .skip_report import SkipReport
 
@@ -47,7 +48,8 @@ def open_stream(path: str, split: str = "train", *, winners_only: bool = False) 
         return load_pair_table(path, split, winners_only=winners_only).to_iterable_dataset()
     files = parquet_files(path)
     if files is not None:
-        return datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+        return datasets.load_dataset("parquet", data_files=readable_parquet_files(files, path), split="train",
+                                     streaming=True)
     if path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"data.path {path!r} not found")
     return datasets.load_dataset(path, split=split, streaming=True)
@@ -145,6 +147,8 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                     continue
                 generator = torch.Generator().manual_seed(derive_seed(self.seed, self.world, self.rank, served))
                 yield image_item(fields, images, self.resolution, self.random_crop, self.random_flip, generator)
+            if good == 0 and self.report.kept == 0:
+                raise ValueError(f"{self.path}: no pairs to train on: {self.filter.explain_empty()}")
             if good == 0:
                 raise ValueError(f"{self.path}: no decodable pairs left after filtering ({self.report.describe()})")
             epoch += 1
