@@ -134,6 +134,15 @@ def test_type_errors(field, value, expected):
     assert f"train.{field}" in msg and expected in msg and repr(value) in msg
 
 
+@pytest.mark.parametrize("field, value", [
+    ("learning_rate", float("nan")), ("learning_rate", float("inf")), ("learning_rate", "1e999"),
+    ("betas", [0.9, float("nan")]), ("loss_weights", {"kl": float("-inf")}),
+])
+def test_non_finite_numbers_are_refused_naming_the_key(field, value):
+    msg = errors_of({"train": {field: value}})
+    assert f"train.{field}" in msg and "expected a finite number" in msg
+
+
 def test_list_item_error_names_index():
     assert "train.target_modules[1]" in errors_of({"train": {"target_modules": ["a", 3]}})
 

@@ -47,3 +47,11 @@ def test_dump_round_trip():
 
     cfg = load_config(RunConfig, None, ["objective.name=sft", "train.mixed_precision=bf16"])
     assert from_dict(RunConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("override", ["train.learning_rate=.nan", "train.learning_rate=.inf", "train.max_grad_norm=1e999",
+                                      "train.adam_beta1=.nan", "objective.beta=.inf"])
+def test_non_finite_settings_are_config_errors_naming_the_key(override):
+    with pytest.raises(ConfigError, match=rf"command line \({override}\): invalid value for "
+                                          rf"'{override.split('=')[0]}': expected a finite number"):
+        load_config(RunConfig, None, [override])

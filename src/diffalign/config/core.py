@@ -41,6 +41,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import types
 import typing
@@ -224,10 +225,13 @@ def _convert(tp: Any, v: Any, key: str, ctx: _Ctx, dflt: Any = None) -> Any:
         return v if isinstance(v, int) and not isinstance(v, bool) else ctx.bad(key, v, "an integer")
     if tp is float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, str) and _FLOAT_RE.fullmatch(v.strip()):  # PyYAML reads `1e-4` as a string
-            return float(v)
-        return ctx.bad(key, v, "a number")
+            number = float(v)
+        elif isinstance(v, str) and _FLOAT_RE.fullmatch(v.strip()):  # PyYAML reads `1e-4` as a string
+            number = float(v)
+        else:
+            return ctx.bad(key, v, "a number")
+        # no setting means anything with nan or inf (YAML's .nan/.inf, or 1e999), which would reach the run silently
+        return number if math.isfinite(number) else ctx.bad(key, v, "a finite number")
     if tp is str:
         hint = " (quote it in YAML)" if isinstance(v, (int, float, bool)) else ""
         return v if isinstance(v, str) else ctx.bad(key, v, "a string", hint)
