@@ -5,7 +5,9 @@ parameter name, the optimizer state, the learning-rate scheduler, the gradient s
 RNG states and the trainer's position (`state.json`), plus, for LoRA, `pytorch_lora_weights.safetensors`
 so that `diffalign eval` and `pipe.load_lora_weights` take a checkpoint as they take a finished run.
 It is written into a hidden temporary folder and renamed into place, so a crash leaves either the whole
-checkpoint or none; only the newest `keep` are kept.
+checkpoint or none. `state.json` names the run that wrote it (`run_id`); rotation deletes only that run's
+own older checkpoints and keeps its newest `keep`. A checkpoint that cannot be read back (a truncated or
+edited file) is refused by name before anything is loaded (`verify_checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
+TRAINABLE_FILE = "trainable.safetensors"
+CONFIG_FILE = "config.yaml"
+# what every checkpoint of the training loop holds besides the per-process and per-source files
+REQUIRED_FILES = (STATE_FILE, CONFIG_FILE, TRAINABLE_FILE, "optimizer.json", "optimizer.safetensors", "schedule.json",
+                  "schedule.safetensors")
 _NAME = re.compile(r"^step-(\d{8})$")
+
+
+class CheckpointUnreadable(ValueError):
+    """A checkpoint folder whose files cannot be read back (truncated, edited or missing)."""
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "t") -> Any:
@@ -125,6 +138,62 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     return path
 
 
+def checkpoint_owner(folder: Path) -> str | None:
+    """The run id a checkpoint's state.json names (None for one written before run ids, or unreadable)."""
+    try:
+        owner = json.loads((Path(folder) / STATE_FILE).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None
+
+
+def _problem(folder: Path, required: tuple[str, ...]) -> str | None:
+    """What makes a checkpoint folder unreadable, or None when every file parses."""
+    for name in required:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            return f"{path.name} is not valid JSON ({error})"
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own SafetensorError for every kind of damage
+            return f"{path.name} is truncated or not a safetensors file ({error})"
+    for path in sorted(folder.glob("*.json")):  # save_state_files writes NAME.json beside NAME.safetensors
+        if path.name != STATE_FILE and not path.with_suffix(".safetensors").is_file():
+            return f"{path.with_suffix('.safetensors').name} is missing"
+    if CONFIG_FILE in required:
+        try:
+            settings = yaml.safe_load((folder / CONFIG_FILE).read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            return f"{CONFIG_FILE} is not valid YAML ({str(error).splitlines()[0]})"
+        if not isinstance(settings, dict):
+            return f"{CONFIG_FILE} does not hold a run's settings"
+    state = json.loads((folder / STATE_FILE).read_text())
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("step", "micro_step")):
+        return f"{STATE_FILE} does not hold the step and micro_step of the run"
+    return None
+
+
+def verify_checkpoint(folder: Path, required: tuple[str, ...] = REQUIRED_FILES) -> None:
+    """Refuse (CheckpointUnreadable, one line naming the file and the way on) a checkpoint folder whose files
+    cannot all be read back: a missing file, JSON that does not parse, a truncated safetensors file."""
+    folder = Path(folder)
+    problem = _problem(folder, required)
+    if problem is None:
+        return
+    older = [p for p in list_checkpoints(folder.parent) if p.name < folder.name]
+    way = (f"resume from the one before it (train.resume={older[-1]}), or delete {folder.name} (train.resume=latest "
+           f"then takes {older[-1].name})" if older else
+           "no older checkpoint to fall back on: start the run again (train.overwrite=true deletes this one, or use "
+           "another train.output_dir)")
+    raise CheckpointUnreadable(f"checkpoint {folder} cannot be read: {problem}; {way}")
+
+
 def save_checkpoint(
     out_dir: Path,
     step: int,
@@ -133,12 +202,13 @@ def save_checkpoint(
     is_main: bool,
     barrier: Callable[[], None],
     keep: int,
+    run_id: str | None = None,
 ) -> Path:
     """Write the checkpoint of `step` atomically; every process calls this.
 
     The main process creates a temporary folder; each process adds its own files (`write_own`: RNG
     states); the main process adds the shared ones (`write_shared`: weights, optimizer, state.json),
-    renames the folder into place and deletes all but the newest `keep` checkpoints.
+    renames the folder into place and rotates the run's own checkpoints (`rotate`).
     """
     final = checkpoint_dir(out_dir, step)
     tmp = final.with_name(f".tmp-{final.name}")
@@ -153,7 +223,17 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in list_checkpoints(out_dir)[:-keep]:
+        for old in rotate(out_dir, step, keep, run_id):
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def rotate(out_dir: Path, step: int, keep: int, run_id: str | None) -> list[Path]:
+    """The checkpoints to delete once the one of `step` is written: the run's own (state.json names `run_id`,
+    or no run at all, as before run ids) older than its newest `keep`, and its own after `step` (left by the
+    continuation a resume from an older checkpoint replaces). Another run's checkpoints are never deleted."""
+    own = [p for p in list_checkpoints(out_dir) if checkpoint_owner(p) in (run_id, None)]
+    later = [p for p in own if int(p.name[5:]) > step]
+    earlier = [p for p in own if int(p.name[5:]) < step]
+    return earlier[: max(len(earlier) - (keep - 1), 0)] + later

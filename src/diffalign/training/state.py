@@ -5,6 +5,10 @@ Weights and optimizer state go through `torch.distributed.checkpoint.state_dict`
 tensor by its parameter name and, under FSDP2, gathers the shards into whole tensors. A checkpoint
 is therefore the same set of files whether it was written by one process, by DDP or by FSDP (the
 tests resume it under one process and under FSDP2; the global batch must stay the same).
+
+Resuming takes the learning-rate schedule from this run's settings, not the checkpoint's: the schedule's
+position (its step count) comes from the checkpoint, its shape (peak rate, warm-up, length) from the
+current config, so a changed `train.learning_rate` or `train.max_steps` applies from the first resumed step.
 """
 
 from __future__ import annotations
@@ -25,14 +29,36 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..models.lora import save_lora
-from .checkpoint import STATE_FILE, load_state_files, rng_state, save_checkpoint, save_state_files, set_rng_state
+from .checkpoint import (
+    CONFIG_FILE,
+    STATE_FILE,
+    TRAINABLE_FILE,
+    load_state_files,
+    rng_state,
+    save_checkpoint,
+    save_state_files,
+    set_rng_state,
+)
 
-TRAINABLE_FILE = "trainable.safetensors"
+__all__ = ["FORMAT", "TRAINABLE_FILE", "TrainingState", "full_trainable_state", "trainable_names"]
 FORMAT = 2  # 1: optimizer state keyed by parameter index (before FSDP support)
 
 
 def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the real one
+
+
+def _take_schedule(scheduler: object, optimizer: torch.optim.Optimizer, peak: list[float]) -> None:
+    """Put this run's schedule at the restored scheduler's position: its peak rates replace the checkpoint's, and
+    every parameter group's current rate becomes what this run's schedule gives at that step (the checkpoint's
+    optimizer state holds the rate of the checkpoint's schedule)."""
+    scheduler.base_lrs = peak
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is None:  # not a LambdaLR (every diffusers schedule is one): keep the restored rates
+        return
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(peak, lambdas)]
+    for group, base, rate in zip(optimizer.param_groups, peak, rates):
+        group["initial_lr"], group["lr"] = base, rate
 
 
 def trainable_names(model: torch.nn.Module) -> list[str]:
@@ -72,6 +98,7 @@ class TrainingState:
     config_text: str
     extras: list = field(default_factory=list)  # objects with save(folder, rank) / restore(folder, rank): the
     # batch source's position beyond the micro-step, the reference pool
+    run_id: str | None = None  # written into every checkpoint; rotation deletes only this run's own
 
     def save(self, out_dir: Path, step: int, micro_step: int, keep: int) -> Path:
         """Write the checkpoint of `step` (every process must call this)."""
@@ -90,12 +117,13 @@ class TrainingState:
             save_state_files(folder, "optimizer", optim)
             scaler = acc.scaler.state_dict() if acc.scaler is not None else None
             save_state_files(folder, "schedule", {"lr_scheduler": self.lr_scheduler.state_dict(), "scaler": scaler})
-            (folder / "config.yaml").write_text(self.config_text)
+            (folder / CONFIG_FILE).write_text(self.config_text)
             position = {"step": step, "micro_step": micro_step, "global_batch": self.global_batch,
-                        "processes": acc.num_processes, "format": FORMAT}
+                        "processes": acc.num_processes, "format": FORMAT, "run_id": self.run_id}
             (folder / STATE_FILE).write_text(json.dumps(position, indent=2))
 
-        return save_checkpoint(out_dir, step, write_shared, write_own, acc.is_main_process, acc.wait_for_everyone, keep)
+        return save_checkpoint(out_dir, step, write_shared, write_own, acc.is_main_process, acc.wait_for_everyone, keep,
+                               self.run_id)
 
     def restore(self, folder: Path) -> tuple[int, int]:
         """Load a checkpoint into the live objects; return its (step, micro_step)."""
@@ -126,7 +154,10 @@ class TrainingState:
             options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True, strict=False),
         )
         schedule = load_state_files(folder, "schedule")
+        scheduler = getattr(self.lr_scheduler, "scheduler", self.lr_scheduler)  # inside accelerate's wrapper
+        peak = list(scheduler.base_lrs)  # this run's learning rates, which the checkpoint's would replace
         self.lr_scheduler.load_state_dict(schedule["lr_scheduler"])
+        _take_schedule(scheduler, _inner(self.optimizer), peak)
         if acc.scaler is not None and schedule["scaler"] is not None:
             acc.scaler.load_state_dict(schedule["scaler"])
         for extra in self.extras:
