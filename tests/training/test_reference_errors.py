@@ -51,6 +51,7 @@ def test_runs_differing_in_beta_reuse_them_and_a_longer_run_extends_them(tiny_mo
     args = (tiny_models["sd15"], pair_file, tmp_path / "run", tmp_path / "cache", "reference.precompute=on")
     train(_cfg(*args))
     capsys.readouterr()
+    args = (*args, "train.overwrite=true")  # each run replaces the one before in the output folder
     train(_cfg(*args, "objective.beta=500", "objective.loss=hinge", "train.learning_rate=1e-4"))
     assert "6 micro-steps, 0 computed now" in capsys.readouterr().out
     train(_cfg(*args, "train.max_steps=5"))
@@ -67,6 +68,7 @@ def test_errors_stored_for_other_draws_are_refused(tiny_models, pair_file, tmp_p
     tensors = load_file(path)
     tensors["timesteps"][1] = (tensors["timesteps"][1] + 1) % 1000
     save_file(tensors, str(path))
+    cfg.train.overwrite = True  # a second run into the same folder
     with pytest.raises(RuntimeError, match="micro-step 1 were drawn at other timesteps"):
         train(cfg)
 

@@ -215,7 +215,16 @@ class TrainConfig:
     )
     keep_checkpoints: int = cfg_field(2, "Keep only the newest K checkpoints under OUTPUT_DIR/checkpoints.", min=1)
     resume: str | None = cfg_field(
-        None, "Continue a run: 'latest' (the newest checkpoint in output_dir, or a fresh start if none) or a checkpoint folder."
+        None,
+        "Continue a run: 'latest' (the newest checkpoint in output_dir, or a fresh start if the folder holds none and no "
+        "finished weights) or a checkpoint folder. Its settings must be the checkpoint's, except bookkeeping and speed "
+        "keys and those the resumed run applies (train.max_steps, the learning rate and its schedule, "
+        "train.max_grad_norm, train.mixed_precision, objective.beta; see training/resume_rules.py).",
+    )
+    overwrite: bool = cfg_field(
+        False,
+        "Start this run in an output_dir that holds another run's checkpoints, weights or config by deleting those "
+        "first (without it such a run is refused; two runs never share a folder).",
     )
 
 

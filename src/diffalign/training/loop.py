@@ -6,12 +6,18 @@ and runs micro-steps through the step runner (`steps`) for `train.max_steps` opt
 progress bar (loss, implicit accuracy, reward margin, ETA), metrics, validation grids and resumable
 checkpoints. At the end it writes the LoRA in diffusers' format (or the full UNet), the resolved config
 and the metrics log. It never branches on a method's name, only on what the method declares.
+
+The output folder is the run's alone (`run_folder`: a lock, and no mixing with another run's outputs);
+weights are checked finite before any of them is saved (`steps`); Ctrl-C or SIGTERM saves a checkpoint
+after the current step and stops (`interrupts`).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +36,13 @@ from ..files import atomic_save, atomic_write_text
 from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import save_lora
 from ..models.reference import FrozenCopyReference, compile_unet
-from .checkpoint import resolve_resume
+from .checkpoint import CONFIG_FILE
+from .interrupts import InterruptGuard, stopped
 from .methods import Method, TrainableModel, build_method
 from .randomness import BatchRandom
 from .reference_errors import precompute_reference_errors, wants_precompute
 from .reference_pool import ReferencePool
+from .run_folder import LOGS_DIR, METRICS_FILE, claim_run_folder
 from .setup import (
     build_optimizer,
     check_channels_last,
@@ -48,13 +56,10 @@ from .setup import (
 from .sources.base import BatchSource
 from .sources.offline import OfflinePairs, build_dataset
 from .state import TrainingState, full_trainable_state
-from .steps import StepRunner, TrainingDiverged
+from .steps import StepRunner, TrainingDiverged, any_process
 from .validation import Validator, log_grid
 
 __all__ = ["TrainResult", "TrainingDiverged", "describe_batch", "train"]
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -178,11 +183,11 @@ def build_source(
 
 def train(cfg: RunConfig) -> TrainResult:
     """Run one training job described by `cfg` and return where its outputs are."""
-    with cpu_threads(cfg.train.cpu_threads if cfg.train.cpu or not torch.cuda.is_available() else 0):
-        return _train(cfg)
+    with cpu_threads(cfg.train.cpu_threads if cfg.train.cpu or not torch.cuda.is_available() else 0), ExitStack() as stack:
+        return _train(cfg, stack)
 
 
-def _train(cfg: RunConfig) -> TrainResult:
+def _train(cfg: RunConfig, stack: ExitStack) -> TrainResult:
     t = cfg.train
     out_dir = Path(t.output_dir)
     trackers = [name for name in t.trackers if name != "none"]
@@ -193,7 +198,7 @@ def _train(cfg: RunConfig) -> TrainResult:
         gradient_accumulation_steps=t.grad_accum * substeps,
         cpu=t.cpu,
         log_with=trackers or None,
-        project_dir=str(out_dir / "logs"),
+        project_dir=str(out_dir / LOGS_DIR),
     )
     check_distributed(accelerator)
     sharded = accelerator.distributed_type == DistributedType.FSDP
@@ -201,7 +206,8 @@ def _train(cfg: RunConfig) -> TrainResult:
     check_channels_last(cfg, sharded)
     set_seed(t.seed)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    resume_from = resolve_resume(t.resume, out_dir)
+    folder = claim_run_folder(cfg, accelerator, stack)  # the lock is held until `stack` closes
+    resume_from = folder.resume_from
 
     online = method.data == "rollouts"
     if cfg.data.streaming and cfg.data.cache == "require" and not online:
@@ -250,7 +256,7 @@ def _train(cfg: RunConfig) -> TrainResult:
     config_text = dump_yaml(cfg)
     state = TrainingState(
         accelerator, unet, optimizer, lr_scheduler, cfg.lora.enabled, parts.family, t.batch_size * world, config_text,
-        extras=[x for x in (source, reference) if hasattr(x, "save") and hasattr(x, "restore")],
+        extras=[x for x in (source, reference) if hasattr(x, "save") and hasattr(x, "restore")], run_id=folder.run_id,
     )
     step = micro = 0
     if resume_from is not None:
@@ -266,6 +272,8 @@ def _train(cfg: RunConfig) -> TrainResult:
         print(describe_batch(cfg, world, unit, substeps) + f"; learning rate {lr:g}")
         if resume_from is not None:
             print(f"resumed from {resume_from} at step {step} (micro-step {micro})")
+        for note in folder.notes:
+            print(note)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / CONFIG_FILE, config_text)
         if resume_from is not None:
@@ -283,6 +291,7 @@ def _train(cfg: RunConfig) -> TrainResult:
     averages = _Averages()
     last: dict[str, float] = {}
     start, last_time, last_step = time.time(), time.time(), step
+    guard, stop = stack.enter_context(InterruptGuard()), False
     for raw in source.batches(micro) if step < t.max_steps else []:
         if isinstance(reference, ReferencePool):
             reference.refresh(step, t.seed, micro)
@@ -315,20 +324,27 @@ def _train(cfg: RunConfig) -> TrainResult:
                 metrics_log.flush()
             if trackers:
                 accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
-        due = validator is not None and (step % cfg.validation.every == 0 or step == t.max_steps)
+        stop = any_process(accelerator, guard.requested) and step < t.max_steps  # Ctrl-C, SIGTERM: save, then stop
+        due = not stop and validator is not None and (step % cfg.validation.every == 0 or step == t.max_steps)
         if due and (accelerator.is_main_process or sharded):  # a sharded UNet samples only with every process
             with uncompiled(t.compile != "off"):  # sampling shapes would compile graphs of their own
                 _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast,
                                         save=accelerator.is_main_process)
             if trackers and accelerator.is_main_process:
                 log_grid(accelerator, grid, step)
-        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
-            runner.last_checkpoint = state.save(out_dir, step, micro, t.keep_checkpoints)
-        if step >= t.max_steps:
+        if stop or (t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps):
+            runner.checkpoint(state, out_dir, step, micro, t.keep_checkpoints)
+        if stop or step >= t.max_steps:
             break
     progress.close()
     if metrics_log is not None:
         metrics_log.close()
+    if stop:
+        accelerator.end_training()
+        interrupted = stopped(guard.signum, step, runner.last_checkpoint, out_dir / CONFIG_FILE, world)
+        if accelerator.is_main_process:
+            print(interrupted.message, file=sys.stderr)
+        raise interrupted
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -336,6 +352,7 @@ def _train(cfg: RunConfig) -> TrainResult:
         if summary:
             print(summary)
     weights = out_dir
+    runner.check_weights(step, "the final weights")
     state_dict, _ = full_trainable_state(unet)  # every process: gathers FSDP shards
     if accelerator.is_main_process:
         weights = _save_weights(cfg, accelerator.unwrap_model(unet), state_dict, parts.family, out_dir)

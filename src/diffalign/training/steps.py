@@ -1,5 +1,6 @@
 """The step runner: one micro-step of any method under accelerate (accumulation, mixed precision, the
-non-finite check, backward, clipping, the optimizer and schedule steps)."""
+non-finite check, backward, clipping, the optimizer and schedule steps), and the check that the weights
+are finite before any of them is saved."""
 
 from __future__ import annotations
 
@@ -12,15 +13,32 @@ from accelerate import Accelerator
 
 from .methods.base import Method, TrainableModel
 from .randomness import BatchRandom
+from .state import TrainingState
+
+ADVICE = (
+    "lower train.learning_rate or the objective's beta, or use train.mixed_precision=bf16 instead of fp16 (each applies "
+    "on resume), then continue with train.resume=latest"
+)
 
 
 class TrainingDiverged(FloatingPointError):
-    """A non-finite loss stopped the run."""
+    """A non-finite loss or non-finite weights stopped the run."""
+
+
+def any_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
+    """Whether `flag` holds on at least one process (every process must call this, and gets the same answer)."""
+    if accelerator.num_processes == 1 and isinstance(flag, bool):
+        return flag
+    value = flag.detach().float().reshape(1) if isinstance(flag, torch.Tensor) else torch.tensor([float(flag)])
+    value = value.to(accelerator.device)
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value, "max")  # accelerate's reduce knows sum, mean and max (not min)
+    return value.item() > 0
 
 
 @dataclass
 class StepRunner:
-    """Runs micro-steps; `last_checkpoint` is named in the error when a loss goes non-finite."""
+    """Runs micro-steps; `last_checkpoint` is named in the error when the loss or the weights go non-finite."""
 
     accelerator: Accelerator
     method: Method
@@ -32,6 +50,9 @@ class StepRunner:
     last_checkpoint: Path | None = None
     grad_norm: float = 0.0
 
+    def _last_good(self) -> str:
+        return str(self.last_checkpoint or "none (train.checkpoint_every=0 or not reached yet)")
+
     def run(self, batch: Any, rand: BatchRandom, step: int) -> dict[str, torch.Tensor]:
         """One micro-step on `batch` (the method's input); returns its loss and metrics, detached.
         `grad_norm` holds the norm before clipping after a micro-step that stepped the optimizer."""
@@ -39,15 +60,10 @@ class StepRunner:
         with acc.accumulate(self.model.unet):
             with acc.autocast():
                 out = self.method(self.model, batch, rand)
-            finite = torch.isfinite(out.loss.detach()).float()
-            if acc.num_processes > 1:
-                finite = acc.reduce(finite, "min")
-            if finite.item() < 1:
+            if any_process(acc, ~torch.isfinite(out.loss.detach())):
                 raise TrainingDiverged(
-                    f"non-finite loss at step {step + 1}: stopped. The last good checkpoint is "
-                    f"{self.last_checkpoint or 'none (train.checkpoint_every=0 or not reached yet)'}; lower "
-                    f"train.learning_rate or the objective's beta, or use train.mixed_precision=bf16 instead of fp16, "
-                    f"then continue with train.resume=latest"
+                    f"non-finite loss at step {step + 1}: stopped. The last good checkpoint is {self._last_good()}; "
+                    f"{ADVICE}"
                 )
             acc.backward(out.loss)
             if acc.sync_gradients:
@@ -58,3 +74,20 @@ class StepRunner:
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return {"loss": out.loss.detach(), **out.metrics}
+
+    def check_weights(self, step: int, saving: str) -> None:
+        """Stop with TrainingDiverged, before `saving` is written, when a trainable weight on any process is not
+        finite (an optimizer step can overflow them while the loss that led to it was finite)."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.params]  # FSDP2: this process's shard
+        bad = torch.stack([~torch.isfinite(p.detach()).all() for p in local]).any()
+        if any_process(self.accelerator, bad):
+            raise TrainingDiverged(
+                f"non-finite weights after step {step}: stopped before saving {saving}. The last good checkpoint is "
+                f"{self._last_good()}; {ADVICE}"
+            )
+
+    def checkpoint(self, state: TrainingState, out_dir: Path, step: int, micro_step: int, keep: int) -> Path:
+        """Write the checkpoint of `step` once the weights are known to be finite (every process calls this)."""
+        self.check_weights(step, "its checkpoint")
+        self.last_checkpoint = state.save(out_dir, step, micro_step, keep)
+        return self.last_checkpoint
