@@ -2,7 +2,10 @@
 
 import json
 import queue
+import socket
+import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -143,3 +146,30 @@ def test_cli_ctrl_c_prints_the_progress(folder, capsys, monkeypatch):
     assert main(["label", str(folder)]) == 0
     out = capsys.readouterr().out
     assert f"stopped: 1 / 2 prompts labelled, 2 pair(s) in {folder / 'pairs.jsonl'}" in out
+
+
+def _wait_for_handlers(deadline_s: float = 5.0) -> None:
+    """Until the server's request threads (socketserver's process_request_thread) have finished."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end and any("process_request" in t.name for t in threading.enumerate()):
+        time.sleep(0.02)
+
+
+def test_a_client_that_hangs_up_mid_request_leaves_no_traceback(folder, capsys):
+    with running(folder) as server:
+        host = f"127.0.0.1:{server.port}"
+        requests = [  # a body announced but never sent, then a reset; a request reset before its answer is read
+            f"POST /api/choice HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{{",
+            f"GET /images/p0000-i0.png HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        ]
+        for request in requests:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+                client.sendall(request.encode())
+                time.sleep(0.2)  # the server is now waiting for the rest of the body
+        status, _, _ = get(server.url + "api/state")
+        assert status == 200
+        _wait_for_handlers()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert read_decisions(folder) == {}

@@ -59,6 +59,12 @@ class LabelServer(ThreadingHTTPServer):
         super().__init__((host, port), LabelHandler)
         self.host = host
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A browser that hangs up mid-request (a closed tab, a reload) is no error to report; anything else is."""
+        if isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipeError, ConnectionResetError, ...
+            return
+        super().handle_error(request, client_address)
+
     @property
     def port(self) -> int:
         """The port it listens on (the free one picked for port 0)."""
