@@ -12,6 +12,8 @@ from diffalign.evaluation.report import (
     write_report,
 )
 
+from ..permissions import modes, umask
+
 EVIL = "<script>alert(1)</script>"
 
 
@@ -139,6 +141,15 @@ def test_write_report_creates_plots_summary_and_html(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert 'src="plots/categories-shapes.png"' in page and "&lt;script&gt;" in page
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind
+
+
+def test_the_report_summary_and_plots_get_the_umask_permissions(tmp_path):
+    results = sample_results()
+    write_scores_csv(tmp_path / "scores.csv", results)
+    with umask(0o027):
+        write_report(results, tmp_path)
+    written = modes(tmp_path)
+    assert written["report.html"] == written["summary.md"] == written["plots/win-rates.png"] == 0o640  # were 0600
 
 
 def test_write_report_without_scores_csv_skips_the_distributions(tmp_path):

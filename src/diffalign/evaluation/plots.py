@@ -6,30 +6,20 @@ Comparison dicts are `stats.PairedComparison.as_dict()` outputs.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from ..files import atomic_write
 
 DPI = 100
 WIN, TIE, LOSS = "#3a923a", "#b8b8b8", "#c0392b"
 
 
 def _save(fig: Figure, path) -> Path:
-    """Write `fig` as a PNG to `path` atomically (a temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `fig` as a PNG to `path` atomically (a temporary file in the same folder, then a rename)."""
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight"))
 
 
 def _value(estimate: dict | None, key: str = "value") -> float:

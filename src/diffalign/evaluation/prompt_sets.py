@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.image_inputs import PROMPT_KEYS
-from ..files import read_jsonl
+from ..files import give_usual_permissions, read_jsonl
 from ..paths import resolve_local
 
 CATEGORY_KEYS = ("category", "Category", "style")
@@ -220,6 +220,7 @@ def download_to(url: str, target: Path) -> None:
         with os.fdopen(handle, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
             f.write(response.read())
         read_prompt_file(temporary)  # a truncated or HTML answer must not land in the cache
+        give_usual_permissions(Path(temporary))  # mkstemp creates 0600
         os.replace(temporary, target)
     finally:
         Path(temporary).unlink(missing_ok=True)
