@@ -186,7 +186,7 @@ def verify_checkpoint(folder: Path, required: tuple[str, ...] = REQUIRED_FILES) 
     problem = _problem(folder, required)
     if problem is None:
         return
-    older = [p for p in list_checkpoints(folder.parent) if p.name < folder.name]
+    older = [p for p in list_checkpoints(folder.parent.parent) if p.name < folder.name]  # its siblings
     way = (f"resume from the one before it (train.resume={older[-1]}), or delete {folder.name} (train.resume=latest "
            f"then takes {older[-1].name})" if older else
            "no older checkpoint to fall back on: start the run again (train.overwrite=true deletes this one, or use "
