@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from diffalign.evaluation.model_specs import ModelSpec, parse_lora, resolve_model
 
@@ -23,7 +25,7 @@ def test_resolve_each_kind_of_model(tmp_path):
 
     lora = tmp_path / "lora-run"
     lora.mkdir()
-    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    save_file({"unet.x.lora_A.weight": torch.zeros(1, 1)}, lora / "pytorch_lora_weights.safetensors")
     (lora / "config.yaml").write_text("model:\n  pretrained: org/base\n")
     assert resolve_model(f"{lora}@0.7") == ModelSpec("lora-run", "org/base", None, [(str(lora), 0.7)])
     assert resolve_model(str(lora), base="other/base").pipeline == "other/base"
@@ -40,3 +42,16 @@ def test_resolve_each_kind_of_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a pipeline folder"):
         resolve_model(str(empty))
 
+
+
+def test_a_broken_lora_file_is_refused_before_any_work(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  pretrained: org/base\n")
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"\x80\x02}q\x00.")  # a pickle, not safetensors
+    with pytest.raises(ValueError, match="run/pytorch_lora_weights.safetensors is not a safetensors file"):
+        resolve_model(str(run))
+    save_file({"unet.x.lora_A.weight": torch.zeros(1, 1)}, tmp_path / "extra.safetensors")
+    with pytest.raises(FileNotFoundError, match="missing.safetensors not found"):
+        resolve_model("org/model", loras=[(str(tmp_path / "extra.safetensors"), 1.0),
+                                          (str(tmp_path / "missing.safetensors"), 0.5)])

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+from ..models.lora_files import LORA_WEIGHTS as LORA_FILE
+from ..models.lora_files import lora_tensor_names
 
 
 @dataclass
@@ -81,9 +82,18 @@ def resolve_model(
         if pipeline is None:
             raise FileNotFoundError(f"{path / 'config.yaml'} not found: give --base MODEL for a folder without a run config")
         if is_lora:
-            return ModelSpec(label, pipeline, None, [(str(path), scale), *loras])
-        return ModelSpec(label, pipeline, str(path / "unet"), list(loras))
+            return checked(ModelSpec(label, pipeline, None, [(str(path), scale), *loras]))
+        return checked(ModelSpec(label, pipeline, str(path / "unet"), list(loras)))
     if "@" in source:
         raise ValueError(f"{source!r}: @SCALE applies to a LoRA folder or run, not to {path_text}")
-    return ModelSpec(label, path_text, None, list(loras))
+    return checked(ModelSpec(label, path_text, None, list(loras)))
+
+
+def checked(spec: ModelSpec) -> ModelSpec:
+    """`spec`, once each of its LoRA files is found to be a whole safetensors file with tensors (read from
+    the header alone, so that a bad file fails before any image is drawn; whether it fits the model is
+    checked when it loads)."""
+    for path, _ in spec.loras:
+        lora_tensor_names(path)
+    return spec
 

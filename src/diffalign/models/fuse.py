@@ -13,29 +13,27 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_save
+from ..files import atomic_save, check_output_folder
 from .loading import DTYPES, resolve_source
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
+from .lora_files import load_lora, lora_tensor_names
 
 
 def fuse_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0, dtype: str = "float32") -> Path:
     """Write `base` with the LoRA of `lora` (a run's output_dir or a LoRA folder) fused in, to `out`.
 
-    The folder is written atomically (a temporary folder renamed into place) and records where it
-    came from in `fused_from.json`.
+    A LoRA that does not fit `base` is refused (see `lora_files.load_lora`). The folder is written
+    atomically (a temporary folder renamed into place) and records where it came from in `fused_from.json`.
     """
     from diffusers import DiffusionPipeline
 
     lora = Path(lora)
-    if not (lora / LORA_FILE).is_file():
-        raise FileNotFoundError(f"{lora / LORA_FILE} not found: give a `diffalign train` LoRA run or LoRA folder")
+    lora_tensor_names(lora)  # a missing, truncated or pickled file fails before the base loads
+    out = Path(out)
+    check_output_folder(out)
     pipe = DiffusionPipeline.from_pretrained(resolve_source(base), dtype=DTYPES[dtype])
-    pipe.load_lora_weights(str(lora), adapter_name="tuned")
+    load_lora(pipe, lora, adapter_name="tuned")
     pipe.fuse_lora(lora_scale=scale, adapter_names=["tuned"])
     pipe.unload_lora_weights()
-
-    out = Path(out)
 
     def write(tmp: Path) -> Path:
         folder = tmp / out.name

@@ -10,8 +10,8 @@ from peft import LoraConfig as PeftLoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from ..config.schema import LoraConfig
-
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+from ..files import give_usual_permissions
+from .lora_files import LORA_WEIGHTS
 
 
 def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[torch.nn.Parameter]:
@@ -47,4 +47,6 @@ def save_lora(
     layers = get_peft_model_state_dict(unet, state_dict=state_dict)
     pipeline_cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     pipeline_cls.save_lora_weights(out_dir, unet_lora_layers=layers, safe_serialization=True)
-    return Path(out_dir) / LORA_WEIGHTS
+    path = Path(out_dir) / LORA_WEIGHTS
+    give_usual_permissions(path)  # safetensors writes 0600 files
+    return path

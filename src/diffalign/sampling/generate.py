@@ -4,7 +4,6 @@ UNet, the sampler) and drawing."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..models.loading import DTYPES, resolve_source
+from ..models.lora_files import load_lora
 
 
 # Sampler names -> diffusers scheduler class names; "default" keeps the pipeline's own scheduler.
@@ -24,18 +24,6 @@ SAMPLERS = {
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
-
-
-@contextmanager
-def _quiet_diffusers():
-    from diffusers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
 
 
 def default_device() -> str:
@@ -74,7 +62,8 @@ def load_pipeline(
     """Load a text-to-image pipeline (hub id or local folder) on `device` (default: CUDA if available).
 
     `unet`: a fine-tuned UNet folder that replaces the pipeline's; `loras`: (folder, scale) adapters
-    loaded with diffusers' `load_lora_weights` and combined with `set_adapters`; `sampler`: see SAMPLERS.
+    loaded with `models.lora_files.load_lora` (refused unless they fit the model) and combined with
+    `set_adapters`; `sampler`: see SAMPLERS.
     """
     device = device or default_device()
     dtype = resolve_dtype(dtype, device)
@@ -85,11 +74,7 @@ def load_pipeline(
         pipe.unet = UNet2DConditionModel.from_pretrained(Path(unet), dtype=DTYPES[dtype])
     names = []
     for n, (path, _) in enumerate(loras):
-        local = Path(path).expanduser()
-        if not local.exists():
-            raise FileNotFoundError(f"LoRA {path}: not found")
-        with _quiet_diffusers():  # our LoRAs adapt the UNet only: no warning that the text encoder has none
-            pipe.load_lora_weights(str(local), adapter_name=f"lora{n}")
+        load_lora(pipe, path, adapter_name=f"lora{n}")
         names.append(f"lora{n}")
     if names:
         pipe.set_adapters(names, adapter_weights=[float(s) for _, s in loras])
