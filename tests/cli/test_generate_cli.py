@@ -8,6 +8,16 @@ import pytest
 
 from diffalign.cli.generate import parse_seeds
 from diffalign.cli.main import main
+from diffalign.models.lora_files import LORA_WEIGHTS
+
+from ..models.lora_cases import MESSAGES, write_bad_loras
+
+
+@pytest.fixture(scope="module")
+def bad_loras(tiny_models, make_lora, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    good = make_lora(tiny_models["sd15"], root / "good", 0.05)
+    return write_bad_loras(good, make_lora(tiny_models["sdxl"], root / "sdxl", 0.05), root / "bad")
 
 
 def test_parse_seeds():
@@ -37,3 +47,32 @@ def test_generate_command(tiny_models, make_lora, tmp_path, capsys):
     assert "guidance=5.0, not 7.0" in capsys.readouterr().err
     assert main(["generate", str(tiny_models["sd15"]), "--sampler", "magic", "--out", str(out)]) == 2
     assert "--sampler 'magic'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_generate_refuses_a_lora_that_does_not_fit(tiny_models, bad_loras, case, tmp_path, capsys):
+    out = tmp_path / "gen"
+    argv = ["generate", str(tiny_models["sd15"]), "--lora", str(bad_loras[case]), "--max-prompts", "1", "--steps", "1",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"diffalign generate: error: LoRA {bad_loras[case] / LORA_WEIGHTS}" in err and MESSAGES[case] in err
+    assert not list(out.glob("*.png"))
+
+
+def test_generate_into_a_file_is_refused(tiny_models, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a folder")
+    assert main(["generate", str(tiny_models["sd15"]), "--out", str(tmp_path / "taken"), "--no-progress"]) == 2
+    assert f"diffalign generate: error: --out {tmp_path / 'taken'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_lora_trained_further_at_the_same_path_is_refused(tiny_models, make_lora, tmp_path, capsys):
+    lora = make_lora(tiny_models["sd15"], tmp_path / "run", 0.05)
+    argv = ["generate", str(lora), "--base", str(tiny_models["sd15"]), "--max-prompts", "1", "--steps", "1",
+            "--out", str(tmp_path / "gen"), "--no-progress"]
+    assert main(argv) == 0
+    make_lora(tiny_models["sd15"], lora, 0.2)  # the run trained further, into the same folder
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"{tmp_path / 'gen'} was drawn from other weights: {lora / LORA_WEIGHTS} changed since (sha256 " in err
+            and "give another output folder (or delete this one)" in err)

@@ -99,6 +99,18 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     assert re.search(message, err), err
 
 
+def test_an_output_that_is_a_folder_or_below_a_file_is_refused(tmp_path, capsys):
+    base = make_folder(tmp_path / "base")
+    (tmp_path / "file").write_text("x")
+    assert main(["grid", str(base), "--out", str(tmp_path)]) == 2
+    assert (f"diffalign grid: error: --out {tmp_path} is a folder: give the PNG file to write, e.g. "
+            f"{tmp_path / 'grid.png'}") in capsys.readouterr().err
+    out = tmp_path / "file" / "grid.png"
+    assert main(["grid", str(base), "--out", str(out)]) == 2
+    assert (f"diffalign grid: error: --out {out}: folder {tmp_path / 'file'} is a file, not a folder"
+            in capsys.readouterr().err)
+
+
 def test_prompts_and_max_prompts_exclude_each_other(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["grid", str(tmp_path), "--prompts", "0", "--max-prompts", "1", "--out", "g.png"])

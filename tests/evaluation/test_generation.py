@@ -66,6 +66,24 @@ def test_mixed_settings_or_prompt_sets_are_refused(tiny_models, tmp_path):
         generate_folder(model, prompt_set("a blue square"), [0], out, FAST, device="cpu", progress=False)
 
 
+def test_a_run_that_drew_nothing_binds_no_settings(tiny_models, tmp_path, monkeypatch):
+    import diffalign.sampling.generate as sampling
+
+    model = ModelSpec("base", str(tiny_models["sd15"]))
+    out = tmp_path / "gen"
+
+    def broken(*args, **kwargs):
+        raise ValueError("LoRA x does not fit the model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sampling, "load_pipeline", broken)
+        with pytest.raises(ValueError, match="does not fit"):
+            generate_folder(model, prompt_set("a red circle"), [0], out, SamplingSettings(steps=3, size=32,
+                            dtype="float32"), device="cpu", progress=False)
+    done = generate_folder(model, prompt_set("a red circle"), [0], out, FAST, device="cpu", progress=False)
+    assert done.written == 1
+
+
 def test_lora_scale_is_applied(tiny_models, make_lora, tmp_path):
     base = str(tiny_models["sd15"])
     make_lora(base, tmp_path / "lora", 0.2)

@@ -30,9 +30,23 @@ def default_base(tuned: str) -> str | None:
     return run_base_model(path) if path.is_dir() else None
 
 
+def check_tuned_exists(source: str, base: str | None) -> None:
+    """FileNotFoundError when a tuned model is neither an existing folder nor, with --base given, a hub id."""
+    from ..paths import looks_local, resolve_local
+
+    path = parse_lora(source)[0] if "@" in source else source
+    if resolve_local(path) is None and (base is None or looks_local(path)):
+        raise FileNotFoundError(
+            f"{path} does not exist: `eval` takes a `diffalign train` run, a LoRA folder, a full fine-tuning run "
+            "or a pipeline folder (or a hub id, with --base)"
+        )
+
+
 def models_from_args(args: argparse.Namespace) -> tuple[ModelSpec, list[ModelSpec]]:
     """The base and tuned ModelSpecs; tuned names default to `tuned` (one model) or their folder names."""
     named = [split_named(t) for t in args.tuned]
+    for _, source in named:
+        check_tuned_exists(source, args.base)
     base_source = args.base or next((b for _, t in named if (b := default_base(t))), None)
     if base_source is None:
         raise FileNotFoundError(
@@ -50,13 +64,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import EvalJob, run_eval
     from ..evaluation.report import render_markdown
     from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
+    from ..files import check_output_folder
 
     base, tuned = models_from_args(args)
     prompts, seeds, sampling = sampling_from_args(args)
     scorers = split_scorer_names(args.scorer) or ["shapes"]
     check_scorer_names(scorers)
     first = Path(parse_lora(split_named(args.tuned[0])[1])[0]).expanduser()
-    out = Path(args.out) if args.out else (first / "eval" if first.is_dir() else Path("eval"))
+    out = check_output_folder(Path(args.out) if args.out else (first / "eval" if first.is_dir() else Path("eval")),
+                              "--out")
+    earlier = (out / "results.json").is_file()
     job = EvalJob(
         base=base, tuned=tuned, prompts=prompts, seeds=seeds, sampling=sampling, scorers=scorers,
         scorer_options=parse_scorer_options(args.scorer_option, scorers), tie_tolerance=args.tie_tolerance,
@@ -71,6 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 130
     print(render_markdown(results))
     print(f"\nreport: {out / 'report.html'}   results: {out / 'results.json'}   scores: {out / 'scores.csv'}")
+    if earlier:
+        print(f"(replaced the results of an earlier eval in {out}; images of the same models and settings were reused)")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
@@ -87,7 +106,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "95 % CIs (prompts resampled, so a prompt's seeds move together), and the same per category when the\n"
         "prompt set has categories. Writes OUT/results.json, scores.csv, summary.md, plots/, grids/ and\n"
         "report.html (one file that opens from disk; images by relative path). Images are kept in\n"
-        "OUT/images/<model>/: a rerun resumes generation and only rescores.",
+        "OUT/images/<model>/: a rerun resumes generation and rescores, replacing the earlier results; a model\n"
+        "whose settings or weights (a run trained further) changed since its images were drawn is refused.",
         epilog="examples:\n"
         "  diffalign eval out/demo                       # the embedded demo: tuned LoRA vs tiny base, shapes scorer\n"
         "  diffalign eval out/sd15-dpo --prompts parti --seeds 1 --scorer pickscore,hpsv2.1 --out eval/parti\n"

@@ -67,7 +67,9 @@ def sampling_from_args(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..evaluation.generation import generate_folder
+    from ..files import check_output_folder
 
+    check_output_folder(args.out, "--out")
     model = resolve_model(args.model, base=args.base, loras=[parse_lora(t) for t in args.lora])
     prompts, seeds, sampling = sampling_from_args(args)
     try:
@@ -91,7 +93,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         "a folder: p{prompt:05d}-s{seed}.png images and one metadata.jsonl line per image recording its prompt,\n"
         "seed and every setting (Hugging Face imagefolder layout: `diffalign score FOLDER` and `diffalign grid`\n"
         "read it). Images already in the folder are skipped, so an interrupted run resumes; a rerun with other\n"
-        "settings is refused. Image (prompt, seed) starts from the noise of `seed`, whatever the batch or device.",
+        "settings, or with other weights at the same path (a run trained further), is refused. Image\n"
+        "(prompt, seed) starts from the noise of `seed`, whatever the batch or device.",
         epilog="examples:\n"
         "  diffalign generate assets/tiny-sd --prompts demo --seeds 2 --out samples/base\n"
         "  diffalign generate out/demo --out samples/tuned            # a training run: its base + its LoRA\n"

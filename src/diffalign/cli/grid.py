@@ -63,11 +63,22 @@ def stale_pages(out: Path, pages: int) -> list[Path]:
                   if pattern.fullmatch(path.name) and path not in keep)
 
 
+def check_png_path(out: Path) -> Path:
+    """`out`, once sure a PNG can be written there: it is not a folder, and no folder on its path is a file."""
+    from ..files import check_output_folder
+
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the PNG file to write, e.g. {out / 'grid.png'}")
+    check_output_folder(out.parent, f"--out {out}: folder")
+    return out
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     """Read the folders, lay out their images as captioned grids, save the pages and print their paths."""
     from ..evaluation.generated import read_generated
     from ..evaluation.grid import common_prompt_indices, grids_from_folders, save_png
 
+    check_png_path(Path(args.out))
     folders = {name: read_generated(folder) for name, folder in named_folders(args.folders, args.names).items()}
     for name, folder in folders.items():
         if not folder.images:

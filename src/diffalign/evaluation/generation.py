@@ -2,13 +2,15 @@
 
 Each image is `p{prompt_index:05d}-s{seed}.png`, written atomically; a line in `metadata.jsonl`
 (the Hugging Face imagefolder convention, so `diffalign score FOLDER` reads it) records its prompt,
-seed and every setting. `generation.json` holds the settings that shape the images. A rerun skips
-the images already written, so a stopped run continues where it stopped; a rerun with other
-settings is refused (naming the setting) instead of mixing two models in one folder.
+seed and every setting. `generation.json` holds the settings that shape the images and the sha256 of
+the local weights files. A rerun skips the images already written, so a stopped run continues where
+it stopped; a rerun with other settings, or with weights changed at the same path (a run trained
+further), is refused (naming the setting or file) instead of mixing two models in one folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -18,12 +20,15 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_text, check_output_folder
+from ..models.lora_files import lora_file
+from ..paths import resolve_local
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 
 METADATA = "metadata.jsonl"
 SETTINGS = "generation.json"
+WEIGHTS = "weights_sha256"  # the key of generation.json that records `weights_digests`
 
 
 @dataclass
@@ -80,7 +85,41 @@ def _done(folder: Path) -> dict[tuple[int, int], str]:
     return done
 
 
-def _check_settings(folder: Path, settings: dict) -> None:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as weights:
+        while chunk := weights.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_digests(model: ModelSpec) -> dict[str, str]:
+    """The sha256 of every weights file `model` reads from this disk (a local pipeline folder's and a
+    fine-tuned UNet's safetensors files, each LoRA file), by path: what tells a retrained run at the same
+    path from the one whose images a folder holds."""
+    files = []
+    for folder in (resolve_local(model.pipeline), Path(model.unet) if model.unet else None):
+        if folder is not None and folder.is_dir():
+            files += sorted(folder.rglob("*.safetensors"))
+    files += [lora_file(path) for path, _ in model.loras]
+    return {str(path): _sha256(path) for path in files}
+
+
+def _check_weights(folder: Path, old: dict, new: dict[str, str]) -> None:
+    if WEIGHTS not in old:
+        return
+    for path in sorted(set(old[WEIGHTS]) | set(new)):
+        then, now = old[WEIGHTS].get(path), new.get(path)
+        if then != now:
+            change = "is new" if then is None else "is gone" if now is None else (
+                f"changed since (sha256 {then[:12]}... then, {now[:12]}... now)")
+            raise ValueError(
+                f"{folder} was drawn from other weights: {path} {change}; give another output folder (or delete "
+                "this one) rather than mixing two models' images"
+            )
+
+
+def _check_settings(folder: Path, settings: dict, weights: dict[str, str]) -> None:
     path = folder / SETTINGS
     if not path.is_file():
         return
@@ -91,6 +130,7 @@ def _check_settings(folder: Path, settings: dict) -> None:
                 f"{folder} was generated with {key}={old[key]!r}, not {value!r}: give another output folder "
                 "(or delete this one) rather than mixing two settings in one folder"
             )
+    _check_weights(folder, old, weights)
 
 
 def generate_folder(
@@ -118,13 +158,14 @@ def generate_folder(
     sampling = sampling or SamplingSettings()
     device = device or default_device()
     dtype = resolve_dtype(sampling.dtype, device)
-    folder = Path(out)
+    folder = check_output_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     recorded = {**model.as_dict(), **asdict(sampling), "dtype": dtype}
     recorded.pop("name")
-    _check_settings(folder, recorded)
-
+    weights = weights_digests(model)
     done = _done(folder)
+    if done:  # settings bind a folder once it holds images: a run that failed before drawing any binds nothing
+        _check_settings(folder, recorded, weights)
     todo = []
     for index, prompt in enumerate(prompts.prompts):
         for seed in seeds:
@@ -141,7 +182,7 @@ def generate_folder(
     atomic_write_text(
         folder / SETTINGS,
         json.dumps({**recorded, "prompt_set": prompts.name, "prompt_source": prompts.source,
-                    "prompts": len(prompts.prompts), "seeds": [int(s) for s in seeds]}, indent=2),
+                    "prompts": len(prompts.prompts), "seeds": [int(s) for s in seeds], WEIGHTS: weights}, indent=2),
     )
     if not todo:
         return GenerationResult(folder, 0, total - len(todo), total)
