@@ -159,3 +159,14 @@ def test_a_second_train_into_a_folder_in_use_refuses_and_a_killed_holder_frees_i
         holder.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
         holder.wait()
     assert _claim(out).resume_from is None
+
+
+def test_recipes_rerun_after_a_stop_continue_their_training_runs():
+    """A recipe resumes at the step that did not finish (`diffalign pipeline`): its training steps must continue
+    the run they began (train.resume=latest), which a plain repeat into the same folder is refused."""
+    from diffalign.cli.pipeline import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    trains = [step.args for recipe in sorted((root / "pipelines").glob("*.yaml")) for step in load_recipe(recipe, [])[1]
+              if step.args[0] == "train"]
+    assert trains and all("train.resume=latest" in args for args in trains)
