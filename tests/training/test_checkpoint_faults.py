@@ -4,6 +4,7 @@ the named checkpoint works; a checkpoint that cannot be read back is refused in 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,17 @@ def finished_run(tiny_models, pair_file, tmp_path_factory) -> Path:
     train(load_config(RunConfig, None, _overrides(tiny_models["sd15"], pair_file, out, "train.max_steps=3",
                                                   "train.checkpoint_every=1", "train.keep_checkpoints=2")))
     return out
+
+
+def test_a_run_continues_longer_on_the_schedule_of_its_new_length(finished_run, tiny_models, pair_file, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    longer = ["train.max_steps=5", "train.checkpoint_every=1", "train.warmup_steps=0", "train.resume=latest"]
+    train(load_config(RunConfig, None, _overrides(tiny_models["sd15"], pair_file, out, *longer)))
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4, 5]
+    # cosine over 5 steps without warm-up from step 3 on (the rate after each step, as logged)
+    assert [row["lr"] for row in log[2:]] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 5)) for s in (3, 4, 5)])
 
 
 def _truncate(path: Path) -> None:
