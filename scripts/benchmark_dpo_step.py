@@ -30,6 +30,7 @@ from diffalign.config.core import load_config
 from diffalign.config.schema import RunConfig
 from diffalign.models.loading import load_parts
 from diffalign.models.reference import compile_unet
+from diffalign.threads import resolve_threads
 from diffalign.training.encode import encode_batch
 from diffalign.training.methods import TrainableModel, build_method
 from diffalign.training.randomness import BatchRandom
@@ -115,8 +116,9 @@ def main() -> None:
     names = args.objectives.split(",") if args.objectives else [load_config(RunConfig, None, base).objective.name]
     device = torch.device(args.device)
     configs = {name: load_config(RunConfig, None, [*base, f"objective.name={name}"]) for name in names}
-    if device.type == "cpu" and configs[names[0]].train.cpu_threads:  # as the loop does on the CPU
-        torch.set_num_threads(configs[names[0]].train.cpu_threads)
+    threads = resolve_threads(configs[names[0]].train.cpu_threads) if device.type == "cpu" else 0
+    if threads:  # as the loop does on the CPU
+        torch.set_num_threads(threads)
     runners = {name: step_runner(cfg, device) for name, cfg in configs.items()}
     timings: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in names}
     for step in range(args.warmup + args.steps):

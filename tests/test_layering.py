@@ -6,7 +6,8 @@ absolute or relative, runs down the layers below (or stays within its own layer)
     objectives, sampling                 losses; pipelines and generation
     models, data, rewards                model parts; pair tables; scorers and batch scoring
     config                               the typed run schema
-    files, paths, synthetic, diffalign   utilities, the shapes world, the version
+    files, paths, synthetic, threads,    utilities, the shapes world, CPU threads,
+    diffalign                            the version
 
 Lazy references by name ("module:Class" strings resolved by a registry) are not imports and are
 not checked here.
@@ -20,7 +21,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffalign"
 
 LAYERS: list[set[str]] = [
-    {"__init__", "files", "paths", "synthetic"},
+    {"__init__", "files", "paths", "synthetic", "threads"},
     {"config"},
     {"models", "data", "rewards"},
     {"objectives", "sampling"},

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from importlib import metadata
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
+from ..threads import AUTO, cpu_threads, prefer_passive_wait
 from .captions import add_captions_parser
 from .errors import expected_failure
 from .evaluate import add_eval_parser
@@ -177,6 +179,10 @@ def unknown_options_message(command: str, unknown: list[str], argv: list[str]) -
     )
 
 
+# Commands that never load torch, which would cost them seconds for a thread setting they do not use.
+TORCH_FREE_COMMANDS = {"config", "grid", "method-table", "label"}
+
+
 def _registered_scorers() -> list[str]:
     from ..rewards import available_scorers
 
@@ -186,6 +192,7 @@ def _registered_scorers() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `diffalign` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    prefer_passive_wait()  # before anything imports torch
     # Only `score --help` lists the registered scorers: importing them loads torch, too slow for anything else.
     scorers = _registered_scorers() if argv[:1] == ["score"] and {"-h", "--help"} & set(argv) else None
     args, unknown = build_parser(scorers).parse_known_args(argv)
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        with nullcontext() if args.command in TORCH_FREE_COMMANDS else cpu_threads(AUTO):
+            return args.func(args)
     except Exception as error:
         message = expected_failure(error)
         if message is None or os.environ.get("DIFFALIGN_DEBUG"):

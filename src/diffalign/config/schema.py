@@ -203,11 +203,14 @@ class TrainConfig:
     seed: int = cfg_field(0, "Seed of data order, noise and timesteps.")
     log_every: int = cfg_field(10, "Update the progress bar metrics every N optimizer steps.", min=1)
     cpu: bool = cfg_field(False, "Train on the CPU even if a GPU is available.")
-    cpu_threads: int = cfg_field(
-        0,
-        "Threads of the CPU operations when training on the CPU (torch.set_num_threads); 0: PyTorch's default, one per "
-        "core. Lower it to run several trainings side by side on one machine.",
-        min=0,
+    cpu_threads: int | Literal["auto"] = cfg_field(
+        "auto",
+        "Threads of the CPU operations when training on the CPU (torch.set_num_threads). 'auto': the cores this "
+        "process may use (affinity, container quota, one per physical core) less those the machine's 1-minute load "
+        "average keeps busy, at least 1, chosen once when the command starts; OMP_NUM_THREADS, if set, rules "
+        "instead. 0: PyTorch's default, one per core. N: N threads. The other commands (cache, generate, eval, "
+        "score, ...) run with 'auto' (or OMP_NUM_THREADS). PyTorch's default collapses when jobs share cores "
+        "(README, CPU threads).",
     )
     checkpoint_every: int = cfg_field(
         100, "Write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps (0: never).",

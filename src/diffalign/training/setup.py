@@ -3,8 +3,7 @@ reference the method asked for, the optimizer, and the attention and checkpointi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from accelerate import Accelerator
@@ -14,6 +13,7 @@ from ..config.schema import RunConfig
 from ..models.loading import DTYPES, DiffusionParts
 from ..models.lora import attach_lora
 from ..models.reference import AdapterDisabledReference, CompiledAdapterReference, FrozenCopyReference
+from ..threads import cpu_threads  # noqa: F401  (the loop's thread setting, kept importable from here)
 from .methods.base import Method, ReferenceKind
 from .reference_pool import ReferencePool
 
@@ -43,19 +43,6 @@ def build_optimizer(
         fusable = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
         kwargs.update(foreach=True) if sharded else kwargs.update(fused=fusable)
     return torch.optim.AdamW(params, **kwargs)
-
-
-@contextmanager
-def cpu_threads(threads: int) -> Iterator[None]:
-    """Run the block with `threads` CPU threads (`torch.set_num_threads`; 0: leave the setting alone), restoring
-    the previous count after it."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def uncompiled(active: bool = True) -> AbstractContextManager:
