@@ -37,7 +37,7 @@ def test_eval_refuses_a_lora_that_does_not_fit(tiny_models, bad_loras, case, tmp
     assert main(["eval", str(bad_loras[case]), "--base", str(tiny_models["sd15"]), "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert f"diffalign eval: error: LoRA {bad_loras[case] / LORA_WEIGHTS}" in err and MESSAGES[case] in err
-    assert not (out / "results.json").exists()
+    assert not list(out.rglob("*.png"))  # refused before the base model's images are drawn
 
 
 def test_eval_into_a_file_is_refused(tiny_models, make_lora, tmp_path, capsys):

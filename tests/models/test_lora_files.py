@@ -7,7 +7,7 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 
-from diffalign.models.lora_files import LORA_WEIGHTS, load_lora, lora_tensor_names
+from diffalign.models.lora_files import LORA_WEIGHTS, check_lora_fits, load_lora, lora_tensor_names
 
 from .lora_cases import EARLY, MESSAGES, write_bad_loras
 
@@ -18,7 +18,7 @@ def loras(tiny_models, make_lora, tmp_path_factory):
     root = tmp_path_factory.mktemp("loras")
     good = make_lora(tiny_models["sd15"], root / "good", 0.05)
     sdxl = make_lora(tiny_models["sdxl"], root / "sdxl-good", 0.05)
-    return {"good": good, **write_bad_loras(good, sdxl, root / "bad")}
+    return {"good": good, "sdxl-good": sdxl, **write_bad_loras(good, sdxl, root / "bad")}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,18 @@ def test_a_lora_that_does_not_fit_is_refused_before_the_model_changes(untouched,
     assert str(error.value).startswith(f"LoRA {file}") and MESSAGES[case] in str(error.value)
     assert "\n" not in str(error.value)
     assert not lora_params(untouched.unet) and not lora_params(untouched.text_encoder)
+
+
+@pytest.mark.parametrize("case", list(MESSAGES))
+def test_the_fit_is_checked_without_loading_the_model(tiny_models, loras, case):
+    with pytest.raises(ValueError, match=f"LoRA {loras[case] / LORA_WEIGHTS}.*" + MESSAGES[case].replace("(", r"\(")):
+        check_lora_fits(str(tiny_models["sd15"]), [loras["good"], loras[case]])
+
+
+def test_a_lora_for_the_model_passes_the_check_without_weights(tiny_models, loras):
+    check_lora_fits(str(tiny_models["sd15"]), [loras["good"]])
+    check_lora_fits(str(tiny_models["sdxl"]), [loras["sdxl-good"]])  # SDXL: two text encoders, the unet_config
+    check_lora_fits(str(tiny_models["sd15"]), [loras["good"]], unet=tiny_models["sd15"] / "unet")
 
 
 @pytest.mark.parametrize("case", EARLY)

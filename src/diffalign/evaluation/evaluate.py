@@ -23,6 +23,7 @@ from PIL import Image
 
 from .. import __version__
 from ..files import atomic_write_text
+from ..models.lora_files import check_lora_fits
 from ..rewards.base import Scorer
 from ..rewards.batch import score_in_batches
 from .generated import read_generated
@@ -178,6 +179,9 @@ def run_eval(job: EvalJob) -> dict:
     from ..sampling.generate import default_device, resolve_dtype
 
     models = check_models(job)
+    for model in models:  # a LoRA that does not fit fails now, not after the models before it are drawn
+        if model.loras:
+            check_lora_fits(model.pipeline, [path for path, _ in model.loras], model.unet)
     out = Path(job.out)
     device = job.device or default_device()
     folders = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -192,19 +192,60 @@ def _quiet_loading() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _fit(
+    file: Path, tensors: dict[str, torch.Tensor], pipeline_class: type, components: Mapping[str, torch.nn.Module]
+) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], str]]:
+    """The file's tensors as diffusers names them for `pipeline_class` (its renaming of other trainers'
+    keys, with the arguments its load_lora_weights passes) and where `check_fit` places them."""
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    sdxl = issubclass(pipeline_class, StableDiffusionXLLoraLoaderMixin)
+    extra = {"unet_config": components["unet"].config} if sdxl else {}
+    state_dict, _ = pipeline_class.lora_state_dict(dict(tensors), **extra)
+    return state_dict, check_fit(file, state_dict, components)
+
+
+def check_lora_fits(pipeline: str, loras: Sequence[str | Path], unet: str | Path | None = None) -> None:
+    """Refuse, as `load_lora` would, a LoRA of `loras` that does not fit `pipeline` (a hub id or folder; `unet`:
+    a fine-tuned UNet folder that replaces its own), checked against its UNet and text encoders built from
+    their configs on the meta device: no model weights are read, so a command checks all before slow work."""
+    import importlib
+
+    import diffusers
+    from accelerate import init_empty_weights
+
+    from .loading import resolve_source
+
+    source = resolve_source(pipeline)
+    index = diffusers.DiffusionPipeline.load_config(source)
+    components = {}
+    with init_empty_weights():
+        for name in ADAPTABLE:
+            library, class_name = (index.get(name) or [None, None])[:2]
+            if library is None or class_name is None:
+                continue
+            model_class = getattr(importlib.import_module(library), class_name)
+            if library == "transformers":
+                from transformers import AutoConfig
+
+                components[name] = model_class(AutoConfig.from_pretrained(source, subfolder=name))
+            elif name == "unet" and unet is not None:
+                components[name] = model_class.from_config(model_class.load_config(unet))
+            else:
+                components[name] = model_class.from_config(model_class.load_config(source, subfolder=name))
+    for path in loras:
+        file = lora_file(path)
+        _fit(file, read_lora(file), getattr(diffusers, index["_class_name"]), components)
+
+
 def load_lora(pipe: DiffusionPipeline, path: str | Path, adapter_name: str) -> None:
     """Load the LoRA of `path` (a run or LoRA folder, or the file) into `pipe` as adapter `adapter_name`
     with diffusers' `load_lora_weights`; ValueError naming the file and a tensor when its tensors do not
     all fit a layer of the pipeline's UNet or text encoders, or when peft does not then hold them all."""
-    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
-
     file = lora_file(path)
     tensors = read_lora(file)
-    # diffusers' renaming of other trainers' keys, with the arguments its load_lora_weights passes
-    extra = {"unet_config": pipe.unet.config} if isinstance(pipe, StableDiffusionXLLoraLoaderMixin) else {}
-    state_dict, _ = pipe.lora_state_dict(dict(tensors), **extra)
     components = {name: getattr(pipe, name) for name in ADAPTABLE if getattr(pipe, name, None) is not None}
-    placed = check_fit(file, state_dict, components)
+    state_dict, placed = _fit(file, tensors, type(pipe), components)
     try:
         with _quiet_loading():
             pipe.load_lora_weights(tensors, adapter_name=adapter_name)
