@@ -1,3 +1,8 @@
+import contextlib
+import shutil
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,6 +10,8 @@ from diffalign.config.schema import ModelConfig
 from diffalign.models.conditioning import encode_prompts, sdxl_time_ids, unet_kwargs
 from diffalign.models.loading import load_parts, resolve_source
 from diffalign.models.prediction import training_target
+
+DEMO = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd"
 
 
 @pytest.mark.parametrize(
@@ -46,3 +53,64 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a diffusers pipeline folder"):
         resolve_source(str(tmp_path / "empty"))
     assert resolve_source("runwayml/stable-diffusion-v1-5") == "runwayml/stable-diffusion-v1-5"
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """hub(kind): point huggingface_hub at a local stand-in hub ('unreachable' or 'no-such-repo')."""
+    import huggingface_hub
+
+    from ..hub_stub import hub_endpoint
+
+    with contextlib.ExitStack() as stack:
+        def point(kind: str) -> None:
+            monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", stack.enter_context(hub_endpoint(kind)))
+        yield point
+
+
+def test_an_unreachable_hub_fails_at_once_naming_the_id_and_a_local_folder(hub, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hub("unreachable")
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"^model.pretrained=someone/missing: the Hugging Face hub could not be "
+                                                r"reached \(ConnectError: .*\) and the model is not in the local hub "
+                                                r"cache; connect to the network, or give a local folder: "
+                                                r"model.pretrained=/path/to/folder$"):
+        load_parts(ModelConfig(pretrained="someone/missing"))
+    assert time.monotonic() - start < 5  # no retries with back-off (about 30 s)
+    with pytest.raises(FileNotFoundError, match=r"^model.vae=someone/vae: the Hugging Face hub could not be reached"):
+        load_parts(ModelConfig(pretrained=str(DEMO), vae="someone/vae"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(FileNotFoundError, match=r"^model.pretrained=someone/missing: not in the local hub cache, and "
+                                                r"HF_HUB_OFFLINE is set; download it with network"):
+        load_parts(ModelConfig(pretrained="someone/missing"))
+
+
+def test_a_repository_the_hub_does_not_have_is_named(hub):
+    hub("no-such-repo")
+    with pytest.raises(FileNotFoundError, match=r"^model.pretrained=someone/missing: no such model on the hub \(or it is "
+                                                r"private: log in with `hf auth login`\); check the id, or give a local "
+                                                r"folder: model.pretrained=/path/to/folder$"):
+        load_parts(ModelConfig(pretrained="someone/missing"))
+
+
+def test_a_cached_model_loads_from_the_cache_alone_when_the_hub_is_unreachable(hub, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    commit = "0" * 40
+    repo = cache / "models--someone--tiny"
+    shutil.copytree(DEMO, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    hub("unreachable")
+    start = time.monotonic()
+    parts = load_parts(ModelConfig(pretrained="someone/tiny"))
+    assert time.monotonic() - start < 15  # no file retried with back-off
+    assert parts.family == "sd" and parts.source == "someone/tiny"
+    out = capsys.readouterr().out
+    assert "model.pretrained=someone/tiny: the hub could not be reached (ConnectError" in out
+    assert "loading the copy in the local hub cache" in out

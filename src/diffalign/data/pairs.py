@@ -19,8 +19,10 @@ import datasets
 import torch
 from PIL import Image
 
+from ..files import atomic_write
 from ..paths import resolve_local
 from .filters import PairFilter
+from .hub_datasets import read_hub_dataset
 from .local_pairs import load_local_pairs, local_pairs_file
 from .order import derive_seed
 from .parquet_shards import readable_parquet_files
@@ -79,7 +81,7 @@ def load_pair_table(
     elif path.startswith((".", "/", "~")) or Path(path).suffix:
         raise FileNotFoundError(f"data.path {path!r} not found")
     else:
-        table = datasets.load_dataset(path, split=split)
+        table = read_hub_dataset(path, lambda: datasets.load_dataset(path, split=split))
     check_columns(path, table.column_names, extra_columns, winners_only=winners_only)
     return table
 
@@ -340,9 +342,5 @@ def write_pair_table(path: str | Path, rows: dict[str, list]) -> Path:
     columns = dict(rows)
     for key in ("jpg_0", "jpg_1"):
         columns[key] = [im if isinstance(im, bytes) else encode_png(im) for im in columns[key]]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(columns), tmp)
-    tmp.replace(path)
-    return path
+    table = pa.table(columns)
+    return atomic_write(path, lambda file: pq.write_table(table, file))

@@ -9,11 +9,10 @@ deletes it and its work is redone. A rerun with other settings is refused rather
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from ..files import atomic_write, atomic_write_text
 
 PROGRESS_FILE = "progress.json"
 SHARD_GLOB = "data/train-*.parquet"
@@ -76,11 +75,8 @@ def write_shard(out: Path, state: dict, table: Any, **record: Any) -> None:
     import pyarrow.parquet as pq
 
     name = shard_name(len(state["shards"]))
-    path = out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table.with_format("arrow")[:], tmp)  # keeps the features (image columns) in the schema metadata
-    os.replace(tmp, path)
+    arrow = table.with_format("arrow")[:]  # keeps the features (image columns) in the schema metadata
+    atomic_write(out / name, lambda file: pq.write_table(arrow, file))  # a failed write (a full disk) leaves nothing
     state["shards"].append({"file": name, **record})
     save_progress(out, state)
 

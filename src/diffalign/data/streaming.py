@@ -31,6 +31,7 @@ from datasets.distributed import split_dataset_by_node
 
 from ..paths import resolve_local
 from .filters import PairFilter
+from .hub_datasets import read_hub_dataset
 from .local_pairs import local_pairs_file
 from .order import derive_seed
 from .pairs import check_columns, decode_image, image_item, is_image_source, load_pair_table, parquet_files
@@ -52,7 +53,7 @@ def open_stream(path: str, split: str = "train", *, winners_only: bool = False) 
                                      streaming=True)
     if path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"data.path {path!r} not found")
-    return datasets.load_dataset(path, split=split, streaming=True)
+    return read_hub_dataset(path, lambda: datasets.load_dataset(path, split=split, streaming=True))
 
 
 class StreamingPairs(torch.utils.data.IterableDataset):

@@ -9,10 +9,10 @@ rows (whole prompt groups); `progress.json` records the prompts whose pairs are 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..data.pairs import encode_png, write_pair_table
+from ..files import atomic_write
 from ..data.resume import from_ranges, save_progress, shard_name, to_ranges
 
 PENDING_DIR = ".pending"
@@ -31,12 +31,7 @@ def write_part(out: Path, index: int, rows: dict[str, list], stats: dict) -> Pat
     for key in ("jpg_0", "jpg_1"):
         columns[key] = [im if isinstance(im, bytes) else encode_png(im) for im in columns[key]]
     table = pa.table(columns).replace_schema_metadata({"diffalign": json.dumps(stats)})
-    path = _part_path(out, index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(_part_path(out, index), lambda file: pq.write_table(table, file))
 
 
 def pending_prompts(out: Path) -> set[int]:

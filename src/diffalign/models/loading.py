@@ -11,6 +11,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from ..config.schema import ModelConfig
 from ..paths import looks_local, resolve_local
+from .hub_access import local_files_only
 
 Family = Literal["sd", "sdxl"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -67,6 +68,11 @@ def _vae_source(vae: str) -> str:
     return resolve_source(vae) if local is None else str(local)
 
 
+def _vae_offline(vae: str) -> bool:
+    """Whether a separate VAE (`model.vae`) must come from the local hub cache alone (see `hub_access`)."""
+    return resolve_local(vae) is None and local_files_only(_vae_source(vae), None, "model.vae", "config.json")
+
+
 def _prediction_type(cfg: ModelConfig, scheduler: DDPMScheduler) -> str:
     """`cfg.prediction_type`, or the scheduler's for 'auto'; the scheduler is set to match."""
     prediction_type = scheduler.config.prediction_type if cfg.prediction_type == "auto" else cfg.prediction_type
@@ -87,39 +93,44 @@ def load_parts(
     that cache) only the UNet's config is read and `parts.unet` is None.
     """
     source = resolve_source(cfg.pretrained)
-    common = dict(revision=cfg.revision, variant=cfg.variant)
+    # a hub id is looked up once, without retries (see hub_access); unreachable but cached: the cache alone
+    offline = resolve_local(cfg.pretrained) is None and local_files_only(
+        source, cfg.revision, "model.pretrained", "unet/config.json")
+    files = dict(revision=cfg.revision, local_files_only=offline)
+    common = dict(files, variant=cfg.variant)
+    vae_files = dict(local_files_only=_vae_offline(cfg.vae)) if cfg.vae else {}
     frozen = DTYPES[cfg.frozen_dtype]
     if unet:
         model = UNet2DConditionModel.from_pretrained(source, subfolder="unet", dtype=trainable_dtype, **common)
         family = model_family(model)
     else:
         model = None
-        family = model_family(dict(UNet2DConditionModel.load_config(source, subfolder="unet", revision=cfg.revision)))
+        family = model_family(dict(UNet2DConditionModel.load_config(source, subfolder="unet", **files)))
     if not encoders:
-        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=cfg.revision)
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **files)
         prediction_type = _prediction_type(cfg, scheduler)
         vae_config = (
-            AutoencoderKL.load_config(_vae_source(cfg.vae))
+            AutoencoderKL.load_config(_vae_source(cfg.vae), **vae_files)
             if cfg.vae
-            else AutoencoderKL.load_config(source, subfolder="vae", revision=cfg.revision)
+            else AutoencoderKL.load_config(source, subfolder="vae", **files)
         )
         return DiffusionParts(
             model, None, [], [], scheduler, family, prediction_type, source, {"vae_config": dict(vae_config)}
         )
     if cfg.vae:
-        vae = AutoencoderKL.from_pretrained(_vae_source(cfg.vae), dtype=frozen)
+        vae = AutoencoderKL.from_pretrained(_vae_source(cfg.vae), dtype=frozen, **vae_files)
     else:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=frozen, **common)
-    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", revision=cfg.revision)]
+    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **files)]
     text_encoders: list[torch.nn.Module] = [
         CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=frozen, **common)
     ]
     if family == "sdxl":
-        tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", revision=cfg.revision))
+        tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **files))
         text_encoders.append(
             CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2", dtype=frozen, **common)
         )
-    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", revision=cfg.revision)
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **files)
     prediction_type = _prediction_type(cfg, scheduler)
     for module in (vae, *text_encoders):
         module.requires_grad_(False).eval()
