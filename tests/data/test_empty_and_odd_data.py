@@ -120,3 +120,14 @@ def test_empty_and_missing_captions_are_counted(tmp_path, pair_file):
     assert stream.report.missing_captions + stream.report.empty_captions >= 1
     plain = PreferencePairs(str(pair_file), resolution=16)
     assert plain.report.captions_note() == "" and "caption" not in plain.report.describe()
+
+
+def test_a_run_says_at_its_start_how_many_captions_are_empty_or_missing(tmp_path, pair_file, capsys):
+    from diffalign.cli.main import main
+
+    path = _odd_captions(tmp_path, pair_file)
+    assert main(["train", f"data.path={path}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1",
+                 "train.batch_size=2", "train.trackers=[]", "data.resolution=16", "validation.every=0"]) == 0
+    out = capsys.readouterr().out
+    assert (f"data {path}: 12 decided pairs (14 rows read, 12 kept, 2 dropped (2 tie); 2 with an empty caption, 2 with "
+            "no caption (trained unconditionally, as data.empty_prompt_prob does on purpose))") in out
