@@ -28,7 +28,10 @@ def readable_parquet_files(files: Sequence[str], source: str) -> list[str]:
     Raises a ValueError naming a file that is not parquet, or `source` and its files when none holds a row."""
     kept = [file for file in files if parquet_rows(file) > 0]
     if not kept:
-        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        which = "its parquet file has" if len(files) == 1 else f"none of its {len(files)} parquet files has"
-        raise ValueError(f"{source}: no rows to read ({which} a row: {shown})")
+        if len(files) == 1:
+            which = "the parquet file is empty" if files[0] == source else f"its parquet file {files[0]} is empty"
+        else:
+            shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            which = f"none of its {len(files)} parquet files has a row: {shown}"
+        raise ValueError(f"{source}: no rows to read ({which})")
     return kept
