@@ -131,3 +131,19 @@ def test_a_run_says_at_its_start_how_many_captions_are_empty_or_missing(tmp_path
     out = capsys.readouterr().out
     assert (f"data {path}: 12 decided pairs (14 rows read, 12 kept, 2 dropped (2 tie); 2 with an empty caption, 2 with "
             "no caption (trained unconditionally, as data.empty_prompt_prob does on purpose))") in out
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("metadata.jsonl", b'{"file_name": "\xff"}\n', r"metadata.jsonl: not a UTF-8 text file \(byte 15 is not UTF-8\)$"),
+    ("metadata.csv", b"file_name,caption\n\xfe.png,x\n", r"metadata.csv: not a UTF-8 text file"),
+])
+def test_a_metadata_file_that_is_not_what_its_suffix_says_is_named(tmp_path, name, content, message):
+    """A metadata file given as data.path is read as one (a metadata.jsonl was taken for a pairs file)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{tmp_path / name}: " + message.split(": ", 1)[1]):
+        PreferencePairs(str(tmp_path / name), resolution=16, winners_only=True)
+
+
+def test_a_metadata_file_given_as_the_data_path_is_read_as_one(winners_folder):
+    table = load_pair_table(str(winners_folder / "metadata.jsonl"), winners_only=True)
+    assert len(table) == len(load_pair_table(str(winners_folder), winners_only=True)) == 12

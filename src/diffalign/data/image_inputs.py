@@ -102,7 +102,19 @@ def _no_prompt(where: str) -> str:
 
 
 def read_metadata_rows(path: Path) -> list[tuple[str, dict]]:
-    """The rows of a metadata file (.jsonl, .csv or .parquet), each with its location for messages."""
+    """The rows of a metadata file (.jsonl, .csv or .parquet), each with its location for messages; an
+    InputError names a file that is not what its suffix says."""
+    import pyarrow as pa
+
+    try:
+        return _metadata_rows(path)
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not a UTF-8 text file (byte {error.start} is not UTF-8)") from error
+    except pa.ArrowInvalid as error:
+        raise InputError(f"{path}: not a readable parquet file ({error})") from error
+
+
+def _metadata_rows(path: Path) -> list[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []

@@ -63,10 +63,11 @@ def load_pair_table(
     file with captions (`image_inputs.winners_folder_table`) and a pairs file without `rejected`, and
     requires only `WINNER_COLUMNS`."""
     local = resolve_local(path)
-    pairs_file = local_pairs_file(path) if local is not None else None
+    image_source = local is not None and is_image_source(local)  # before pairs files: metadata.jsonl is not one
+    pairs_file = local_pairs_file(path) if local is not None and not image_source else None
     if pairs_file is not None:
         table = load_local_pairs(pairs_file, winners_only=winners_only)
-    elif local is not None and is_image_source(local):
+    elif image_source:
         if not winners_only:
             raise ValueError(
                 f"data.path {path!r} is a folder of images with captions: it holds no rejected images, so it can "
