@@ -65,7 +65,8 @@ def test_a_run_continues_longer_on_the_schedule_of_its_new_length(finished_run, 
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3, 4, 5]
     # cosine over 5 steps without warm-up from step 3 on (the rate after each step, as logged)
-    assert [row["lr"] for row in log[2:]] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 5)) for s in (3, 4, 5)])
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * s / 5)) for s in (3, 4, 5)]
+    assert [row["lr"] for row in log[2:]] == pytest.approx(cosine)
 
 
 def _truncate(path: Path) -> None:
@@ -94,9 +95,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_naming_the_file(finished_ru
     for resume in ("latest", str(newest)):
         assert main(["train", *overrides, f"train.resume={resume}"]) == 2
         err = capsys.readouterr().err
-        assert err.splitlines()[0] == (
-            f"diffalign train: error: checkpoint {newest} cannot be read: {problem}" + err.splitlines()[0].split(problem)[1]
-        )
+        assert err.splitlines()[0].startswith(f"diffalign train: error: checkpoint {newest} cannot be read: {problem}")
         assert err.splitlines()[0].endswith(f"; resume from the one before it (train.resume={checkpoint_dir(out, 1)}), "
                                             f"or delete step-00000002 (train.resume=latest then takes step-00000001)")
         assert len(err.splitlines()) == 2 and "Traceback" not in err

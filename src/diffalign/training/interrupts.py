@@ -46,7 +46,8 @@ class InterruptGuard:
             self._restore()
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped at once")
         self.signum = signum
-        notice = f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping (Ctrl-C again: at once)\n"
+        name = signal.Signals(signum).name
+        notice = f"\n{name}: saving a checkpoint after this step, then stopping (Ctrl-C again: at once)\n"
         try:
             os.write(2, notice.encode())  # not print: the handler may run in the middle of a buffered write to stderr
         except OSError:
@@ -66,7 +67,9 @@ class InterruptGuard:
         self._restore()
 
 
-def stopped(signum: int | None, step: int, checkpoint: Path | None, config: Path, processes: int) -> TrainingInterrupted:
+def stopped(
+    signum: int | None, step: int, checkpoint: Path | None, config: Path, processes: int
+) -> TrainingInterrupted:
     """The exit of a run stopped by `signum` (None: a process that did not receive it, but stops with the others)
     at `step` with its state in `checkpoint`; its message says how to continue (the run's resolved config,
     `config`, with train.resume=latest)."""
@@ -75,4 +78,5 @@ def stopped(signum: int | None, step: int, checkpoint: Path | None, config: Path
     if processes > 1:
         command = f"the same launch command with train.resume=latest (the run's settings: {config})"
     name = signal.Signals(signum).name
-    return TrainingInterrupted(signum, f"interrupted ({name}) at step {step}: saved {checkpoint}; continue with: {command}")
+    message = f"interrupted ({name}) at step {step}: saved {checkpoint}; continue with: {command}"
+    return TrainingInterrupted(signum, message)

@@ -183,7 +183,8 @@ def build_source(
 
 def train(cfg: RunConfig) -> TrainResult:
     """Run one training job described by `cfg` and return where its outputs are."""
-    with cpu_threads(cfg.train.cpu_threads if cfg.train.cpu or not torch.cuda.is_available() else 0), ExitStack() as stack:
+    threads = cfg.train.cpu_threads if cfg.train.cpu or not torch.cuda.is_available() else 0
+    with cpu_threads(threads), ExitStack() as stack:  # the stack holds the run folder's lock and the signal handlers
         return _train(cfg, stack)
 
 

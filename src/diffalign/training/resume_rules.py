@@ -82,7 +82,7 @@ def check_resume_config(checkpoint: Path, cfg: RunConfig) -> list[str]:
     step = yaml.safe_load((checkpoint / STATE_FILE).read_text())["step"]
     if cfg.train.max_steps < step:
         raise ValueError(
-            f"train.max_steps={cfg.train.max_steps} is below the step of the checkpoint it resumes ({step}, {checkpoint}): "
-            f"set train.max_steps to {step} or more"
+            f"train.max_steps={cfg.train.max_steps} is below the step of the checkpoint it resumes ({step}, "
+            f"{checkpoint}): set train.max_steps to {step} or more"
         )
     return [f"{key}: {old} → {new} ({APPLIED[key]})" for key, old, new in changed]

@@ -131,6 +131,40 @@ def _refuse_foreign(out: Path, found: list[str]) -> RunFolderError:
     )
 
 
+def _continued(cfg: RunConfig, out: Path, checkpoint: Path, found: list[str], recorded: str | None
+               ) -> tuple[str, list[str]]:
+    """The run id and notes of a run that resumes `checkpoint` into `out` (refusing another run's folder)."""
+    inside = checkpoint.resolve().parent == (out / CHECKPOINTS).resolve()
+    if inside and cfg.train.overwrite:
+        raise RunFolderError(f"train.overwrite=true would delete {checkpoint}, the checkpoint train.resume names")
+    run_id = checkpoint_owner(checkpoint) or recorded or uuid.uuid4().hex
+    if found and not inside and recorded != run_id and not cfg.train.overwrite:
+        raise _refuse_foreign(out, found)
+    notes = []
+    changes = check_resume_config(checkpoint, cfg)
+    if changes:
+        notes.append(f"resuming with changed settings, applied from the first resumed step: {'; '.join(changes)}")
+    later = [p.name for p in list_checkpoints(out) if inside and p.name > checkpoint.name]
+    if later:
+        notes.append(f"the checkpoints after {checkpoint.name} ({', '.join(later)}) belong to the continuation this "
+                     f"resume replaces; this run's next checkpoint deletes them")
+    return run_id, notes
+
+
+def _restarted(out: Path, found: list[str], recorded: str | None) -> tuple[str, list[str]]:
+    """The run id and notes of train.resume=latest in a folder without checkpoints: step 0 of the folder's run,
+    unless that run finished (its weights would be lost)."""
+    weights = [name for name in (LORA_WEIGHTS, UNET_DIR) if (out / name).exists()]
+    if weights:
+        raise RunFolderError(
+            f"train.resume=latest: {out} holds no checkpoint to continue from, but a finished run's weights "
+            f"({', '.join(weights)}): start over in it with train.overwrite=true (without train.resume), or use "
+            f"another train.output_dir"
+        )
+    notes = [f"train.resume=latest: no checkpoint in {out} yet; starting at step 0"] if found else []
+    return recorded or uuid.uuid4().hex, notes
+
+
 def _claim(cfg: RunConfig, stack: ExitStack) -> RunFolder:
     t = cfg.train
     out = Path(t.output_dir)
@@ -141,37 +175,16 @@ def _claim(cfg: RunConfig, stack: ExitStack) -> RunFolder:
     out.mkdir(parents=True, exist_ok=True)
     stack.enter_context(folder_lock(out))
     resume_from = resolve_resume(t.resume, out)
-    found, recorded, notes = _marks(out), _recorded_run(out), []
+    found, recorded = _marks(out), _recorded_run(out)
     if resume_from is not None:
         verify_checkpoint(resume_from)
-        inside = resume_from.resolve().parent == (out / CHECKPOINTS).resolve()
-        if inside and t.overwrite:
-            raise RunFolderError(f"train.overwrite=true would delete {resume_from}, the checkpoint train.resume names")
-        run_id = checkpoint_owner(resume_from) or recorded or uuid.uuid4().hex
-        if found and not inside and recorded != run_id and not t.overwrite:
-            raise _refuse_foreign(out, found)
-        changes = check_resume_config(resume_from, cfg)
-        if changes:
-            notes.append(f"resuming with changed settings, applied from the first resumed step: {'; '.join(changes)}")
-        later = [p.name for p in list_checkpoints(out) if inside and p.name > resume_from.name]
-        if later:
-            notes.append(f"the checkpoints after {resume_from.name} ({', '.join(later)}) belong to the continuation this "
-                         f"resume replaces; this run's next checkpoint deletes them")
+        run_id, notes = _continued(cfg, out, resume_from, found, recorded)
     elif t.resume == "latest":
-        weights = [name for name in (LORA_WEIGHTS, UNET_DIR) if (out / name).exists()]
-        if weights:
-            raise RunFolderError(
-                f"train.resume=latest: {out} holds no checkpoint to continue from, but a finished run's weights "
-                f"({', '.join(weights)}): start over in it with train.overwrite=true (without train.resume), or use "
-                f"another train.output_dir"
-            )
-        run_id = recorded or uuid.uuid4().hex
-        if found:
-            notes.append(f"train.resume=latest: no checkpoint in {out} yet; starting at step 0")
+        run_id, notes = _restarted(out, found, recorded)
     elif found and not t.overwrite:
         raise _refuse_foreign(out, found)
     else:
-        run_id = uuid.uuid4().hex
+        run_id, notes = uuid.uuid4().hex, []
     if t.overwrite and found:
         notes.append(f"train.overwrite=true: deleted the previous run's {', '.join(_clear(out))} in {out}")
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -16,8 +16,8 @@ from .randomness import BatchRandom
 from .state import TrainingState
 
 ADVICE = (
-    "lower train.learning_rate or the objective's beta, or use train.mixed_precision=bf16 instead of fp16 (each applies "
-    "on resume), then continue with train.resume=latest"
+    "lower train.learning_rate or the objective's beta, or use train.mixed_precision=bf16 instead of fp16 (each "
+    "applies on resume), then continue with train.resume=latest"
 )
 
 
