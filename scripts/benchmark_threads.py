@@ -1,18 +1,21 @@
 #!/usr/bin/env python
 """Time the demo's CPU work alone and beside a copy of itself, with PyTorch's default threads (the old default)
-and with diffalign's (train.cpu_threads=auto, OpenMP workers that sleep while waiting), to see which collapses
-when jobs share the cores.
+and with diffalign's (train.cpu_threads=auto, a short OpenMP spin), to see which collapses when jobs share cores.
 
     python scripts/benchmark_threads.py                        # 30 KTO demo steps; a cache of 512 pairs
-    python scripts/benchmark_threads.py --workloads cache --pairs 64 --settings old,new,one
+    python scripts/benchmark_threads.py --settings old,new,spin,passive,one --stagger 8
 
-Each workload runs as `diffalign` processes, quiet (one process) and loaded (two started together; their mean
-wall time), every quiet run before the loaded ones so that the load they leave does not count as another job's.
-The loaded/quiet ratio is the number to compare: two jobs that each used every core quietly take about twice as
-long side by side when they share the cores fairly; far more is the collapse. Settings:
-  old  PyTorch's default: one thread per core, OpenMP's default waiting (spinning, then sleeping)
-  new  diffalign's default: auto threads (the cores the machine's load leaves free) and passive waiting
-  one  one thread per process
+Each workload runs as `diffalign` processes: quiet (one process), together (two started at once) and, with
+--stagger, staggered (the second started that many seconds after the first); every quiet run comes first. The
+ratio of a pair's mean wall time to the quiet one is the number to compare: two jobs that each used every core
+alone take about twice as long side by side when they share the cores fairly; far more is the collapse. Each
+process reports the threads it ran with. Settings:
+  old      PyTorch's default: one thread per core, libgomp's default spin (300000) before a waiting worker sleeps
+  new      diffalign's default: auto threads (the usable cores other processes leave free), a spin of 10000
+  auto     auto threads with libgomp's default spin
+  spin     one thread per core with the spin of 10000: `new` on a machine it found free, if another job arrives
+  passive  one thread per core, OMP_WAIT_POLICY=PASSIVE (waiting workers sleep at once)
+  one      one thread per process
 """
 
 from __future__ import annotations
@@ -31,61 +34,88 @@ from pathlib import Path
 
 import torch
 
-from diffalign.threads import auto_threads, machine_load, usable_cores
+from diffalign.threads import busy_cores_now, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "configs/demo/kto.yaml"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 SETTINGS = {
-    "old": "PyTorch default threads, OpenMP default wait",
-    "new": "auto threads, passive wait (diffalign)",
+    "old": "PyTorch default threads, libgomp default spin",
+    "new": "diffalign: auto threads, spin 10000",
+    "auto": "auto threads, libgomp default spin",
+    "spin": "PyTorch default threads, spin 10000",
+    "passive": "PyTorch default threads, passive wait",
     "one": "1 thread",
 }
+# Runs the command's `diffalign` arguments as the console script does, then reports the threads it ran with.
+CHILD = """import sys
+from diffalign.cli.main import main
+from diffalign import threads
+import torch
+code = main(sys.argv[1:])
+chosen = threads.threads_at_start() if threads.threads_at_start.cache_info().currsize else torch.get_num_threads()
+print(f"diffalign-threads {chosen}")
+sys.exit(code)
+"""
 
 
 def setting_env(setting: str, base: dict[str, str], torch_threads: int) -> dict[str, str]:
     """The environment of a `diffalign` process under `setting`: `base` without the thread variables, plus
-    OMP_NUM_THREADS (which `auto` defers to) and, for `old`, libgomp's own default spin count (300000, what it
-    spins with no OMP_WAIT_POLICY), which keeps the CLI from asking for passive waiting."""
+    OMP_NUM_THREADS (which `auto` defers to) for fixed counts and OpenMP's wait setting where it is not the CLI's
+    (GOMP_SPINCOUNT=300000 is libgomp's own default spin, which keeps the CLI from setting its own)."""
     env = {k: v for k, v in base.items() if k not in THREAD_VARIABLES}
-    if setting == "old":
-        env.update(OMP_NUM_THREADS=str(torch_threads), GOMP_SPINCOUNT="300000")
-    elif setting == "one":
-        env.update(OMP_NUM_THREADS="1")
-    elif setting != "new":
+    extra = {
+        "old": {"OMP_NUM_THREADS": str(torch_threads), "GOMP_SPINCOUNT": "300000"},
+        "new": {},
+        "auto": {"GOMP_SPINCOUNT": "300000"},
+        "spin": {"OMP_NUM_THREADS": str(torch_threads)},
+        "passive": {"OMP_NUM_THREADS": str(torch_threads), "OMP_WAIT_POLICY": "PASSIVE"},
+        "one": {"OMP_NUM_THREADS": "1"},
+    }
+    if setting not in extra:
         raise ValueError(f"--settings: unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
-    return env
+    return {**env, **extra[setting]}
 
 
-def workload_command(workload: str, folder: Path, steps: int, pairs: int) -> list[str]:
-    """The `diffalign` command of `workload` writing under `folder` (its own, so that no run finds another's)."""
-    cli = [sys.executable, "-m", "diffalign.cli.main"]
+def workload_args(workload: str, folder: Path, steps: int, pairs: int) -> list[str]:
+    """The `diffalign` arguments of `workload` writing under `folder` (its own, so that no run finds another's)."""
     if workload == "train":
-        return [*cli, "train", DEMO, f"train.max_steps={steps}", f"train.output_dir={folder / 'run'}",
+        return ["train", DEMO, f"train.max_steps={steps}", f"train.output_dir={folder / 'run'}",
                 "train.checkpoint_every=0", "train.trackers=[]", f"train.log_every={steps}", "validation.every=0",
                 "data.cache=off", f"data.cache_dir={folder / 'cache'}"]
     if workload == "cache":
-        return [*cli, "cache", DEMO, f"data.cache_dir={folder / 'cache'}", f"data.max_pairs={pairs}"]
+        return ["cache", DEMO, f"data.cache_dir={folder / 'cache'}", f"data.max_pairs={pairs}"]
     raise ValueError(f"--workloads: unknown workload {workload!r}; choose from train, cache")
 
 
-def timed(command: list[str], env: dict[str, str], log: Path, name: str) -> float:
-    """Run `command` (the run `name`) from the repository root and return its wall seconds; a failure stops the
-    benchmark with the end of its output."""
+def command_for(args: list[str]) -> list[str]:
+    """The process that runs `diffalign ARGS` and then prints `diffalign-threads N`."""
+    return [sys.executable, "-c", CHILD, *args]
+
+
+def timed(command: list[str], env: dict[str, str], log: Path, name: str) -> tuple[float, str]:
+    """Run `command` (the run `name`) from the repository root and return its wall seconds and the threads it
+    reported; a failure stops the benchmark with the end of its output."""
     start = time.perf_counter()
     with log.open("w") as out:
         code = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
+    lines = log.read_text().splitlines()
     if code:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
+        tail = "\n".join(lines[-15:])
         raise SystemExit(f"benchmark_threads: the {name} run failed (exit {code}):\n{tail}")
-    return seconds
+    reported = [line.split()[1] for line in lines if line.startswith("diffalign-threads ")]
+    return seconds, reported[-1] if reported else "?"
 
 
-def side_by_side(n: int, run: Callable[[int], float]) -> list[float]:
-    """`run(i)` for i < n, all started together; their seconds."""
+def side_by_side(n: int, run: Callable[[int], tuple[float, str]], stagger: float = 0.0) -> list[tuple[float, str]]:
+    """`run(i)` for i < n, the i-th started `i * stagger` seconds after the first; their results."""
+    def delayed(i: int) -> tuple[float, str]:
+        time.sleep(i * stagger)
+        return run(i)
+
     with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(run, range(n)))
+        return list(pool.map(delayed, range(n)))
 
 
 def main() -> None:
@@ -94,47 +124,53 @@ def main() -> None:
     parser.add_argument("--settings", default="old,new", help=f"comma-separated: {', '.join(SETTINGS)}")
     parser.add_argument("--steps", type=int, default=30, help="training steps of the KTO demo")
     parser.add_argument("--pairs", type=int, default=512, help="pairs the cache encodes")
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="also run the pair with the second started this many seconds after the first")
     args = parser.parse_args()
     workloads, settings = args.workloads.split(","), args.settings.split(",")
     torch_threads = torch.get_num_threads()
     envs = {s: setting_env(s, dict(os.environ), torch_threads) for s in settings}
     for workload in workloads:
-        workload_command(workload, Path(), args.steps, args.pairs)  # refuse a bad name before any run
+        workload_args(workload, Path(), args.steps, args.pairs)  # refuse a bad name before any run
+    modes = {"quiet": (1, 0.0), "together": (2, 0.0), **({"staggered": (2, args.stagger)} if args.stagger else {})}
 
-    load_before = os.getloadavg()
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {usable_cores()} usable "
-          f"cores, PyTorch default {torch_threads} threads, load average {load_before[0]:.2f} (1 min) "
-          f"{load_before[1]:.2f} (5 min); train: {args.steps} KTO demo steps, cache: {args.pairs} pairs", flush=True)
-    results: dict[tuple[str, str, str], list[float]] = {}
-    chosen: dict[tuple[str, str, str], str] = {}
+    load = os.getloadavg()
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {usable_cores()} usable cores, "
+          f"PyTorch default {torch_threads} threads, load average {load[0]:.2f} (1 min) {load[1]:.2f} (5 min); "
+          f"train: {args.steps} KTO demo steps, cache: {args.pairs} pairs", flush=True)
+    results: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode, copies in (("quiet", 1), ("loaded", 2)):
+        for mode, (copies, stagger) in modes.items():
             for workload in workloads:
                 for setting in settings:
                     key = (workload, setting, mode)
-                    load = machine_load()
-                    chosen[key] = str(auto_threads(usable_cores(), os.cpu_count() or 1, load)) \
-                        if setting == "new" else envs[setting]["OMP_NUM_THREADS"]
+                    others = busy_cores_now()
                     folder = Path(tmp) / "-".join(key)
 
-                    def run(i: int) -> float:
+                    def run(i: int) -> tuple[float, str]:
                         (folder / str(i)).mkdir(parents=True)
-                        command = workload_command(workload, folder / str(i), args.steps, args.pairs)
+                        command = command_for(workload_args(workload, folder / str(i), args.steps, args.pairs))
                         return timed(command, envs[setting], folder / f"{i}.log", f"{workload} {setting} {mode}")
 
-                    results[key] = side_by_side(copies, run)
-                    print(f"  {workload} {setting} {mode}: {', '.join(f'{s:.1f} s' for s in results[key])} "
-                          f"(threads {chosen[key]}, load {load:.2f} at start)", flush=True)
+                    results[key] = side_by_side(copies, run, stagger)
+                    print(f"  {workload} {setting} {mode}: " + ", ".join(f"{s:.1f} s ({t} threads)" for s, t in
+                          results[key]) + f"; other processes kept {others:.2f} cores busy before", flush=True)
 
-    print(f"\n{'workload':9s} {'setting':45s} {'threads':>9s} {'quiet s':>8s} {'loaded s':>9s} {'loaded/quiet':>13s}")
+    header = f"{'workload':9s} {'setting':48s} {'threads':>9s} {'quiet s':>8s}"
+    for mode in list(modes)[1:]:
+        header += f" {mode + ' s':>11s} {mode + '/quiet':>16s}"
+    print("\n" + header)
     for workload in workloads:
         for setting in settings:
-            quiet = results[(workload, setting, "quiet")][0]
-            loaded = statistics.mean(results[(workload, setting, "loaded")])
-            threads = f"{chosen[(workload, setting, 'quiet')]}/{chosen[(workload, setting, 'loaded')]}"
-            print(f"{workload:9s} {f'{setting}: {SETTINGS[setting]}':45s} {threads:>9s} {quiet:8.1f} {loaded:9.1f} "
-                  f"{loaded / quiet:13.2f}")
-    print(f"(threads: quiet/loaded; load average at the end {os.getloadavg()[0]:.2f})")
+            quiet = results[(workload, setting, "quiet")][0][0]
+            threads = "/".join(",".join(t for _, t in results[(workload, setting, m)]) for m in modes)
+            row = f"{workload:9s} {f'{setting}: {SETTINGS[setting]}':48s} {threads:>9s} {quiet:8.1f}"
+            for mode in list(modes)[1:]:
+                seconds = statistics.mean(s for s, _ in results[(workload, setting, mode)])
+                row += f" {seconds:11.1f} {seconds / quiet:16.2f}"
+            print(row)
+    print(f"(threads: quiet/together[/staggered]; {mode} s: the mean of the two; load average at the end "
+          f"{os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""CPU threads (diffalign.threads): `auto` takes the usable cores the machine's load leaves free, once per
-process; the CLI runs its commands with it and lets idle OpenMP workers sleep."""
+"""CPU threads (diffalign.threads): `auto` takes the usable cores other processes leave free, judged once per
+process as it starts; the CLI runs its commands with it and shortens OpenMP's spinning."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,12 @@ REAL_THREADS_AT_START = threads.threads_at_start  # conftest pins the module's t
     (2, 2, 0.0, 2),  # a quiet machine: every core
     (2, 2, 0.4, 2),  # a passing blip rounds away
     (2, 2, 1.16, 1),  # another job on one core
+    (2, 2, 0.6, 1),
     (2, 2, 5.0, 1),  # overloaded: still one thread
     (4, 64, 10.0, 4),  # a 4-core slice of a big machine with cores to spare
     (8, 8, 6.6, 1),
 ])
-def test_auto_takes_the_usable_cores_the_load_leaves_free(cores, cpus, load, expected):
+def test_auto_takes_the_usable_cores_others_leave_free(cores, cpus, load, expected):
     assert threads.auto_threads(cores, cpus, load) == expected
 
 
@@ -41,14 +43,14 @@ def test_a_container_quota_caps_the_cores(tmp_path):
     assert threads.cgroup_cpu_quota(quota) == 2
 
 
-def test_auto_is_chosen_once_per_process_from_the_load_at_start(monkeypatch):
+def test_auto_is_chosen_once_per_process_at_its_start(monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     REAL_THREADS_AT_START.cache_clear()
     try:
-        monkeypatch.setattr(threads, "machine_load", lambda: 1.3)
+        monkeypatch.setattr(threads, "busy_cores_now", lambda: 1.3)
         assert REAL_THREADS_AT_START() == 1
-        monkeypatch.setattr(threads, "machine_load", lambda: 0.0)  # later, its own work: not another job's
+        monkeypatch.setattr(threads, "busy_cores_now", lambda: 0.0)
         assert REAL_THREADS_AT_START() == 1
     finally:
         REAL_THREADS_AT_START.cache_clear()
@@ -80,7 +82,7 @@ def test_a_bad_setting_is_refused_naming_its_key(bad):
         threads.resolve_threads(bad)
     assert str(error.value) == (
         f"train.cpu_threads={bad!r}: give a thread count (1, 2, ...), 0 for PyTorch's default (one per core) or "
-        "auto (the cores the machine's load leaves free)"
+        "auto (the cores other processes leave free)"
     )
 
 
@@ -119,22 +121,67 @@ def test_a_negative_thread_count_stops_training_with_one_line(tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err.splitlines()[0] == (
         "diffalign train: error: train.cpu_threads=-2: give a thread count (1, 2, ...), 0 for PyTorch's default "
-        "(one per core) or auto (the cores the machine's load leaves free)"
+        "(one per core) or auto (the cores other processes leave free)"
     )
 
 
-def test_passive_wait_is_set_only_before_torch_loads_and_never_over_the_users(monkeypatch):
-    assert threads.prefer_passive_wait({}) is False  # torch is loaded here: too late to matter
-    monkeypatch.delitem(sys.modules, "torch")
+def test_other_processes_busy_cores_are_the_machines_less_this_ones(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 20 30 400 50 1 2 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    sample = threads.cpu_sample(stat)
+    assert (sample.busy, sample.total) == (100 + 20 + 30 + 1 + 2 + 3, 606)  # idle and iowait are not busy
+    assert threads.cpu_sample(tmp_path / "missing") is None
+    start = threads.CpuSample(busy=0, total=0, own=5.0, at=10.0)
+    # 2 seconds on 4 CPUs: 800 ticks, 600 busy = 3 cores, of which this process used 1 (2 CPU seconds)
+    assert threads.others_busy_cores(start, threads.CpuSample(600, 800, 7.0, 12.0), cpus=4) == pytest.approx(2.0)
+    assert threads.others_busy_cores(start, threads.CpuSample(100, 800, 7.0, 12.0), cpus=4) == 0.0  # never < 0
+    assert threads.others_busy_cores(start, start, cpus=4) == 0.0
+
+
+def test_busy_cores_are_measured_since_the_command_started_or_read_from_the_load_average(monkeypatch):
+    now = time.monotonic()
+    samples = iter([threads.CpuSample(0, 0, 0.0, now - 1.0), threads.CpuSample(150, 200, 0.5, now)])
+    monkeypatch.setattr(threads, "cpu_sample", lambda: next(samples))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(threads, "_started", None)
+    threads.command_started({})
+    assert threads.busy_cores_now() == pytest.approx(2 * 150 / 200 - 0.5)  # 1 of 2 cores: another process's
+    monkeypatch.setattr(threads, "_started", None)
+    monkeypatch.setattr(threads, "cpu_sample", lambda: None)  # no /proc/stat
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.25, 1.0, 1.0))
+    assert threads.busy_cores_now() == 1.25
+
+
+def test_a_process_that_keeps_a_core_busy_counts_as_busy(monkeypatch):
+    spin = "import time\nend = time.time() + 5\nprint('spinning', flush=True)\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout.readline() == "spinning\n"
+        monkeypatch.setattr(threads, "_started", None)
+        threads.command_started({})
+        assert threads.busy_cores_now() >= 0.5
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_the_spin_is_shortened_only_before_torch_loads_and_never_over_the_users(monkeypatch):
+    monkeypatch.setattr(threads, "_started", None)
     environ: dict[str, str] = {}
-    assert threads.prefer_passive_wait(environ) is True and environ == {"OMP_WAIT_POLICY": "PASSIVE"}
-    for users in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "100000"}):
-        assert threads.prefer_passive_wait(dict(users)) is False
+    threads.command_started(environ)
+    assert environ == {}  # torch is loaded here: too late to matter
+    monkeypatch.delitem(sys.modules, "torch")
+    threads.command_started(environ)
+    assert environ == {"GOMP_SPINCOUNT": "10000"}
+    for users in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        environ = dict(users)
+        threads.command_started(environ)
+        assert environ == users
 
 
-def test_the_cli_sets_passive_wait_before_torch_and_config_does_not_load_torch():
+def test_the_cli_shortens_the_spin_before_torch_loads_and_config_does_not_load_torch():
     probe = ("import os, sys; from diffalign.cli.main import main; main(['config', 'show']); "
-             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules, file=sys.stderr)")
+             "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules, file=sys.stderr)")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert done.stderr.splitlines()[-1] == "PASSIVE False"
+    assert done.stderr.splitlines()[-1] == "10000 False"

@@ -1,10 +1,10 @@
 """How many CPU threads torch's operations use, chosen so that a job sharing its cores with others slows down
 in proportion instead of collapsing.
 
-Two causes make a CPU job ten or more times slower beside another one (README, "CPU threads"): more threads
-than free cores, and OpenMP workers that spin while they wait for a descheduled peer. `prefer_passive_wait`
-makes waiting workers sleep; `cpu_threads("auto")` runs a block with as many threads as there are usable cores
-that the machine's load leaves free, chosen once per process.
+Two things make a CPU job tens of times slower beside another one (README, "CPU threads"): more threads than
+free cores, and OpenMP workers that spin for milliseconds while they wait for a descheduled peer, keeping that
+peer off the core. `cpu_threads("auto")` runs a block on the usable cores that other processes leave free,
+judged as the command starts; `command_started` begins that judgement and shortens OpenMP's spinning.
 """
 
 from __future__ import annotations
@@ -13,25 +13,63 @@ import functools
 import math
 import os
 import sys
+import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 ThreadSetting = int | Literal["auto"]
 AUTO: Literal["auto"] = "auto"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+PROC_STAT = Path("/proc/stat")
 USER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# libgomp's spins before a waiting worker sleeps: its default (300000, milliseconds) let two demo trainings side
+# by side run 150x slower each; 10000 cost nothing measurable alone (scripts/benchmark_threads.py).
+SPIN_COUNT = "10000"
+SAMPLE_SECONDS = 0.2
 
 
-def prefer_passive_wait(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Set OMP_WAIT_POLICY=PASSIVE in `environ` (idle OpenMP workers sleep instead of spinning) unless the user
-    chose a wait policy or spin count, or torch, whose OpenMP runtime reads it once when it loads, is already
-    imported; return whether it was set. Child processes inherit it."""
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
-        return False
-    environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
+class CpuSample(NamedTuple):
+    """The machine's CPU time so far (busy and total, in /proc/stat's ticks), this process's CPU seconds, and
+    when (monotonic seconds)."""
+
+    busy: int
+    total: int
+    own: float
+    at: float
+
+
+def cpu_sample(stat: Path = PROC_STAT) -> CpuSample | None:
+    """The machine's and this process's CPU time now; None where the system has no /proc/stat."""
+    try:
+        ticks = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + ticks[4]  # idle and iowait; user, nice, system, irq, softirq and steal are busy
+    return CpuSample(sum(ticks) - idle, sum(ticks), time.process_time(), time.monotonic())
+
+
+def others_busy_cores(start: CpuSample, end: CpuSample, cpus: int) -> float:
+    """The cores other processes kept busy between two samples: the busy share of the machine's `cpus`, less
+    the cores this process used itself."""
+    wall, total = end.at - start.at, end.total - start.total
+    if wall <= 0 or total <= 0:
+        return 0.0
+    return max(0.0, cpus * (end.busy - start.busy) / total - (end.own - start.own) / wall)
+
+
+_started: CpuSample | None = None
+
+
+def command_started(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Begin measuring what other processes use (the window ends when `auto` is first resolved, after this
+    command's own start-up) and, unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT or torch (whose OpenMP
+    runtime reads them once, when it loads) is already imported, shorten OpenMP's spinning to SPIN_COUNT."""
+    global _started
+    _started = cpu_sample()
+    if not ("torch" in sys.modules or "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ):
+        environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 def cgroup_cpu_quota(path: Path = CGROUP_CPU_MAX) -> int | None:
@@ -52,26 +90,31 @@ def usable_cores() -> int:
     return max(1, min(n for n in (cores, torch.get_num_threads(), cgroup_cpu_quota()) if n))
 
 
-def machine_load() -> float:
-    """The machine's 1-minute load average: runnable tasks, about the cores other jobs keep busy; 0 where the
-    system keeps none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
+def busy_cores_now() -> float:
+    """The cores other processes keep busy now: measured since `command_started` (over at least SAMPLE_SECONDS,
+    waiting for the rest), or, where the system has no /proc/stat, the 1-minute load average."""
+    start = _started if _started is not None and _started.at > time.monotonic() - 60 else cpu_sample()
+    if start is None:
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+    time.sleep(max(0.0, start.at + SAMPLE_SECONDS - time.monotonic()))
+    end = cpu_sample()
+    return 0.0 if end is None else others_busy_cores(start, end, os.cpu_count() or 1)
 
 
-def auto_threads(cores: int, cpus: int, load: float) -> int:
-    """Threads for `auto`: the `cores` this process may use, at most the machine's `cpus` that `load` (runnable
-    tasks) leaves free, rounded to the nearest; at least 1."""
-    return max(1, min(cores, math.floor(cpus - load + 0.5)))
+def auto_threads(cores: int, cpus: int, busy: float) -> int:
+    """Threads for `auto`: the `cores` this process may use, at most the machine's `cpus` that other processes
+    (`busy` cores) leave free, rounded to the nearest; at least 1."""
+    return max(1, min(cores, math.floor(cpus - busy + 0.5)))
 
 
 @functools.cache
 def threads_at_start() -> int:
     """`auto_threads` for this machine now, chosen the first time it is asked (a command's start) and kept for
-    the process: its own work never counts as another job's load, and its roundings stay the same."""
-    return auto_threads(usable_cores(), os.cpu_count() or 1, machine_load())
+    the process, whose roundings then stay the same."""
+    return auto_threads(usable_cores(), os.cpu_count() or 1, busy_cores_now())
 
 
 def resolve_threads(setting: ThreadSetting, key: str = "train.cpu_threads") -> int:
@@ -83,7 +126,7 @@ def resolve_threads(setting: ThreadSetting, key: str = "train.cpu_threads") -> i
     if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 0:
         return setting
     raise ValueError(f"{key}={setting!r}: give a thread count (1, 2, ...), 0 for PyTorch's default (one per core) "
-                     "or auto (the cores the machine's load leaves free)")
+                     "or auto (the cores other processes leave free)")
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from importlib import metadata
 
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
-from ..threads import AUTO, cpu_threads, prefer_passive_wait
+from ..threads import AUTO, command_started, cpu_threads
 from .captions import add_captions_parser
 from .errors import expected_failure
 from .evaluate import add_eval_parser
@@ -192,7 +192,7 @@ def _registered_scorers() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `diffalign` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    prefer_passive_wait()  # before anything imports torch
+    command_started()  # before anything imports torch
     # Only `score --help` lists the registered scorers: importing them loads torch, too slow for anything else.
     scorers = _registered_scorers() if argv[:1] == ["score"] and {"-h", "--help"} & set(argv) else None
     args, unknown = build_parser(scorers).parse_known_args(argv)

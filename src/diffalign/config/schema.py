@@ -206,11 +206,10 @@ class TrainConfig:
     cpu_threads: int | Literal["auto"] = cfg_field(
         "auto",
         "Threads of the CPU operations when training on the CPU (torch.set_num_threads). 'auto': the cores this "
-        "process may use (affinity, container quota, one per physical core) less those the machine's 1-minute load "
-        "average keeps busy, at least 1, chosen once when the command starts; OMP_NUM_THREADS, if set, rules "
-        "instead. 0: PyTorch's default, one per core. N: N threads. The other commands (cache, generate, eval, "
-        "score, ...) run with 'auto' (or OMP_NUM_THREADS). PyTorch's default collapses when jobs share cores "
-        "(README, CPU threads).",
+        "process may use (affinity, container quota, PyTorch's one per core) less those other processes keep busy "
+        "as the command starts, at least 1, kept for the run; OMP_NUM_THREADS, if set, rules instead. 0: PyTorch's "
+        "default. N: N threads. The other commands (cache, generate, eval, score, ...) run with 'auto'. With "
+        "PyTorch's default, two demo trainings side by side on 2 cores ran 100x slower each (README, CPU threads).",
     )
     checkpoint_every: int = cfg_field(
         100, "Write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps (0: never).",
