@@ -55,7 +55,7 @@ def test_a_new_run_takes_an_empty_folder_and_names_itself(tmp_path):
     assert json.loads((tmp_path / "run" / RUN_FILE).read_text())["run_id"] == folder.run_id
 
 
-@pytest.mark.parametrize("left", ["checkpoint", "pytorch_lora_weights.safetensors", "unet", "config.yaml"])
+@pytest.mark.parametrize("left", ["checkpoint", "pytorch_lora_weights.safetensors", "unet"])
 def test_a_folder_with_another_runs_outputs_is_refused_without_resume(tmp_path, left):
     out = tmp_path / "run"
     out.mkdir()
@@ -69,6 +69,17 @@ def test_a_folder_with_another_runs_outputs_is_refused_without_resume(tmp_path, 
                                              r"continue it with train.resume=latest.*another train.output_dir.*"
                                              r"train.overwrite=true"):
         _claim(out)
+
+
+def test_a_run_that_saved_nothing_does_not_block_its_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", RUN_FILE):  # what a run that failed on its data left
+        (out / name).write_text("{}")
+    folder = _claim(out)
+    assert folder.notes == [f"{out} holds a run that saved no checkpoint or weights (config.yaml, run.json): starting "
+                            f"over in it (replaced its config.yaml, run.json, metrics.jsonl)"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, RUN_FILE]
 
 
 def test_overwrite_deletes_the_previous_runs_outputs_and_says_so(tmp_path):

@@ -100,6 +100,12 @@ def _marks(out: Path) -> list[str]:
     return found
 
 
+def _saved_work(out: Path) -> bool:
+    """Whether `out` holds a run's checkpoints or final weights (not only the settings of a run that stopped
+    before its first checkpoint)."""
+    return bool(list_checkpoints(out)) or any((out / name).exists() for name in (LORA_WEIGHTS, UNET_DIR))
+
+
 def _clear(out: Path) -> list[str]:
     """Delete a previous run's outputs from `out`; return the names deleted."""
     deleted = []
@@ -181,8 +187,12 @@ def _claim(cfg: RunConfig, stack: ExitStack) -> RunFolder:
         run_id, notes = _continued(cfg, out, resume_from, found, recorded)
     elif t.resume == "latest":
         run_id, notes = _restarted(out, found, recorded)
-    elif found and not t.overwrite:
+    elif found and not t.overwrite and _saved_work(out):
         raise _refuse_foreign(out, found)
+    elif found and not t.overwrite:  # a run that stopped before its first checkpoint (bad data, a crash)
+        run_id = uuid.uuid4().hex
+        notes = [f"{out} holds a run that saved no checkpoint or weights ({', '.join(found)}): starting over in it "
+                 f"(replaced its {', '.join(_clear(out))})"]
     else:
         run_id, notes = uuid.uuid4().hex, []
     if t.overwrite and found:
