@@ -114,3 +114,26 @@ def test_a_cached_model_loads_from_the_cache_alone_when_the_hub_is_unreachable(h
     out = capsys.readouterr().out
     assert "model.pretrained=someone/tiny: the hub could not be reached (ConnectError" in out
     assert "loading the copy in the local hub cache" in out
+
+
+def test_whole_pipelines_look_at_the_hub_once_too(hub, tmp_path, monkeypatch):
+    """generate/eval (load_pipeline) and fuse load a hub pipeline after the same quick look as training."""
+    import huggingface_hub
+
+    from diffalign.models.fuse import fuse_lora
+    from diffalign.sampling.generate import load_pipeline
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    hub("unreachable")
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"^model=someone/missing: the Hugging Face hub could not be reached"):
+        load_pipeline("someone/missing", device="cpu")
+    assert time.monotonic() - start < 5  # no retries with back-off
+    hub("no-such-repo")
+    lora = tmp_path / "lora.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32)}, str(lora))
+    with pytest.raises(FileNotFoundError, match=r"^--base=someone/missing: no such model on the hub"):
+        fuse_lora("someone/missing", lora, tmp_path / "fused")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_save, check_output_folder
-from .loading import DTYPES, resolve_source
+from .loading import DTYPES, pipeline_hub_options, resolve_source
 from .lora_files import load_lora, lora_tensor_names
 
 
@@ -30,7 +30,8 @@ def fuse_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0, 
     lora_tensor_names(lora)  # a missing, truncated or pickled file fails before the base loads
     out = Path(out)
     check_output_folder(out)
-    pipe = DiffusionPipeline.from_pretrained(resolve_source(base), dtype=DTYPES[dtype])
+    source = resolve_source(base)
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=DTYPES[dtype], **pipeline_hub_options(source, "--base"))
     load_lora(pipe, lora, adapter_name="tuned")
     pipe.fuse_lora(lora_scale=scale, adapter_names=["tuned"])
     pipe.unload_lora_weights()

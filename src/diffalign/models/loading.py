@@ -57,6 +57,15 @@ def resolve_source(pretrained: str) -> str:
     return pretrained
 
 
+def pipeline_hub_options(pretrained: str, key: str) -> dict[str, bool]:
+    """`from_pretrained` options for a whole pipeline: for a hub id, one quick look at the hub first (see
+    `hub_access`), so that an unreachable hub or a missing repository is a one-line error naming `key`, and
+    a cached copy loads from the cache alone; nothing for a local folder."""
+    if resolve_local(pretrained) is not None:
+        return {}
+    return {"local_files_only": local_files_only(pretrained, None, key, "model_index.json")}
+
+
 def model_family(unet: UNet2DConditionModel | dict) -> Family:
     """'sdxl' for UNets (or UNet configs) with SDXL's text_time micro-conditioning, else 'sd' (SD1.x/2.x)."""
     config = unet if isinstance(unet, dict) else unet.config

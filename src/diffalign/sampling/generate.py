@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from ..models.loading import DTYPES, resolve_source
+from ..models.loading import DTYPES, pipeline_hub_options, resolve_source
 from ..models.lora_files import load_lora
 
 
@@ -67,7 +67,8 @@ def load_pipeline(
     """
     device = device or default_device()
     dtype = resolve_dtype(dtype, device)
-    pipe = DiffusionPipeline.from_pretrained(resolve_source(model), dtype=DTYPES[dtype])
+    source = resolve_source(model)
+    pipe = DiffusionPipeline.from_pretrained(source, dtype=DTYPES[dtype], **pipeline_hub_options(source, "model"))
     if unet is not None:
         from diffusers import UNet2DConditionModel
 
