@@ -18,6 +18,8 @@ from diffalign.training.encode import encode_batch
 from diffalign.training.loop import train
 from diffalign.training.randomness import BatchRandom
 
+from ..permissions import modes, umask
+
 
 def _cfg(model, pairs, tmp_path, *extra):
     return load_config(RunConfig, None, [
@@ -77,9 +79,11 @@ def test_training_with_and_without_cache_gives_the_same_losses(tiny_models, pair
 
 def test_build_resumes_and_inputs_pick_the_folder(tiny_models, pair_file, tmp_path):
     cfg = _cfg(tiny_models["sd15"], pair_file, tmp_path)
-    (latent_dir, text_dir), _ = _build(cfg)
+    with umask(0o022):
+        (latent_dir, text_dir), _ = _build(cfg)
     shards = sorted(latent_dir.glob("shard-*.safetensors"))
     assert len(shards) == 4  # all 14 rows (ties too: AI feedback may decide them), in shards of 4
+    assert {modes(latent_dir)[shard.name] for shard in shards} == {0o644}  # safetensors alone writes 0600
     reference = shards[1].read_bytes()
     shards[1].unlink()
     (latent_dir / "index.json").unlink()  # as if killed before the end

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from diffalign.training.checkpoint import (
     checkpoint_dir,
@@ -14,6 +15,8 @@ from diffalign.training.checkpoint import (
     save_state_files,
     set_rng_state,
 )
+
+from ..permissions import modes, umask
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
@@ -62,3 +65,14 @@ def test_checkpoints_are_atomic_pruned_and_found(tmp_path):
     assert resolve_resume("latest", tmp_path / "elsewhere") is None
     with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
         resolve_resume(str(tmp_path), tmp_path)
+
+
+def test_a_checkpoint_has_the_usual_permissions(tmp_path):
+    def shared(folder):
+        save_file({"w": torch.zeros(2)}, str(folder / "trainable.safetensors"))  # safetensors alone writes 0600
+        (folder / "state.json").write_text(json.dumps({"step": 1}))
+
+    with umask(0o022):
+        saved = save_checkpoint(tmp_path, 1, shared, lambda folder: None, True, lambda: None, 2)
+    assert modes(saved) == {"trainable.safetensors": 0o644, "state.json": 0o644}
+    assert modes(tmp_path)["checkpoints/step-00000001"] == 0o755

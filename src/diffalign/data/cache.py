@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config.schema import DataConfig, ModelConfig
-from ..files import atomic_write_text
+from ..files import atomic_write_text, give_usual_permissions
 from ..models.conditioning import TextConditioning, encode_prompts
 from ..models.loading import DiffusionParts, resolve_source
 from .order import derive_seed
@@ -87,6 +87,7 @@ def _save_shard(folder: Path, k: int, tensors: dict[str, torch.Tensor]) -> None:
     path = _shard_path(folder, k)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp))
+    give_usual_permissions(tmp)  # safetensors writes 0600 files
     os.replace(tmp, path)
 
 

@@ -27,6 +27,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..files import give_usual_permissions
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -220,6 +222,7 @@ def save_checkpoint(
     barrier()
     if is_main:
         write_shared(tmp)  # state.json last: its presence marks a complete checkpoint
+        give_usual_permissions(tmp)  # safetensors writes 0600 files
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
