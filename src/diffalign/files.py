@@ -33,6 +33,16 @@ def give_usual_permissions(path: Path) -> None:
                     os.chmod(entry, mode)
 
 
+def check_output_file(path: str | Path, what: str = "--out") -> Path:
+    """`path` as a Path, once sure a file can be written there: it is not a folder and no folder above it is an
+    existing file (ValueError naming the obstacle otherwise), so a long job fails before it starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder: give the file to write, e.g. {path / 'scores.csv'}")
+    check_output_folder(path.parent, f"{what} {path}: folder")
+    return path
+
+
 def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
     """`path` as a Path, once sure it can be a folder to write into: neither it nor a folder above it is an
     existing file (ValueError naming that file otherwise)."""

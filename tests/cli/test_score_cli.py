@@ -102,6 +102,15 @@ def test_usage_errors_exit_2(image_folder: Path, tmp_path: Path, capsys):
     assert "--tie-aware applies to --pairs" in capsys.readouterr().err
 
 
+def test_an_output_path_that_cannot_be_written_fails_before_scoring(image_folder: Path, tmp_path: Path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(blocker / "s.csv")]) == 2
+    assert f"--out {blocker / 's.csv'}: folder {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder: give the file to write" in capsys.readouterr().err
+
+
 def wrong_spec(spec, rng: random.Random):
     """The same scene with another shape colour and another shape: clearly worse for the caption."""
     colour = rng.choice([c for c in COLOURS if c not in (spec.colour, spec.background)])

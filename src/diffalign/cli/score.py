@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..files import check_output_file
+
 if TYPE_CHECKING:
     from ..evaluation.scoring import ScoreRun
 
@@ -76,6 +78,7 @@ def _score_images(args: argparse.Namespace, names: list[str], options: dict[str,
         raise ValueError("give the images to score: image files, folders or metadata files (or --pairs DATASET)")
     if args.out:
         output_format(args.out)
+        check_output_file(args.out)
     items = collect_items(args.inputs, args.prompt, exclude=[Path(args.out)] if args.out else [])
     check_prompts(items)
     scorers = build_scorers(names, options, args.device, args.dtype, args.batch_size)
@@ -110,6 +113,7 @@ def _score_pairs(args: argparse.Namespace, names: list[str], options: dict[str, 
         raise ValueError("--pairs DATASET scores each row's jpg_0/jpg_1 against its caption: give no other inputs or --prompt")
     if args.out:
         output_format(args.out, (".json",))
+        check_output_file(args.out)
     thresholds = parse_thresholds(args.tie_aware) if args.tie_aware is not None else []
     scorers = build_scorers(names, options, args.device, args.dtype, args.batch_size)
     report, run = evaluate_pairs(
