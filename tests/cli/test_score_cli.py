@@ -107,8 +107,9 @@ def test_an_output_path_that_cannot_be_written_fails_before_scoring(image_folder
     blocker.write_text("x")
     assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(blocker / "s.csv")]) == 2
     assert f"--out {blocker / 's.csv'}: folder {blocker} is a file, not a folder" in capsys.readouterr().err
-    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(tmp_path)]) == 2
-    assert f"--out {tmp_path} is a folder: give the file to write" in capsys.readouterr().err
+    (tmp_path / "taken.csv").mkdir()
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(tmp_path / "taken.csv")]) == 2
+    assert f"--out {tmp_path / 'taken.csv'} is a folder: give the file to write" in capsys.readouterr().err
 
 
 def wrong_spec(spec, rng: random.Random):
