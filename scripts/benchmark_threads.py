@@ -47,14 +47,16 @@ SETTINGS = {
     "passive": "PyTorch default threads, passive wait",
     "one": "1 thread",
 }
-# Runs the command's `diffalign` arguments as the console script does, then reports the threads it ran with.
-CHILD = """import sys
+# Runs the command's `diffalign` arguments as the console script does (torch not loaded before, so that the CLI
+# can still set OpenMP's wait), then reports the threads and the OpenMP wait setting it ran with.
+CHILD = """import os, sys
 from diffalign.cli.main import main
-from diffalign import threads
-import torch
 code = main(sys.argv[1:])
+import torch
+from diffalign import threads
 chosen = threads.threads_at_start() if threads.threads_at_start.cache_info().currsize else torch.get_num_threads()
-print(f"diffalign-threads {chosen}")
+wait = ",".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
+print(f"diffalign-threads {chosen} {wait or 'default'}")
 sys.exit(code)
 """
 
@@ -89,13 +91,13 @@ def workload_args(workload: str, folder: Path, steps: int, pairs: int) -> list[s
 
 
 def command_for(args: list[str]) -> list[str]:
-    """The process that runs `diffalign ARGS` and then prints `diffalign-threads N`."""
+    """The process that runs `diffalign ARGS` and then prints `diffalign-threads N WAIT`."""
     return [sys.executable, "-c", CHILD, *args]
 
 
 def timed(command: list[str], env: dict[str, str], log: Path, name: str) -> tuple[float, str]:
-    """Run `command` (the run `name`) from the repository root and return its wall seconds and the threads it
-    reported; a failure stops the benchmark with the end of its output."""
+    """Run `command` (the run `name`) from the repository root and return its wall seconds and what it reported
+    ("N WAIT": its threads and OpenMP wait setting); a failure stops the benchmark with the end of its output."""
     start = time.perf_counter()
     with log.open("w") as out:
         code = subprocess.run(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
@@ -104,8 +106,8 @@ def timed(command: list[str], env: dict[str, str], log: Path, name: str) -> tupl
     if code:
         tail = "\n".join(lines[-15:])
         raise SystemExit(f"benchmark_threads: the {name} run failed (exit {code}):\n{tail}")
-    reported = [line.split()[1] for line in lines if line.startswith("diffalign-threads ")]
-    return seconds, reported[-1] if reported else "?"
+    reported = [line.split(maxsplit=1)[1] for line in lines if line.startswith("diffalign-threads ")]
+    return seconds, reported[-1] if reported else "? ?"
 
 
 def side_by_side(n: int, run: Callable[[int], tuple[float, str]], stagger: float = 0.0) -> list[tuple[float, str]]:
@@ -153,8 +155,8 @@ def main() -> None:
                         return timed(command, envs[setting], folder / f"{i}.log", f"{workload} {setting} {mode}")
 
                     results[key] = side_by_side(copies, run, stagger)
-                    print(f"  {workload} {setting} {mode}: " + ", ".join(f"{s:.1f} s ({t} threads)" for s, t in
-                          results[key]) + f"; other processes kept {others:.2f} cores busy before", flush=True)
+                    print(f"  {workload} {setting} {mode}: " + ", ".join(f"{s:.1f} s ({t})" for s, t in results[key])
+                          + f"; other processes kept {others:.2f} cores busy before", flush=True)
 
     header = f"{'workload':9s} {'setting':48s} {'threads':>9s} {'quiet s':>8s}"
     for mode in list(modes)[1:]:
@@ -163,7 +165,7 @@ def main() -> None:
     for workload in workloads:
         for setting in settings:
             quiet = results[(workload, setting, "quiet")][0][0]
-            threads = "/".join(",".join(t for _, t in results[(workload, setting, m)]) for m in modes)
+            threads = "/".join(",".join(t.split()[0] for _, t in results[(workload, setting, m)]) for m in modes)
             row = f"{workload:9s} {f'{setting}: {SETTINGS[setting]}':48s} {threads:>9s} {quiet:8.1f}"
             for mode in list(modes)[1:]:
                 seconds = statistics.mean(s for s, _ in results[(workload, setting, mode)])

@@ -52,18 +52,18 @@ def test_the_settings_set_the_old_default_and_leave_the_new_one_to_the_cli():
         bench.setting_env("fast", base, 2)
 
 
-def test_the_child_runs_diffalign_and_reports_its_threads(tmp_path):
+def test_the_child_runs_diffalign_and_reports_its_threads_and_the_wait_the_cli_chose(tmp_path):
     bench = _script()
     env = bench.setting_env("one", dict(os.environ), 2)
-    seconds, threads = bench.timed(bench.command_for(["config", "show"]), env, tmp_path / "log", "config")
-    assert threads == "1" and seconds > 0
+    seconds, reported = bench.timed(bench.command_for(["config", "show"]), env, tmp_path / "log", "config")
+    assert reported == "1 GOMP_SPINCOUNT=10000" and seconds > 0
 
 
 def _ran(folder: Path, name: str) -> list[float]:
     return [float(t) for t in (folder / name).read_text().split()]
 
 
-NAP = ("import sys, time; start = time.time(); time.sleep(0.3); print('diffalign-threads 2'); "
+NAP = ("import sys, time; start = time.time(); time.sleep(0.3); print('diffalign-threads 2 default'); "
        "open(sys.argv[1], 'w').write(f'{start} {time.time()}')")
 
 
