@@ -62,7 +62,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     parts = load_parts(cfg.model, unet=False)
     for module in (parts.vae, *parts.text_encoders):
         module.to(device, DTYPES[cfg.model.frozen_dtype])
-    latent_dir, text_dir = build_cache(parts, cfg.model, cfg.data, args.shard_size, args.batch_size)
+    with cpu_threads(cfg.train.cpu_threads):  # the config's threads, as `train` runs with them
+        latent_dir, text_dir = build_cache(parts, cfg.model, cfg.data, args.shard_size, args.batch_size)
     size = sum(f.stat().st_size for d in (latent_dir, text_dir) for f in d.iterdir()) / 2**20
     print(f"cache ready ({size:.1f} MiB): {latent_dir}, {text_dir}\n`diffalign train` with this config now uses it")
     return 0
@@ -179,8 +180,10 @@ def unknown_options_message(command: str, unknown: list[str], argv: list[str]) -
     )
 
 
-# Commands that never load torch, which would cost them seconds for a thread setting they do not use.
+# Commands that never load torch, which would cost them seconds for a thread setting they do not use, and those
+# that take their threads from their config (train.cpu_threads), once the config has been checked.
 TORCH_FREE_COMMANDS = {"config", "grid", "method-table", "label"}
+CONFIG_THREAD_COMMANDS = {"train", "cache"}
 
 
 def _registered_scorers() -> list[str]:
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        with nullcontext() if args.command in TORCH_FREE_COMMANDS else cpu_threads(AUTO):
+        with nullcontext() if args.command in TORCH_FREE_COMMANDS | CONFIG_THREAD_COMMANDS else cpu_threads(AUTO):
             return args.func(args)
     except Exception as error:
         message = expected_failure(error)
