@@ -3,13 +3,14 @@
 and with diffalign's (train.cpu_threads=auto, a short OpenMP spin), to see which collapses when jobs share cores.
 
     python scripts/benchmark_threads.py                        # 30 KTO demo steps; a cache of 512 pairs
-    python scripts/benchmark_threads.py --settings old,new,spin,passive,one --stagger 8
+    python scripts/benchmark_threads.py --settings old,new,spin,passive,one
+    python scripts/benchmark_threads.py --workloads train --steps 150 --modes quiet,staggered --stagger 12
 
-Each workload runs as `diffalign` processes: quiet (one process), together (two started at once) and, with
---stagger, staggered (the second started that many seconds after the first); every quiet run comes first. The
+Each workload runs as `diffalign` processes: quiet (one process), together (two started at once) and staggered
+(the second started --stagger seconds after the first, while the first trains: a job that arrives later). The
 ratio of a pair's mean wall time to the quiet one is the number to compare: two jobs that each used every core
 alone take about twice as long side by side when they share the cores fairly; far more is the collapse. Each
-process reports the threads it ran with. Settings:
+process reports the threads it ran with; a row prints as soon as its runs are done. Settings:
   old      PyTorch's default: one thread per core, libgomp's default spin (300000) before a waiting worker sleeps
   new      diffalign's default: auto threads (the usable cores other processes leave free), a spin of 10000
   auto     auto threads with libgomp's default spin
@@ -120,59 +121,55 @@ def side_by_side(n: int, run: Callable[[int], tuple[float, str]], stagger: float
         return list(pool.map(delayed, range(n)))
 
 
+MODES = {"quiet": 1, "together": 2, "staggered": 2}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="train,cache", help="comma-separated: train, cache")
     parser.add_argument("--settings", default="old,new", help=f"comma-separated: {', '.join(SETTINGS)}")
+    parser.add_argument("--modes", default="quiet,together", help="comma-separated: quiet (first), together, staggered")
     parser.add_argument("--steps", type=int, default=30, help="training steps of the KTO demo")
     parser.add_argument("--pairs", type=int, default=512, help="pairs the cache encodes")
-    parser.add_argument("--stagger", type=float, default=0.0,
-                        help="also run the pair with the second started this many seconds after the first")
+    parser.add_argument("--stagger", type=float, default=10.0, help="seconds between the staggered pair's starts")
     args = parser.parse_args()
-    workloads, settings = args.workloads.split(","), args.settings.split(",")
+    workloads, settings, modes = args.workloads.split(","), args.settings.split(","), args.modes.split(",")
     torch_threads = torch.get_num_threads()
     envs = {s: setting_env(s, dict(os.environ), torch_threads) for s in settings}
     for workload in workloads:
         workload_args(workload, Path(), args.steps, args.pairs)  # refuse a bad name before any run
-    modes = {"quiet": (1, 0.0), "together": (2, 0.0), **({"staggered": (2, args.stagger)} if args.stagger else {})}
+    if modes[0] != "quiet" or not set(modes) <= set(MODES):
+        raise SystemExit(f"--modes: quiet first, then any of together, staggered; not {args.modes}")
 
     load = os.getloadavg()
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, {usable_cores()} usable cores, "
           f"PyTorch default {torch_threads} threads, load average {load[0]:.2f} (1 min) {load[1]:.2f} (5 min); "
-          f"train: {args.steps} KTO demo steps, cache: {args.pairs} pairs", flush=True)
-    results: dict[tuple[str, str, str], list[tuple[float, str]]] = {}
+          f"train: {args.steps} KTO demo steps, cache: {args.pairs} pairs, staggered: {args.stagger:g} s apart")
+    header = f"\n{'workload':8s} {'setting':45s} {'threads':>9s} {'busy':>5s} {'quiet s':>8s}"
+    print(header + "".join(f" {mode + ' s':>11s} {'/quiet':>6s}" for mode in modes[1:]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for mode, (copies, stagger) in modes.items():
-            for workload in workloads:
-                for setting in settings:
-                    key = (workload, setting, mode)
-                    others = busy_cores_now()
-                    folder = Path(tmp) / "-".join(key)
+        for workload in workloads:
+            for setting in settings:
+                busy = busy_cores_now()
+                results: dict[str, list[tuple[float, str]]] = {}
+                for mode in modes:
+                    folder = Path(tmp) / f"{workload}-{setting}-{mode}"
 
                     def run(i: int) -> tuple[float, str]:
                         (folder / str(i)).mkdir(parents=True)
                         command = command_for(workload_args(workload, folder / str(i), args.steps, args.pairs))
                         return timed(command, envs[setting], folder / f"{i}.log", f"{workload} {setting} {mode}")
 
-                    results[key] = side_by_side(copies, run, stagger)
-                    print(f"  {workload} {setting} {mode}: " + ", ".join(f"{s:.1f} s ({t})" for s, t in results[key])
-                          + f"; other processes kept {others:.2f} cores busy before", flush=True)
-
-    header = f"{'workload':9s} {'setting':48s} {'threads':>9s} {'quiet s':>8s}"
-    for mode in list(modes)[1:]:
-        header += f" {mode + ' s':>11s} {mode + '/quiet':>16s}"
-    print("\n" + header)
-    for workload in workloads:
-        for setting in settings:
-            quiet = results[(workload, setting, "quiet")][0][0]
-            threads = "/".join(",".join(t.split()[0] for _, t in results[(workload, setting, m)]) for m in modes)
-            row = f"{workload:9s} {f'{setting}: {SETTINGS[setting]}':48s} {threads:>9s} {quiet:8.1f}"
-            for mode in list(modes)[1:]:
-                seconds = statistics.mean(s for s, _ in results[(workload, setting, mode)])
-                row += f" {seconds:11.1f} {seconds / quiet:16.2f}"
-            print(row)
-    print(f"(threads: quiet/together[/staggered]; {mode} s: the mean of the two; load average at the end "
-          f"{os.getloadavg()[0]:.2f})")
+                    results[mode] = side_by_side(MODES[mode], run, args.stagger if mode == "staggered" else 0.0)
+                quiet = results["quiet"][0][0]
+                threads = "/".join(",".join(t.split()[0] for _, t in results[mode]) for mode in modes)
+                row = f"{workload:8s} {f'{setting}: {SETTINGS[setting]}':45s} {threads:>9s} {busy:5.2f} {quiet:8.1f}"
+                for mode in modes[1:]:
+                    seconds = statistics.mean(s for s, _ in results[mode])
+                    row += f" {seconds:11.1f} {seconds / quiet:6.2f}"
+                print(row, flush=True)
+    print(f"(threads: each run's, by mode; busy: the cores other processes kept busy just before the quiet run; a "
+          f"pair's seconds are the mean of its two; load average at the end {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -74,12 +74,12 @@ def test_it_runs_each_workload_alone_then_two_together_and_staggered_and_prints_
         str(tmp_path / f"{folder.parent.name}-{folder.name}")])  # each run records when it ran, in tmp_path
     monkeypatch.setattr(bench, "command_for", lambda args: [sys.executable, "-c", NAP, *args])
     monkeypatch.setattr(sys, "argv", ["benchmark_threads.py", "--workloads", "cache", "--settings", "old,new",
-                                      "--stagger", "0.2"])
+                                      "--modes", "quiet,together,staggered", "--stagger", "0.2"])
     bench.main()
     out = capsys.readouterr().out
-    assert "train: 30 KTO demo steps, cache: 512 pairs" in out
+    assert "train: 30 KTO demo steps, cache: 512 pairs, staggered: 0.2 s apart" in out
     number = r"\s+([\d.]+)"
-    rows = re.findall(rf"^(train|cache)\s+(old|new): .*?\s+(\S+){number * 5}$", out, re.M)
+    rows = re.findall(rf"^(train|cache)\s+(old|new): .*?\s+(\S+)\s+[\d.]+{number * 5}$", out, re.M)
     assert [(w, s) for w, s, *_ in rows] == [("cache", "old"), ("cache", "new")]
     for workload, setting, threads, quiet, together, ratio, staggered, staggered_ratio in rows:
         assert threads == "2/2,2/2,2"
@@ -100,4 +100,11 @@ def test_a_failing_workload_stops_it_with_the_end_of_its_output(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmark_threads.py", "--workloads", "cache", "--settings", "one"])
     message = r"^benchmark_threads: the cache one quiet run failed \(exit 3\):\nno such model$"
     with pytest.raises(SystemExit, match=message):
+        bench.main()
+
+
+def test_a_pair_needs_a_quiet_run_first_to_compare_with(monkeypatch):
+    bench = _script()
+    monkeypatch.setattr(sys, "argv", ["benchmark_threads.py", "--modes", "together"])
+    with pytest.raises(SystemExit, match="--modes: quiet first, then any of together, staggered; not together"):
         bench.main()
