@@ -106,13 +106,15 @@ def test_the_config_default_is_auto_and_takes_counts():
         load_config(RunConfig, None, ["train.cpu_threads=many"])
 
 
-def test_commands_run_with_the_auto_thread_count(monkeypatch, capsys):
+def test_commands_without_a_training_config_run_with_the_auto_thread_count(monkeypatch, tmp_path):
+    from diffalign.cli import generate
+
     seen = []
     monkeypatch.setattr(threads, "threads_at_start", lambda: 1)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cli, "cmd_cache", lambda args: seen.append(torch.get_num_threads()) or 0)
-    assert cli.main(["cache"]) == 0
+    monkeypatch.setattr(generate, "cmd_generate", lambda args: seen.append(torch.get_num_threads()) or 0)
+    assert cli.main(["generate", "some-model", "--out", str(tmp_path / "images")]) == 0
     assert seen == [1] and torch.get_num_threads() == 2  # restored after the command
 
 

@@ -208,8 +208,9 @@ class TrainConfig:
         "Threads of the CPU operations when training on the CPU (torch.set_num_threads). 'auto': the cores this "
         "process may use (affinity, container quota, PyTorch's one per core) less those other processes keep busy "
         "as the command starts, at least 1, kept for the run; OMP_NUM_THREADS, if set, rules instead. 0: PyTorch's "
-        "default. N: N threads. The other commands (cache, generate, eval, score, ...) run with 'auto'. With "
-        "PyTorch's default, two demo trainings side by side on 2 cores ran 100x slower each (README, CPU threads).",
+        "default. N: N threads. `diffalign cache` follows it too; generate, eval, score, ... run with 'auto'. With "
+        "PyTorch's default, two demo trainings side by side on 2 cores ran 3 to 150 times slower each, with 'auto' "
+        "about as fast as alone (README, CPU threads).",
     )
     checkpoint_every: int = cfg_field(
         100, "Write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps (0: never).",
