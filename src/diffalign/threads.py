@@ -26,7 +26,7 @@ PROC_STAT = Path("/proc/stat")
 USER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # libgomp's spins before a waiting worker sleeps. Where two jobs' threads still outnumber the cores (one started
 # on an idle machine, then another), its default (300000, milliseconds) made two demo trainings 3 to 150 times
-# slower each, 10000 at most 6 times, for 0-5 % alone; passive waiting (0) kept them at their speed alone but made
+# slower each, 10000 at most 6 times and as fast alone; passive waiting (0) kept them at their speed alone but made
 # a demo step 1.66 times slower on an idle machine (README, CPU threads; scripts/benchmark_threads.py).
 SPIN_COUNT = "10000"
 SAMPLE_SECONDS = 0.2
