@@ -251,7 +251,7 @@ def main() -> None:
                 "train.warmup_steps=0", "train.checkpoint_every=0", "train.trackers=[]", "validation.every=0",
                 f"train.cpu={'true' if args.device == 'cpu' else 'false'}",
                 f"train.mixed_precision={args.mixed_precision}",
-                f"train.output_dir={work / 'ours'}", *overrides]
+                f"train.output_dir={work / 'ours'}", "train.overwrite=true", *overrides]  # each run replaces the last
 
     def clear_prepass() -> None:
         for folder in cache_dir.glob("reference-*"):

@@ -68,7 +68,7 @@ def main() -> None:
 
     if rank == 0:
         (out / "taken").mkdir(parents=True)
-        (out / "taken" / "config.yaml").write_text("another run's\n")
+        (out / "taken" / "pytorch_lora_weights.safetensors").write_text("another run's\n")
     acc.wait_for_everyone()
     seen["foreign folder"] = outcome(lambda: claim(out / "taken"))
     seen["new folder"] = claim(out / "new")
