@@ -226,8 +226,8 @@ class TrainConfig:
     )
     overwrite: bool = cfg_field(
         False,
-        "Start this run in an output_dir that holds another run's checkpoints, weights or config by deleting those "
-        "first (without it such a run is refused; two runs never share a folder).",
+        "Start this run in an output_dir that holds another run's checkpoints or weights by deleting that run's "
+        "outputs first (without it such a run is refused; two runs never share a folder).",
     )
 
 

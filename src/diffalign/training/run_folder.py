@@ -6,8 +6,9 @@ decides, from what the folder holds, whose run this is:
 
 - an empty or new folder: a new run, with a new run id (`run.json`, and every checkpoint's state.json);
 - `train.resume` set: the checkpoint's run continues, with the settings a resume may change (`resume_rules`);
-- another run's checkpoints, weights or config and no `train.resume`: refused, unless `train.overwrite=true`,
-  which deletes that run's outputs first and says so.
+- another run's checkpoints or weights and no `train.resume`: refused, unless `train.overwrite=true`,
+  which deletes that run's outputs first and says so;
+- only the settings of a run that stopped before its first checkpoint: a new run starts over in it, saying so.
 """
 
 from __future__ import annotations
