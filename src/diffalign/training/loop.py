@@ -36,6 +36,7 @@ from ..files import atomic_save, atomic_write_text
 from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import save_lora
 from ..models.reference import FrozenCopyReference, compile_unet
+from ..threads import cpu_threads
 from .checkpoint import CONFIG_FILE
 from .interrupts import InterruptGuard, stopped
 from .methods import Method, TrainableModel, build_method
@@ -49,7 +50,6 @@ from .setup import (
     check_compile,
     check_distributed,
     configure_unet,
-    cpu_threads,
     prepare_unet,
     uncompiled,
 )

@@ -13,7 +13,6 @@ from ..config.schema import RunConfig
 from ..models.loading import DTYPES, DiffusionParts
 from ..models.lora import attach_lora
 from ..models.reference import AdapterDisabledReference, CompiledAdapterReference, FrozenCopyReference
-from ..threads import cpu_threads  # noqa: F401  (the loop's thread setting, kept importable from here)
 from .methods.base import Method, ReferenceKind
 from .reference_pool import ReferencePool
 
