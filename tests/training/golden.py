@@ -1,11 +1,12 @@
 """Short runs of the embedded demo whose per-step losses and final weights are recorded in `golden/`.
 
-The values were recorded from the code before the method-architecture refactor (issue 14); the test
+The values were recorded from the code before the method-architecture refactor (issue 14), and those of
+D3PO, SePPO, InPO and KTO before the online loop was rebuilt as phases (issue 29); the test
 `test_golden.py` re-runs the same jobs and requires the same losses and weights, so a refactor of the
 loop, the methods or the data path that changes what is trained is caught. Re-record (only when a
 change of behaviour is intended, and say so in the commit):
 
-    python tests/training/golden.py
+    python tests/training/golden.py [JOB ...]
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ JOBS: dict[str, list[str]] = {
     "dpo-lora-cached": ["data.cache=require"],
     "sft-lora": ["data.cache=off", "objective.name=sft"],
     "dpo-full": ["data.cache=off", "lora.enabled=false", "train.max_steps=3", "train.learning_rate=1e-4"],
+    # recorded before the online loop was rebuilt as phases (issue 29), from the code of issue 28
+    "d3po-lora": ["objective.name=d3po", "objective.timestep_fraction=0.5", "train.max_steps=3", "train.batch_size=2",
+                  "rollout.prompts_per_round=4", "rollout.steps=4", "rollout.compare_base=false",
+                  "rollout.sample_batch_size=4"],
+    "seppo-lora": ["data.cache=off", "objective.name=seppo", "train.max_steps=4", "rollout.steps=4", "rollout.eta=0.0",
+                   "reference.every=1", "reference.keep=2", "reference.selection=initial"],
+    "inpo-lora": ["data.cache=off", "objective.name=inpo", "objective.inversion_steps=4", "train.max_steps=3"],
+    "kto-lora": ["data.cache=off", "objective.name=kto", "train.max_steps=3"],
 }
 
 
@@ -47,6 +56,7 @@ def run_job(name: str, out: Path, cache_dir: Path) -> tuple[list[float], dict[st
     cfg = load_config(RunConfig, ROOT / "configs/demo/dpo.yaml", overrides)
     cfg.model.pretrained = str(ROOT / cfg.model.pretrained)
     cfg.data.path = str(ROOT / cfg.data.path)
+    cfg.rollout.prompts = str(ROOT / cfg.rollout.prompts)
     if cfg.data.cache == "require":
         from diffalign.data.cache import build_cache
         from diffalign.models.loading import load_parts
@@ -62,12 +72,13 @@ def run_job(name: str, out: Path, cache_dir: Path) -> tuple[list[float], dict[st
     return losses, weights
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    """Record the jobs `names` (all of them when empty)."""
     import tempfile
 
     GOLDEN.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in JOBS:
+        for name in names or JOBS:
             losses, weights = run_job(name, Path(tmp) / name, Path(tmp) / "cache")
             (GOLDEN / f"{name}.json").write_text(json.dumps({"losses": losses}, indent=1) + "\n")
             save_file({k: v.contiguous() for k, v in weights.items()}, str(GOLDEN / f"{name}.safetensors"))
@@ -75,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
