@@ -46,6 +46,17 @@
 #   inversion          InPO and SmPO on that model the same way: step time with the inversion vs DPO, finite losses
 #   variants           MaPO (no reference pass), Diffusion-KTO and DCPO (the demo pairs captioned by `diffalign
 #                      captions --captioner shapes` first) the same way: step time vs DPO, finite losses
+#   rollouts           scripts/benchmark_rollouts.py on the SD1.5 architecture (random weights), 512 px, 50 DDIM
+#                      steps, eta 1, CFG 5, batch 8, fp16: a round's sampling with log-probabilities against
+#                      StableDiffusionPipeline drawing the same images: images/s of each, the ratio (target >= 0.9),
+#                      max pixel difference at eta 1 and eta 0; table in $OUT/rollouts.txt
+#   rl-ddpo            `diffalign train configs/sd15/ddpo.yaml` (SD1.5 LoRA DDPO, ddpo-pytorch's defaults) on that
+#                      model, 512 px, 50 steps, 2 rounds of 16 images, a downloaded reward on random-weight replicas:
+#                      samples/s end to end beside ddpo-pytorch's ~0.22 samples/s per A100, and the rounds' median
+#                      sample / reward / train split (benchmark_rollouts.py --round-run); skipped while the preset
+#                      does not exist (GPUCHK_DDPO_CONFIG names another preset to rehearse it); $OUT/rl-ddpo/
+#                      Issue 29: one device call, GPUCHK_ONLY="env rollouts rl-ddpo" GPUCHK_BUILD=sd15
+#                      GPUCHK_TOTAL_BUDGET=590 (~5-7 min on an H100: an estimate, nothing measured yet)
 #
 # GPUCHK_ONLY="env eval-demo ..." runs only the named checks (setup always runs; GPUCHK_BUILD="sd15" builds only
 # that full-size model in the background); GPUCHK_OFFLOAD_REPEAT=1 makes
@@ -156,6 +167,10 @@ run_check sampling           90 $CHECKS sampling
 run_check seppo             200 $CHECKS seppo
 run_check inversion         250 $CHECKS inversion
 run_check variants          200 $CHECKS variants
+
+# ---- online rounds (issue 29): sampling against the stock pipeline, a short DDPO run end to end ----
+run_check rollouts          150 $CHECKS rollouts
+run_check rl-ddpo           360 $CHECKS rl-ddpo
 
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora

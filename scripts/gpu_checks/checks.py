@@ -911,6 +911,159 @@ def check_variants(fig: Figures) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# online rounds (issue 29): sampling against the stock pipeline, and a short DDPO run end to end
+
+DDPO_CONFIG = os.environ.get("GPUCHK_DDPO_CONFIG", "configs/sd15/ddpo.yaml")  # another preset rehearses the check
+DDPO_ANCHOR = 0.22  # samples/s per A100: ddpo-pytorch's published SD1.5 LoRA DDPO throughput
+RL_ROUNDS, RL_IMAGES = 2, 16  # the rl-ddpo run: rounds, images per round
+RL_STEPS = 4 if CPU else 50  # DDIM steps of a rollout
+
+# `diffalign ARGS` through train_wrapper.py with the scorer REWARD registered again as "REWARD-replica" on
+# random-weight files (argv: REWARD, its options as JSON, then the wrapper's arguments): the GPU machine
+# cannot download the real weights, and the replica has the real architecture (its time and memory).
+REPLICA_REWARD = """
+import functools, json, runpy, sys
+from diffalign.rewards import register_scorer, scorer_factory
+name, options = sys.argv[1], json.loads(sys.argv[2])
+register_scorer(name + "-replica")(functools.partial(scorer_factory(name), **options))
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def reward_replica(reward: str, folder: Path) -> dict | None:
+    """Options that load the scorer `reward` from random-weight replicas saved under `folder` (ViT-L/14 CLIP and
+    head for the aesthetic predictor, ViT-H/14 CLIP for PickScore; the tiny CLIP in the CPU rehearsal); None for
+    a reward that needs no download (such as `shapes`) or one without a replica here."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from diffalign.rewards.replicas import save_aesthetic_head, save_clip_replica
+
+    dtype = torch.float32 if CPU else torch.float16
+    if reward == "aesthetic":
+        size = "tiny" if CPU else "vit-l-14"
+        clip = save_clip_replica(fresh(folder / f"clip-{size}"), size, dtype=dtype)
+        head = save_aesthetic_head(folder / "aesthetic-head.pth", width=32 if CPU else 768)
+        return {"clip_model": str(clip), "head": str(head)}
+    if reward == "pickscore":
+        size = "tiny" if CPU else "vit-h-14"
+        clip = save_clip_replica(fresh(folder / f"clip-{size}"), size, dtype=dtype)
+        return {"model": str(clip), "processor": str(clip)}
+    return None
+
+
+def rl_ddpo_plan(model: Path, out: Path) -> tuple[list[str], dict]:
+    """The rl-ddpo run's overrides of DDPO_CONFIG and what they imply: RL_ROUNDS rounds of about RL_IMAGES images
+    (prompts_per_round a multiple of train.batch_size x train.grad_accum) at 512 px, RL_STEPS DDIM steps, no
+    comparison with the base model (ddpo-pytorch samples once per round), no validation, checkpoints or trackers."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from diffalign.config.core import load_config
+    from diffalign.config.schema import RunConfig
+
+    cfg = load_config(RunConfig, DDPO_CONFIG, [])
+    r, t = cfg.rollout, cfg.train
+    micro = t.batch_size * t.grad_accum  # prompts per optimizer step (one process)
+    prompts = max(micro, -(-RL_IMAGES // r.images_per_prompt // micro) * micro)
+    steps_per_round = prompts // micro * getattr(r, "inner_epochs", 1)
+    overrides = [
+        f"model.pretrained={model}", f"model.frozen_dtype={FP16_FROZEN}", f"rollout.resolution={resolution(512)}",
+        f"rollout.steps={RL_STEPS}", f"rollout.prompts_per_round={prompts}", "rollout.compare_base=false",
+        f"train.max_steps={RL_ROUNDS * steps_per_round}", f"train.output_dir={out}", "train.trackers=[]",
+        "validation.every=0", "train.checkpoint_every=0",
+    ]
+    plan = {"config": DDPO_CONFIG, "rounds": RL_ROUNDS, "images_per_round": prompts * r.images_per_prompt,
+            "prompts_per_round": prompts, "images_per_prompt": r.images_per_prompt, "steps_per_round": steps_per_round,
+            "rollout_steps": RL_STEPS, "resolution": resolution(512), "reward": r.reward, "lora": cfg.lora.enabled,
+            "mixed_precision": t.mixed_precision}
+    return overrides, plan
+
+
+def check_rollouts(fig: Figures) -> None:
+    """scripts/benchmark_rollouts.py on the SD1.5 architecture (random weights), 512 px, 50 DDIM steps, eta 1,
+    CFG 5, a batch of 8, float16: a round's sampling with log-probabilities (`sample_trajectory`) against
+    StableDiffusionPipeline drawing the same images, images/s of each and the ratio (target >= 0.9), and the
+    largest pixel difference at eta 1 and eta 0. Its table goes to $OUT/rollouts.txt."""
+    model = build_model("sd15")
+    figures = WORK / "rollouts.json"
+    figures.unlink(missing_ok=True)
+    size = ["--steps", "4", "--images", "2", "--dtype", "float32"] if CPU else ["--steps", "50", "--images", "8",
+                                                                              "--dtype", "float16"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "benchmark_rollouts.py"), "--model", str(model), "--device",
+           "cpu" if CPU else "cuda", "--resolution", str(resolution(512)), "--eta", "1", "--guidance", "5",
+           "--repeats", "3", "--warmup", "1", "--json", str(figures), *size]
+    result = must(run(cmd, 150), "benchmark_rollouts")
+    out = Path(os.environ.get("OUT", WORK / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rollouts.txt").write_text("\n".join(result.tail) + "\n")
+    s = json.loads(figures.read_text())["sampling"]
+    for key in ("device", "dtype", "resolution", "steps", "eta", "guidance", "images", "batch_size",
+                "ours_images_per_s", "diffusers_images_per_s", "ratio", "paired_ratios", "meets_target",
+                "max_level_diff", "tolerance_levels", "same_images"):
+        fig[key] = s[key]
+    problems = []
+    if not s["same_images"]:
+        problems.append(f"the two samplers draw different images (max |diff| {s['max_level_diff']} levels, "
+                        f"tolerance {s['tolerance_levels']})")
+    if not CPU and not s["meets_target"]:  # the CPU rehearsal's tiny model times noise, not sampling
+        problems.append(f"sample_trajectory at {s['ratio']:.3f}x the pipeline's images/s, below 0.9")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+
+
+def check_rl_ddpo(fig: Figures) -> None:
+    """`diffalign train configs/sd15/ddpo.yaml` (SD1.5, LoRA, DDPO with ddpo-pytorch's defaults) on the SD1.5
+    architecture (random weights; a reward that needs downloaded weights on random-weight replicas), 512 px,
+    50 DDIM steps, 2 rounds of 16 images: samples/s end to end (images sampled / wall seconds of the train
+    process) beside ddpo-pytorch's ~0.22 samples/s per A100, and the round split (median sample / reward /
+    train seconds of rounds.jsonl, by scripts/benchmark_rollouts.py --round-run); rounds.jsonl and the
+    split's table go to $OUT/rl-ddpo/."""
+    if not (ROOT / DDPO_CONFIG).is_file():
+        raise Skip(f"{DDPO_CONFIG} does not exist (yet): the DDPO preset this check runs")
+    model = build_model("sd15")
+    root = fresh(WORK / "rl-ddpo")
+    run_dir = root / "run"
+    overrides, plan = rl_ddpo_plan(model, run_dir)
+    fig["plan"] = plan
+    started = time.time()
+    options = reward_replica(plan["reward"], root / "reward")
+    cmd = [*launcher("plain"), "train", DDPO_CONFIG, *overrides]
+    if options is not None:
+        cmd = [sys.executable, "-c", REPLICA_REWARD, plan["reward"], json.dumps(options), str(WRAPPER), "train",
+               DDPO_CONFIG, *overrides, f"rollout.reward={plan['reward']}-replica"]
+        fig["reward_replica"] = f"{plan['reward']} on random weights ({round(time.time() - started, 1)} s to build)"
+    report = root / "report.jsonl"
+    result = must(run(cmd, 300, run_env(report, deterministic=False)), "diffalign train (DDPO)")
+    rounds_log = run_dir / "rounds.jsonl"
+    entries = [json.loads(line) for line in rounds_log.read_text().splitlines() if line] if rounds_log.is_file() else []
+    out = Path(os.environ.get("OUT", WORK / "out")) / "rl-ddpo"
+    fresh(out)
+    if rounds_log.is_file():
+        shutil.copy2(rounds_log, out / "rounds.jsonl")
+    images = len(entries) * plan["images_per_round"]
+    fig["train_wall_s"] = round(result.seconds, 1)
+    fig["rounds_logged"] = len(entries)
+    fig["images_sampled"] = images
+    fig["samples_per_s_end_to_end"] = round(images / result.seconds, 4)
+    fig["anchor_ddpo_pytorch_samples_per_s_per_a100"] = DDPO_ANCHOR
+    fig["peak_memory_gib"] = round(read_reports(report).get("exit", {}).get("max_allocated_gib", 0), 2) or None
+    if not entries:
+        raise CheckFailed(f"the run logged no round in {rounds_log}")
+    split_json = root / "split.json"
+    split = run([sys.executable, str(ROOT / "scripts" / "benchmark_rollouts.py"), "--round-run", str(run_dir),
+                 "--no-sampling", "--json", str(split_json)], 60)
+    (out / "round_split.txt").write_text("\n".join(split.tail) + "\n")
+    if split.rc != 0:
+        raise CheckFailed(f"no round split: {' | '.join(split.tail[-2:])}")
+    s = json.loads(split_json.read_text())["round_split"]
+    fig["round_split_median_s"] = {k: round(s[k], 2) for k in ("sample_s", "reward_s", "train_s", "total_s")}
+    fig["round_split_share"] = {k: round(v, 3) for k, v in s["shares"].items()}
+    fig["samples_per_s_per_round"] = round(plan["images_per_round"] / s["total_s"], 4) if s["total_s"] else None
+    if len(entries) != RL_ROUNDS:
+        raise CheckFailed(f"{len(entries)} rounds logged, {RL_ROUNDS} planned (train.max_steps from {plan})")
+
+
+# ---------------------------------------------------------------------------------------------------
 # performance: scripts/benchmark_vs_diffusers.py at full size, diffalign against the research scripts
 
 RESEARCH = Path(os.environ.get("GPUCHK_RESEARCH", ROOT / "runs" / "research"))
@@ -976,6 +1129,11 @@ def planned_configs() -> list[tuple[str, str | None, list[str]]]:
         extra = [e.replace("CAPTIONS", str(WORK / "captions")) for e in extra]
         overrides = [f"objective.name={name}", "objective.beta=2000", *extra, "data.cache=off"]
         plans.append((name, None, bench_overrides(m, 512, 2, "fp16", "float16", out, cache, overrides)))
+    if (ROOT / DDPO_CONFIG).is_file():  # the preset's own errors show here, as the run's
+        try:
+            plans.append(("rl-ddpo", DDPO_CONFIG, rl_ddpo_plan(m, out)[0]))
+        except Exception:
+            plans.append(("rl-ddpo", DDPO_CONFIG, []))
     return plans
 
 
@@ -1040,6 +1198,8 @@ CHECKS = {
     "perf": check_perf,
     "compile": check_compile,
     "channels-last": check_channels_last,
+    "rollouts": check_rollouts,
+    "rl-ddpo": check_rl_ddpo,
 }
 
 
@@ -1105,7 +1265,9 @@ def cmd_summary(results: Path) -> None:
                 v = f[key]
                 bits.append(f"{key}: {v.get('median_step_s')} s/step, peak {v.get('peak_memory_gib')} GiB")
         for key in ("peak_saved_gib", "step_time_ratio_offloaded", "loss_max_abs_diff", "cache_mib",
-                    "xformers_over_sdpa_step_time", "optimizer_state_tensors_by_dtype"):
+                    "xformers_over_sdpa_step_time", "optimizer_state_tensors_by_dtype", "ours_images_per_s",
+                    "diffusers_images_per_s", "ratio", "max_level_diff", "samples_per_s_end_to_end",
+                    "samples_per_s_per_round", "round_split_share"):
             if key in f:
                 bits.append(f"{key}={f[key]}")
         if r["name"] == "env":
