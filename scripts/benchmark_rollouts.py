@@ -183,23 +183,31 @@ def timed(fn: Callable[[], np.ndarray], sync: Callable[[], None]) -> tuple[np.nd
     return images, time.perf_counter() - start
 
 
-def benchmark_sampling(args: argparse.Namespace, model: str) -> dict:
+def load_model(model: str, device_name: str, dtype_name: str):
+    """The model's parts (UNet, VAE, text encoders all in `dtype_name`) on the device, the UNet frozen."""
+    import torch
+
+    from diffalign.config.schema import ModelConfig
+    from diffalign.models.loading import DTYPES, load_parts
+
+    parts = load_parts(ModelConfig(pretrained=model, frozen_dtype=dtype_name), trainable_dtype=DTYPES[dtype_name])
+    for module in (parts.unet, parts.vae, *parts.text_encoders):
+        module.to(torch.device(device_name))
+    parts.unet.eval().requires_grad_(False)
+    return parts
+
+
+def benchmark_sampling(args: argparse.Namespace, model: str, parts) -> dict:
     """Time `sample_trajectory` against the stock pipeline (see the module docstring); the figures as a dict."""
     import torch
     from diffusers import DDIMScheduler
 
-    from diffalign.config.schema import ModelConfig
-    from diffalign.models.loading import DTYPES, load_parts
+    from diffalign.models.loading import DTYPES
     from diffalign.sampling.pipeline import pipeline_from_parts
     from diffalign.sampling.trajectory import default_resolution, sample_trajectory, to_uint8
 
-    device = torch.device(args.device)
-    dtype_name = args.dtype if args.dtype != "auto" else ("float16" if device.type == "cuda" else "float32")
+    device, dtype_name = torch.device(args.device), args.dtype
     dtype = DTYPES[dtype_name]
-    parts = load_parts(ModelConfig(pretrained=model, frozen_dtype=dtype_name), trainable_dtype=dtype)
-    for module in (parts.unet, parts.vae, *parts.text_encoders):
-        module.to(device)
-    parts.unet.eval().requires_grad_(False)
     pipe = pipeline_from_parts(parts, parts.unet, DDIMScheduler.from_config(parts.noise_scheduler.config))
     resolution = args.resolution or default_resolution(parts, parts.unet)
     prompts, seeds = read_prompts(args.images), list(range(args.images))
@@ -321,9 +329,17 @@ def main() -> None:
         import torch
 
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if args.dtype == "auto":
+            args.dtype = "float16" if args.device.startswith("cuda") else "float32"
         work = Path(tempfile.mkdtemp(prefix="bench-rollouts-"))
         try:
-            result["sampling"] = benchmark_sampling(args, model_folder(args.model, work))
+            model = model_folder(args.model, work)
+            try:
+                parts = load_model(model, args.device, args.dtype)
+            except (FileNotFoundError, ValueError) as error:  # a wrong --model: one line, not a traceback
+                print(f"{PROG}: error: --model {args.model}: {error}", file=sys.stderr)
+                sys.exit(2)
+            result["sampling"] = benchmark_sampling(args, model, parts)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print_sampling(result["sampling"])

@@ -1,4 +1,4 @@
-"""scripts/benchmark_rollouts.py times online-round sampling against the stock pipeline and reads a run's round split."""
+"""scripts/benchmark_rollouts.py: online-round sampling against the stock pipeline, and a run's round split."""
 
 from __future__ import annotations
 
@@ -109,6 +109,13 @@ def test_a_bad_rounds_file_is_a_one_line_error_before_anything_is_timed(monkeypa
     code, out, err = run_script(monkeypatch, capsys, *QUICK, "--round-run", str(run))
     assert code == 2 and out == ""  # sampling (the slow part) never started
     assert err == f"benchmark_rollouts.py: error: {message.replace('RUN', str(run))}\n"
+
+
+def test_a_folder_that_is_no_model_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    code, out, err = run_script(monkeypatch, capsys, *QUICK, "--model", str(tmp_path))
+    assert code == 2 and out == ""
+    assert err == (f"benchmark_rollouts.py: error: --model {tmp_path}: model folder {tmp_path} is not a diffusers "
+                   "pipeline folder (no model_index.json or unet/)\n")
 
 
 def test_a_missing_run_folder_and_no_sampling_without_a_run_are_errors(monkeypatch, capsys, tmp_path):
