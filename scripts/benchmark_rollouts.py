@@ -26,7 +26,9 @@ as a share of their sum. The file is checked before anything is timed, so a wron
 Models (`--model`): `demo` (assets/tiny-sd, the default), `tiny-sd15` / `tiny-sd21-v` / `tiny-sdxl` (the tiny
 replicas of `diffalign.models.tiny`), `sd15` / `sd21-v` / `sdxl` (the real architectures with random weights,
 built as scripts/benchmark_full_size.py builds them: nothing is downloaded), or a diffusers folder / hub id.
-`--json OUT` writes every figure as one JSON object.
+`--json OUT` writes every figure as one JSON object. On the CPU torch runs on `--threads` (default auto: the
+cores other processes leave free when the command starts, as `diffalign` does), so a shared machine slows the
+benchmark down in proportion rather than tens of times.
 """
 
 from __future__ import annotations
@@ -303,11 +305,16 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=None, help="image size (default: the model's)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each sampler, alternating")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each sampler first")
+    parser.add_argument("--threads", default="auto",
+                        help="torch's CPU threads: N, or auto (the cores other processes leave free, as the CLI)")
     parser.add_argument("--round-run", type=Path, default=None, metavar="RUN_DIR",
                         help="also print the sample / reward / train split of RUN_DIR/rounds.jsonl")
     parser.add_argument("--no-sampling", action="store_true", help="only the round split (needs --round-run)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write every figure to OUT as JSON")
     args = parser.parse_args()
+    from diffalign.threads import command_started, cpu_threads
+
+    command_started()  # before torch loads: the cores others use, and OpenMP's shorter spinning
     for name in ("images", "steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
@@ -318,6 +325,9 @@ def main() -> None:
         parser.error(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.no_sampling and args.round_run is None:
         parser.error("--no-sampling leaves only the round split: give --round-run RUN_DIR")
+    threads = args.threads if args.threads == "auto" else int(args.threads) if args.threads.isdigit() else None
+    if threads is None:
+        parser.error(f"--threads {args.threads}: expected a whole number of threads or auto")
     try:  # part 2's input is checked first: a wrong folder must not wait for the benchmark
         split = read_round_split(args.round_run) if args.round_run is not None else None
     except (FileNotFoundError, ValueError) as error:
@@ -339,7 +349,8 @@ def main() -> None:
             except (FileNotFoundError, ValueError) as error:  # a wrong --model: one line, not a traceback
                 print(f"{PROG}: error: --model {args.model}: {error}", file=sys.stderr)
                 sys.exit(2)
-            result["sampling"] = benchmark_sampling(args, model, parts)
+            with cpu_threads(threads if args.device == "cpu" else 0, "--threads"):
+                result["sampling"] = benchmark_sampling(args, model, parts)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         print_sampling(result["sampling"])

@@ -36,9 +36,10 @@ def write_rounds(run: Path, *entries: dict | str) -> Path:
 
 def test_it_prints_both_rates_the_ratio_and_that_both_draw_the_same_images(monkeypatch, capsys, tmp_path):
     out_json = tmp_path / "figures.json"
-    code, out, err = run_script(monkeypatch, capsys, *QUICK, "--json", str(out_json))
+    code, out, err = run_script(monkeypatch, capsys, *QUICK, "--threads", "1", "--json", str(out_json))
     assert code == 0, err
     assert "2 images in batches of 2, 32 px, 2 DDIM steps, eta 1, guidance 5, float32" in out
+    assert "device cpu (1 torch threads)" in out
     ours = re.search(r"diffalign sample_trajectory \(log-probs\)\s+([\d.]+) images/s", out)
     theirs = re.search(r"StableDiffusionPipeline\s+([\d.]+) images/s", out)
     ratio = re.search(r"ratio ours/diffusers ([\d.]+) .*: (meets|BELOW) the target >= 0.9", out)
@@ -118,7 +119,7 @@ def test_a_folder_that_is_no_model_is_a_one_line_error(monkeypatch, capsys, tmp_
                    "pipeline folder (no model_index.json or unet/)\n")
 
 
-def test_a_missing_run_folder_and_no_sampling_without_a_run_are_errors(monkeypatch, capsys, tmp_path):
+def test_a_missing_run_folder_no_sampling_without_a_run_and_bad_threads_are_errors(monkeypatch, capsys, tmp_path):
     code, out, err = run_script(monkeypatch, capsys, "--round-run", str(tmp_path / "nope"), "--no-sampling")
     assert code == 2
     assert err == (f"benchmark_rollouts.py: error: --round-run {tmp_path / 'nope'}: no such folder (give the output "
@@ -127,3 +128,6 @@ def test_a_missing_run_folder_and_no_sampling_without_a_run_are_errors(monkeypat
     assert code == 2
     assert err.endswith("benchmark_rollouts.py: error: --no-sampling leaves only the round split: give --round-run "
                         "RUN_DIR\n")
+    code, out, err = run_script(monkeypatch, capsys, "--threads", "two")
+    assert code == 2
+    assert err.endswith("benchmark_rollouts.py: error: --threads two: expected a whole number of threads or auto\n")
