@@ -233,7 +233,7 @@ class TrainConfig:
 
 @dataclass
 class RolloutConfig:
-    """Online methods (data source 'rollouts'): each round the current policy samples images for a set of
+    """Online methods (D3PO, DDPO, GRPO): each round the current policy samples images for a set of
     prompts with the DDIM sampler, keeping every step, and a registered reward judges them."""
 
     prompts: str = cfg_field(
@@ -243,7 +243,14 @@ class RolloutConfig:
     prompts_per_round: int = cfg_field(
         8, "Prompts sampled per round (over all processes); a multiple of train.batch_size x processes.", min=1
     )
-    images_per_prompt: int = cfg_field(2, "Images sampled per prompt, from the same initial noise (D3PO).", min=2)
+    images_per_prompt: int = cfg_field(
+        2, "Images sampled per prompt each round (D3PO compares them: at least 2; GRPO normalises within them).", min=1
+    )
+    initial_noise: Literal["shared", "distinct"] = cfg_field(
+        "shared",
+        "Initial noise x_T of a prompt's images: one shared by all (D3PO: they differ only by the eta-noise of the "
+        "steps) or one each (DDPO, GRPO groups).",
+    )
     steps: int = cfg_field(20, "DDIM sampling steps of a rollout.", min=1)
     guidance: float = cfg_field(5.0, "Classifier-free guidance scale of the sampler.", min=0.0)
     eta: float = cfg_field(1.0, "DDIM eta: 1 samples every step stochastically (D3PO); 0 is deterministic.", min=0.0)
@@ -261,6 +268,14 @@ class RolloutConfig:
         "(one more sampling pass per round).",
     )
     resolution: int | None = cfg_field(None, "Image size of the rollouts (None: the model's default size).", min=8)
+    inner_epochs: int = cfg_field(
+        1, "Passes of training over each round's samples before the next round is sampled (PPO's inner epochs).", min=1
+    )
+    shuffle: bool = cfg_field(
+        False,
+        "Visit a round's samples in a new seeded random order on every pass (ddpo-pytorch); false: in the order "
+        "they were sampled.",
+    )
 
 
 @dataclass

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 
-class AdapterDisabledReference:
+class ReferenceModel:
+    """What the training loop may ask of any reference, with no-op defaults: `refresh` before a micro-step
+    (a pool picks its member), `save`/`restore` with checkpoints (a pool's kept states), and `base_unet`,
+    a separate module holding the initial model (None when the base is the trained UNet with adapters off)."""
+
+    base_unet: torch.nn.Module | None = None
+
+    def predict(self, sample: torch.Tensor, timestep: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The reference UNet output for these inputs (no gradient)."""
+        raise NotImplementedError
+
+    def refresh(self, step: int, seed: int, micro_step: int) -> int | None:
+        """Choose what serves as the reference of global micro-step `micro_step` (nothing to choose by default)."""
+        del step, seed, micro_step
+        return None
+
+    def save(self, folder: Path, rank: int) -> None:
+        """Write what the reference needs to resume into a checkpoint folder (nothing by default)."""
+        del folder, rank
+
+    def restore(self, folder: Path, rank: int) -> None:
+        """Read back what `save` wrote (nothing by default)."""
+        del folder, rank
+
+
+class AdapterDisabledReference(ReferenceModel):
     """The base model as the trained UNet with its LoRA adapters switched off: no second UNet in memory.
 
     Exact: with peft the adapter-disabled forward equals the base UNet's forward. The adapter layers are
@@ -37,7 +63,7 @@ class AdapterDisabledReference:
             self._set_adapters(True)
 
 
-class CompiledAdapterReference:
+class CompiledAdapterReference(ReferenceModel):
     """The base model as the trained UNet's own compiled graphs (`train.compile`: its transformer blocks' or the
     whole UNet's) with every LoRA scale at zero.
 
@@ -102,13 +128,18 @@ def compile_unet(unet: UNet2DConditionModel, scope: str) -> None:
         raise ValueError(f"train.compile=blocks: {error}. Use train.compile=unet for this model") from None
 
 
-class FrozenCopyReference:
+class FrozenCopyReference(ReferenceModel):
     """A frozen copy of the initial UNet, for full fine-tuning (optionally in a lower precision)."""
 
     def __init__(self, unet: UNet2DConditionModel, dtype: torch.dtype | None = None) -> None:
         self.unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if dtype is not None:
             self.unet.to(dtype)
+
+    @property
+    def base_unet(self) -> torch.nn.Module:  # type: ignore[override]
+        """The frozen copy: the initial model as a module of its own."""
+        return self.unet
 
     @torch.no_grad()
     def predict(self, sample: torch.Tensor, timestep: torch.Tensor, **kwargs) -> torch.Tensor:

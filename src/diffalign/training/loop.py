@@ -1,11 +1,10 @@
-"""The training loop on accelerate that every method plugs into.
+"""The training loop on accelerate that every method plugs into, as three phases.
 
-`train(cfg)` sets the run up (`setup`: the trainable UNet, the reference the method declared, the
-optimizer), builds the batch source the method declared (`sources`: offline pairs or online rollouts),
-and runs micro-steps through the step runner (`steps`) for `train.max_steps` optimizer steps, with a
-progress bar (loss, implicit accuracy, reward margin, ETA), metrics, validation grids and resumable
-checkpoints. At the end it writes the LoRA in diffusers' format (or the full UNet), the resolved config
-and the metrics log. It never branches on a method's name, only on what the method declares.
+`train(cfg)` runs the **setup** phase (`run_setup`: the method, the batch source it names, the trainable UNet,
+the reference, the optimizer, a restored checkpoint), the **train** phase (micro-steps through the step runner
+(`steps`) for `train.max_steps` optimizer steps, with a progress bar, metrics (`step_log`), validation grids
+and resumable checkpoints) and the **save** phase (the LoRA in diffusers' format or the full UNet, the resolved
+config and the metrics log). It never asks what a method, source or reference is: it calls their hooks.
 
 The output folder is the run's alone (`run_folder`: a lock, and no mixing with another run's outputs);
 weights are checked finite before any of them is saved (`steps`); Ctrl-C or SIGTERM saves a checkpoint
@@ -14,50 +13,28 @@ after the current step and stops (`interrupts`).
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
-from diffusers.optimization import get_scheduler
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
-from ..config.core import dump_yaml
 from ..config.schema import RunConfig
-from ..data.cache import find_cache
-from ..data.skip_report import SKIP_FILE
 from ..files import atomic_save, atomic_write_text
-from ..models.loading import DTYPES, DiffusionParts, load_parts
 from ..models.lora import save_lora
-from ..models.reference import FrozenCopyReference, compile_unet
 from ..threads import cpu_threads
 from .checkpoint import CONFIG_FILE
 from .interrupts import InterruptGuard, stopped
-from .methods import Method, TrainableModel, build_method
 from .randomness import BatchRandom
-from .reference_errors import precompute_reference_errors, wants_precompute
-from .reference_pool import ReferencePool
-from .run_folder import LOGS_DIR, METRICS_FILE, claim_run_folder
-from .setup import (
-    build_optimizer,
-    check_channels_last,
-    check_compile,
-    check_distributed,
-    configure_unet,
-    prepare_unet,
-    uncompiled,
-)
-from .sources.base import BatchSource
-from .sources.offline import OfflinePairs, build_dataset
-from .state import TrainingState, full_trainable_state
-from .steps import StepRunner, TrainingDiverged, any_process
-from .validation import Validator, log_grid
+from .run_folder import METRICS_FILE
+from .run_setup import Run, set_up
+from .setup import uncompiled
+from .state import full_trainable_state
+from .step_log import StepLog, flat_config, keep_metrics_until
+from .steps import TrainingDiverged, any_process
+from .validation import log_grid
 
 __all__ = ["TrainResult", "TrainingDiverged", "describe_batch", "train"]
 
@@ -94,24 +71,6 @@ def describe_batch(cfg: RunConfig, processes: int, unit: str = "pairs", substeps
     )
 
 
-class _Averages:
-    """Running means of the metrics between two progress-bar updates."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.count = 0
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        for key, value in metrics.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.count += 1
-
-    def pop(self) -> dict[str, float]:
-        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return out
-
-
 def _save_weights(
     cfg: RunConfig, unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], family: str, out_dir: Path
 ) -> Path:
@@ -120,243 +79,109 @@ def _save_weights(
     return atomic_save(out_dir, lambda tmp: _save_unet(unet, state_dict, tmp))
 
 
-def _flat_config(cfg: RunConfig) -> dict[str, float | int | str | bool]:
-    """The config as flat dotted scalars, for the trackers' hyper-parameter tables."""
-    out: dict[str, float | int | str | bool] = {}
-
-    def walk(obj, prefix: str) -> None:
-        for key, value in vars(obj).items():
-            if hasattr(value, "__dataclass_fields__"):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-
-    walk(cfg, "")
-    return out
-
-
-def _peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-def _resume_metrics_log(path: Path, step: int) -> None:
-    """Keep the metrics logged up to `step` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-
-
-def build_source(
-    cfg: RunConfig, method: Method, parts: DiffusionParts, cache, accelerator: Accelerator, skip_path: Path,
-    resuming: bool, substeps: int = 1,
-) -> BatchSource:
-    """The batch source the method declared: offline pairs or winners (from the latent cache when there is
-    one), winners with reference samples, or online rollouts of the policy judged by `rollout.reward`."""
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if method.data == "rollouts":
-        from .sources.online import OnlineRollouts
-
-        return OnlineRollouts(cfg, parts, device, rank, world, substeps=substeps,
-                              out_dir=Path(cfg.train.output_dir))
-    winners = method.data == "winners"
-    if method.reference_samples and not (winners and method.reference != "none"):
-        raise TypeError(f"{type(method).__name__}: reference_samples needs data='winners' and a reference")
-    with accelerator.main_process_first():  # AI-feedback scores are computed once, then read by the others
-        if accelerator.is_main_process and not resuming:
-            skip_path.unlink(missing_ok=True)
-        pairs = build_dataset(cfg, device, rank=rank, world=world, skip_report=skip_path, winners_only=winners,
-                              method=method)
-    source = OfflinePairs(cfg, parts, pairs, cache, method.per_image_captions, device, rank, world, skip_path)
-    if method.reference_samples:
-        from .sources.reference_samples import ReferenceSampled
-
-        return ReferenceSampled(source, cfg, parts, device)
-    return source
-
-
 def train(cfg: RunConfig) -> TrainResult:
     """Run one training job described by `cfg` and return where its outputs are."""
     threads = cfg.train.cpu_threads if cfg.train.cpu or not torch.cuda.is_available() else 0
     with cpu_threads(threads), ExitStack() as stack:  # the stack holds the run folder's lock and the signal handlers
-        return _train(cfg, stack)
+        trackers = [name for name in cfg.train.trackers if name != "none"]
+        run = set_up(cfg, stack, trackers)
+        log = start_log(run, trackers)
+        guard = stack.enter_context(InterruptGuard())
+        try:
+            stop = train_steps(run, log, guard)
+        finally:
+            log.close()
+        if stop:
+            run.accelerator.end_training()
+            interrupted = stopped(guard.signum, run.step, run.runner.last_checkpoint, run.out_dir / CONFIG_FILE,
+                                  run.accelerator.num_processes)
+            if run.accelerator.is_main_process:
+                print(interrupted.message, file=sys.stderr)
+            raise interrupted
+        return save_result(run, log.last)
 
 
-def _train(cfg: RunConfig, stack: ExitStack) -> TrainResult:
-    t = cfg.train
-    out_dir = Path(t.output_dir)
-    trackers = [name for name in t.trackers if name != "none"]
-    method = build_method(cfg.objective)
-    substeps = method.micro_steps_per_batch(cfg)
-    accelerator = Accelerator(
-        mixed_precision=t.mixed_precision,
-        gradient_accumulation_steps=t.grad_accum * substeps,
-        cpu=t.cpu,
-        log_with=trackers or None,
-        project_dir=str(out_dir / LOGS_DIR),
-    )
-    check_distributed(accelerator)
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    check_compile(cfg, method, sharded)
-    check_channels_last(cfg, sharded)
-    set_seed(t.seed)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    folder = claim_run_folder(cfg, accelerator, stack)  # the lock is held until `stack` closes
-    resume_from = folder.resume_from
-
-    online = method.data == "rollouts"
-    if cfg.data.streaming and cfg.data.cache == "require" and not online:
-        raise ValueError(
-            "data.cache=require cannot apply to data.streaming=true (the latent cache is indexed by the rows of a "
-            "downloaded table): set data.cache=auto (encode on the fly) or data.streaming=false"
-        )
-    cache = None if cfg.data.streaming or online else find_cache(cfg.model, cfg.data)
-    # LoRA leaves the UNet frozen: load it straight in the frozen dtype (no float32 copy of SDXL in memory)
-    parts = load_parts(
-        cfg.model,
-        trainable_dtype=DTYPES[cfg.model.frozen_dtype] if cfg.lora.enabled else torch.float32,
-        encoders=cache is None,
-    )
-    params, reference = prepare_unet(cfg, parts, method.reference, device)
-    configure_unet(parts.unet, cfg)
-    for frozen in (parts.vae, *parts.text_encoders):
-        if frozen is not None:
-            frozen.to(device)
-    skip_path = out_dir / SKIP_FILE
-    source = build_source(cfg, method, parts, cache, accelerator, skip_path, resume_from is not None, substeps)
-    lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
-    optimizer = build_optimizer(params, cfg, lr, sharded=sharded)
-    lr_scheduler = get_scheduler(
-        t.lr_scheduler,
-        optimizer,
-        num_warmup_steps=t.warmup_steps * world,
-        num_training_steps=t.max_steps * world,
-    )
-    n_trainable = sum(p.numel() for p in params)
-    unet, optimizer, lr_scheduler = accelerator.prepare(parts.unet, optimizer, lr_scheduler)
-    params = [p for p in unet.parameters() if p.requires_grad]  # FSDP2 swaps in sharded parameters
-    if t.compile != "off":
-        compile_unet(accelerator.unwrap_model(unet), t.compile)
-    model = TrainableModel(unet, reference, parts.noise_scheduler, parts.prediction_type)
-    if hasattr(source, "attach"):  # a source that samples: the policy (online rollouts) or the reference (SePPO)
-        source.attach(accelerator.unwrap_model(unet), reference, accelerator.autocast)  # type: ignore[attr-defined]
-    if wants_precompute(cfg, method, cache is not None):
-        model.precomputed = precompute_reference_errors(
-            cfg, method, model, source, t.max_steps * t.grad_accum * substeps, rank, world, device,
-            accelerator.autocast, log=print if accelerator.is_main_process else lambda _: None,
-            progress=accelerator.is_main_process,
-        )
-    base_unet = reference.unet if isinstance(reference, FrozenCopyReference) else None
-    validator = Validator(cfg, parts, base_unet, device) if cfg.validation.every else None
-    config_text = dump_yaml(cfg)
-    state = TrainingState(
-        accelerator, unet, optimizer, lr_scheduler, cfg.lora.enabled, parts.family, t.batch_size * world, config_text,
-        extras=[x for x in (source, reference) if hasattr(x, "save") and hasattr(x, "restore")], run_id=folder.run_id,
-    )
-    step = micro = 0
-    if resume_from is not None:
-        step, micro = state.restore(resume_from)
-    runner = StepRunner(accelerator, method, model, params, optimizer, lr_scheduler, t.max_grad_norm, resume_from)
-
+def start_log(run: Run, trackers: list[str]) -> StepLog:
+    """Print what the run trains, write its config and start its metrics log (a resumed run keeps the lines of
+    the steps before its checkpoint)."""
+    cfg, acc, out_dir = run.cfg, run.accelerator, run.out_dir
     metrics_path = out_dir / METRICS_FILE
-    unit = "prompts" if online else "pairs"
-    if accelerator.is_main_process:
+    resumed = run.folder.resume_from
+    if acc.is_main_process:
+        parts = run.parts
         print(f"model {parts.source} ({parts.family}, {parts.prediction_type}); objective {cfg.objective.name}")
-        print(source.describe())
-        print(f"trainable parameters {n_trainable:,} ({'LoRA r=' + str(cfg.lora.rank) if cfg.lora.enabled else 'full UNet'})")
-        print(describe_batch(cfg, world, unit, substeps) + f"; learning rate {lr:g}")
-        if resume_from is not None:
-            print(f"resumed from {resume_from} at step {step} (micro-step {micro})")
-        for note in folder.notes:
+        print(run.source.describe())
+        lora = "LoRA r=" + str(cfg.lora.rank) if cfg.lora.enabled else "full UNet"
+        print(f"trainable parameters {run.trainable:,} ({lora})")
+        print(describe_batch(cfg, acc.num_processes, run.source.unit, run.substeps)
+              + f"; learning rate {run.learning_rate:g}")
+        if resumed is not None:
+            print(f"resumed from {resumed} at step {run.step} (micro-step {run.micro})")
+        for note in run.folder.notes:
             print(note)
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / CONFIG_FILE, config_text)
-        if resume_from is not None:
-            _resume_metrics_log(metrics_path, step)
+        atomic_write_text(out_dir / CONFIG_FILE, run.state.config_text)
+        if resumed is not None:
+            keep_metrics_until(metrics_path, run.step)
         elif metrics_path.exists():
             metrics_path.unlink()
     if trackers:
-        accelerator.init_trackers("diffalign", config=_flat_config(cfg))
-    metrics_log = metrics_path.open("a") if accelerator.is_main_process else None
+        acc.init_trackers("diffalign", config=flat_config(cfg))
+    return StepLog(cfg, acc, metrics_path, run.step, run.source.unit, trackers)
 
-    progress = tqdm(
-        total=t.max_steps, initial=step, desc=cfg.objective.name, disable=not accelerator.is_main_process,
-        dynamic_ncols=True,
-    )
-    averages = _Averages()
-    last: dict[str, float] = {}
-    start, last_time, last_step = time.time(), time.time(), step
-    guard, stop = stack.enter_context(InterruptGuard()), False
-    for raw in source.batches(micro) if step < t.max_steps else []:
-        if isinstance(reference, ReferencePool):
-            reference.refresh(step, t.seed, micro)
-        rand = BatchRandom(t.seed, micro, len(raw), rank, world, device)
-        micro += 1
-        averages.add(runner.run(source.prepare(raw, rand), rand, step))
-        if not accelerator.sync_gradients:
+
+def train_steps(run: Run, log: StepLog, guard: InterruptGuard) -> bool:
+    """The train phase: micro-steps until `train.max_steps` optimizer steps, validating and checkpointing as
+    configured; True when a signal stopped it early (after saving a checkpoint)."""
+    cfg, acc, t = run.cfg, run.accelerator, run.cfg.train
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    for raw in run.source.batches(run.micro) if run.step < t.max_steps else []:
+        run.reference.refresh(run.step, t.seed, run.micro)
+        rand = BatchRandom(t.seed, run.micro, len(raw), rank, world, device)
+        run.micro += 1
+        metrics = run.runner.run(run.source.prepare(raw, rand), rand, run.step)
+        log.add(metrics)
+        run.source.observe({k: float(v) for k, v in metrics.items()})
+        if not acc.sync_gradients:
             continue
-        step += 1
-        progress.update(1)
-        if step % t.log_every == 0 or step == t.max_steps:
-            now = time.time()
-            last = averages.pop()
-            if world > 1:  # the mean over every process's pairs, not only the main process's
-                keys = sorted(last)
-                means = accelerator.reduce(torch.tensor([last[k] for k in keys], device=device), "mean")
-                last = dict(zip(keys, means.tolist()))
-            last.update(
-                step=step,
-                lr=lr_scheduler.get_last_lr()[0],
-                grad_norm=runner.grad_norm,
-                **{f"{unit}_per_s": (step - last_step) * t.batch_size * t.grad_accum * world / max(now - last_time, 1e-9)},
-                peak_memory_gib=_peak_memory_gib(device),
-                seconds=now - start,
-            )
-            last_time, last_step = now, step
-            progress.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "implicit_acc", "reward_margin") if k in last})
-            if metrics_log is not None:
-                metrics_log.write(json.dumps(last) + "\n")
-                metrics_log.flush()
-            if trackers:
-                accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step)
-        stop = any_process(accelerator, guard.requested) and step < t.max_steps  # Ctrl-C, SIGTERM: save, then stop
-        due = not stop and validator is not None and (step % cfg.validation.every == 0 or step == t.max_steps)
-        if due and (accelerator.is_main_process or sharded):  # a sharded UNet samples only with every process
-            with uncompiled(t.compile != "off"):  # sampling shapes would compile graphs of their own
-                _, grid = validator.run(accelerator.unwrap_model(unet), step, out_dir, accelerator.autocast,
-                                        save=accelerator.is_main_process)
-            if trackers and accelerator.is_main_process:
-                log_grid(accelerator, grid, step)
-        if stop or (t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps):
-            runner.checkpoint(state, out_dir, step, micro, t.keep_checkpoints)
-        if stop or step >= t.max_steps:
+        run.step += 1
+        log.step_done(run.step, run.runner.lr_scheduler.get_last_lr()[0], run.runner.grad_norm)
+        stop = any_process(acc, guard.requested) and run.step < t.max_steps  # Ctrl-C, SIGTERM: save, then stop
+        if not stop and run.validator is not None and (run.step % cfg.validation.every == 0 or run.step == t.max_steps):
+            validate(run, log)
+        if stop or (t.checkpoint_every and run.step % t.checkpoint_every == 0 and run.step < t.max_steps):
+            run.runner.checkpoint(run.state, run.out_dir, run.step, run.micro, t.keep_checkpoints)
+        if stop:
+            return True
+        if run.step >= t.max_steps:
             break
-    progress.close()
-    if metrics_log is not None:
-        metrics_log.close()
-    if stop:
-        accelerator.end_training()
-        interrupted = stopped(guard.signum, step, runner.last_checkpoint, out_dir / CONFIG_FILE, world)
-        if accelerator.is_main_process:
-            print(interrupted.message, file=sys.stderr)
-        raise interrupted
+    return False
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        summary = source.summary()
-        if summary:
-            print(summary)
+
+def validate(run: Run, log: StepLog) -> None:
+    """Draw the validation grid of the current step (main process; every process when the UNet is sharded)."""
+    acc = run.accelerator
+    if not (acc.is_main_process or run.sharded):  # a sharded UNet samples only with every process
+        return
+    with uncompiled(run.cfg.train.compile != "off"):  # sampling shapes would compile graphs of their own
+        _, grid = run.validator.run(acc.unwrap_model(run.unet), run.step, run.out_dir, acc.autocast,
+                                    save=acc.is_main_process)
+    if log.trackers and acc.is_main_process:
+        log_grid(acc, grid, run.step)
+
+
+def save_result(run: Run, last: dict[str, float]) -> TrainResult:
+    """The save phase: the source's summary, then the final weights (checked finite) and the result."""
+    acc, out_dir = run.accelerator, run.out_dir
+    acc.wait_for_everyone()
+    summary = run.source.summary()  # every process: an online source ends its round's log line here
+    if acc.is_main_process and summary:
+        print(summary)
     weights = out_dir
-    runner.check_weights(step, "the final weights")
-    state_dict, _ = full_trainable_state(unet)  # every process: gathers FSDP shards
-    if accelerator.is_main_process:
-        weights = _save_weights(cfg, accelerator.unwrap_model(unet), state_dict, parts.family, out_dir)
+    run.runner.check_weights(run.step, "the final weights")
+    state_dict, _ = full_trainable_state(run.unet)  # every process: gathers FSDP shards
+    if acc.is_main_process:
+        weights = _save_weights(run.cfg, acc.unwrap_model(run.unet), state_dict, run.parts.family, out_dir)
         print(f"saved {weights}\nconfig {out_dir / CONFIG_FILE}")
-    accelerator.end_training()
-    return TrainResult(out_dir, weights, out_dir / CONFIG_FILE, last, accelerator.is_main_process)
+    acc.end_training()
+    return TrainResult(out_dir, weights, out_dir / CONFIG_FILE, last, acc.is_main_process)

@@ -81,7 +81,7 @@ def wants_precompute(cfg: RunConfig, method: Method, reads_latent_cache: bool) -
     setting = cfg.reference.precompute
     if setting == "off":
         return False
-    able = method.precomputable_reference and method.data != "rollouts" and not cfg.data.streaming
+    able = method.precomputable_reference and method.source.replayable(cfg)
     if setting == "on" and not able:
         why = ("data.streaming=true (a stream's order is not replayed)" if cfg.data.streaming and
                method.precomputable_reference else

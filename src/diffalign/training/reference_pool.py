@@ -24,13 +24,14 @@ from safetensors.torch import load_file, save_file
 
 from ..config.schema import LoraConfig, ReferenceConfig
 from ..data.order import derive_seed
+from ..models.reference import ReferenceModel
 
 POOL_FILE = "reference_pool"
 ADAPTER = "reference"
 INITIAL = 0  # the pool member "step 0": the initial model
 
 
-class ReferencePool:
+class ReferencePool(ReferenceModel):
     """Earlier LoRA states of the trained UNet, one of which serves as the reference of a micro-step."""
 
     def __init__(self, unet: UNet2DConditionModel, lora: LoraConfig, cfg: ReferenceConfig) -> None:

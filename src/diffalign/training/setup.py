@@ -83,9 +83,8 @@ def check_compile(cfg: RunConfig, method: Method, sharded: bool) -> None:
     if sharded:
         why = ("a compiled FSDP-sharded UNet is not supported (untested here); use DDP "
                "(configs/accelerate/ddp.yaml)")
-    elif method.data == "rollouts":
-        why = ("online methods compare the log-probabilities of the sampler's no-gradient passes with the training "
-               "passes', which would be two compiled graphs with different roundings")
+    elif method.source.compile_conflict(cfg):
+        why = method.source.compile_conflict(cfg)
     elif method.reference == "pool":
         why = "the reference pool switches peft adapters, which selects another compiled graph"
     elif method.reference == "base" and not cfg.lora.enabled:

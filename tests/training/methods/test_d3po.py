@@ -113,9 +113,9 @@ def test_human_preference_waits_for_the_labels_of_a_round_and_trains_on_them(tin
     import time
 
     from diffalign.data.label_rounds import is_complete, read_round, record_choice
-    from diffalign.training.sources import online
+    from diffalign.training.sources import judges
 
-    monkeypatch.setattr(online, "LABEL_POLL_S", 0.05)
+    monkeypatch.setattr(judges, "LABEL_POLL_S", 0.05)
     out = tmp_path / "human"
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run=train(_cfg(

@@ -19,7 +19,7 @@ from diffalign.sampling.trajectory import step_log_prob
 from diffalign.training.checkpoint import list_checkpoints
 from diffalign.training.loop import train
 from diffalign.training.methods.base import Method
-from diffalign.training.sources.online import Rollouts, prompt_order
+from diffalign.training.sources.online import OnlineRollouts, Rollouts, prompt_order
 
 PROMPTS = ["a red circle on a black background", "a small blue square on a white background",
            "a large green triangle on a black background", "a white square on a red background",
@@ -38,9 +38,8 @@ class ProbeOnlineConfig(ObjectiveConfig):
 class ProbeOnline(Method):
     """Reward-weighted log-probability of one random stored step per prompt (a REINFORCE probe, test only)."""
 
-    data = "rollouts"
+    source = OnlineRollouts
     reference = "none"
-    needs_reward = True
     seen: list[list[str]] = []
     crash_at: int | None = None
 
@@ -96,7 +95,7 @@ def test_crashed_online_run_resumes_to_identical_weights_and_prompt_order(tiny_m
         train(_cfg(model, tmp_path, "broken"))
     (checkpoint,) = list_checkpoints(tmp_path / "broken")
     assert checkpoint.name == f"step-{crash_at:08d}"
-    assert (checkpoint / "rollouts-0.json").is_file()
+    assert (checkpoint / "rollouts-0.json").is_file() == (crash_at == 3)  # at a round boundary: resampled
     probe.seen, probe.crash_at = [], None
     resumed = train(_cfg(model, tmp_path, "broken", "train.resume=latest"))
     assert probe.seen == seen_whole[crash_at:]

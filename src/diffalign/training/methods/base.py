@@ -5,16 +5,17 @@ A method is a small class in its own module of this package, linked to its confi
 It declares what it needs as class attributes, and the loop builds exactly that, never branching on
 method names:
 
-- `data`: where its batches come from: `"pairs"` (offline preference pairs, `PairBatch`, encoded
-  latents and conditioning filled in), `"winners"` (the preferred image of each pair only, `batch.l`
-  None: the data may also be an image folder with captions or a pairs file without rejected images)
-  or `"rollouts"` (images sampled from the current policy and judged by a reward each round, `Rollouts`);
-- `reference_samples`: fill the loser slot of each winners-only pair with an image the micro-step's
-  reference draws for the pair's caption (SePPO's on-policy reference samples; `ReferenceSampled`);
+- `source`: the batch source class its batches come from: `OfflinePairs` (offline preference pairs,
+  `PairBatch`, encoded latents and conditioning filled in), `OfflineWinners` (the preferred image of each
+  pair only, `batch.l` None: the data may also be an image folder with captions or a pairs file without
+  rejected images), `ReferenceSampled` (winners with the loser slot filled by an image the micro-step's
+  reference draws for the pair's caption: SePPO) or `OnlineRollouts` (images sampled from the current
+  policy and judged by a reward each round, `Rollouts`), or a class of the user's own (`sources.base`);
+- `rollout_unit` (online sources): what a micro-batch of a round holds, whole prompt groups (`"prompt"`,
+  D3PO compares a prompt's images) or single images (`"image"`, DDPO and GRPO);
 - `reference`: `"none"`, `"base"` (the initial model: the LoRA adapters switched off, or a frozen
   copy of the UNet for full fine-tuning) or `"pool"` (earlier checkpoints of the run, refreshed
   during training: `ReferencePool`);
-- `needs_reward`: whether it needs a registered scorer (`rollout.reward`);
 - `per_image_captions`: condition each image of a pair on its own caption (`caption_0`/`caption_1`
   of a dual-caption table) instead of the pair's prompt; otherwise a dual-caption table trains as a
   plain one;
@@ -22,6 +23,11 @@ method names:
   draws from the micro-step's batch (latents, conditioning, noise, timesteps), measured in the method's
   `error_space`; such a method takes them from `model.reference_errors`, which the reference-output
   pre-pass (`training/reference_errors.py`, `reference.precompute`) can serve without a reference forward.
+
+Hooks with defaults: `validate(run)` refuses settings the method cannot train with; `advantages(rollouts)`
+turns a gathered online round's rewards into advantages (None: the method reads the rewards);
+`state_dict()`/`load_state_dict()` hold what the method keeps across steps (a per-prompt statistics buffer),
+which checkpoints store and a resumed run restores.
 
 `__call__(model, batch, rand)` turns one micro-batch into an `ObjectiveOutput` (loss and metrics). A method
 whose batch is used for several micro-steps (`micro_steps_per_batch`, D3PO's one per trajectory step) gets
@@ -33,6 +39,7 @@ depend on how the batch is split over processes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -43,9 +50,11 @@ from ...models.conditioning import TextConditioning, unet_kwargs
 from ...models.prediction import training_target
 from ...objectives import ObjectiveOutput, denoising_error
 from ...sampling.ddim import convert_prediction
+from ..checkpoint import load_state_files, save_state_files
 from ..randomness import BatchRandom
+from ..sources.base import BatchSource
+from ..sources.offline import OfflinePairs
 
-DataSource = Literal["pairs", "winners", "rollouts"]
 ReferenceKind = Literal["none", "base", "pool"]
 ErrorSpace = Literal["prediction", "epsilon"]
 
@@ -79,13 +88,15 @@ class TrainableModel:
         return prediction_errors(self, self.reference.predict(noised.noisy, noised.t, **noised.kwargs), noised, space)
 
 
+METHOD_STATE = "method"  # checkpoint files method-RANK.json / .safetensors: the method's state_dict
+
+
 class Method:
     """Base class of the training methods: the capability defaults and the config it was built from."""
 
-    data: ClassVar[DataSource] = "pairs"
+    source: ClassVar[type[BatchSource]] = OfflinePairs
+    rollout_unit: ClassVar[Literal["prompt", "image"]] = "prompt"
     reference: ClassVar[ReferenceKind] = "base"
-    reference_samples: ClassVar[bool] = False
-    needs_reward: ClassVar[bool] = False
     per_image_captions: ClassVar[bool] = False
     precomputable_reference: ClassVar[bool] = False
 
@@ -119,6 +130,36 @@ class Method:
     def transform_row(self, row: dict) -> dict:
         """`transform_table` for one row of a stream."""
         return row
+
+    def validate(self, run: Any) -> None:
+        """Refuse run settings (`run`: the whole `RunConfig`) this method cannot train with; nothing by default."""
+        del run
+
+    def advantages(self, rollouts: Any) -> torch.Tensor | None:
+        """The advantages (P, I) of a gathered online round (`Rollouts`, its rewards (P, I)); None by default: the
+        method reads the rewards itself."""
+        del rollouts
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the method keeps across steps, for checkpoints (nested tensors, lists and plain values); empty by
+        default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` returned."""
+        del state
+
+    def save(self, folder: Path, rank: int) -> None:
+        """Write `state_dict()` into a checkpoint folder when it holds anything."""
+        state = self.state_dict()
+        if state:
+            save_state_files(folder, f"{METHOD_STATE}-{rank}", state)
+
+    def restore(self, folder: Path, rank: int) -> None:
+        """Load the state `save` wrote (a checkpoint without one leaves the method as built)."""
+        if (folder / f"{METHOD_STATE}-{rank}.json").is_file():
+            self.load_state_dict(load_state_files(folder, f"{METHOD_STATE}-{rank}"))
 
     def __call__(self, model: TrainableModel, batch: Any, rand: BatchRandom) -> ObjectiveOutput:
         raise NotImplementedError

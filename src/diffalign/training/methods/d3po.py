@@ -22,7 +22,7 @@ from ...objectives import ObjectiveOutput
 from ...objectives.d3po import d3po_loss
 from ...sampling.trajectory import step_log_prob
 from ..randomness import BatchRandom
-from ..sources.online import Rollouts
+from ..sources.online import OnlineRollouts, Rollouts
 from .base import Method, TrainableModel
 
 
@@ -47,13 +47,18 @@ def trajectory_pairs(rewards: torch.Tensor, mode: str) -> tuple[torch.Tensor, to
 class D3PO(Method):
     """D3PO on online rollouts against the initial model (adapters off for LoRA, a frozen copy otherwise)."""
 
-    data = "rollouts"
+    source = OnlineRollouts
     reference = "base"
-    needs_reward = True
 
     def __init__(self, cfg: D3POConfig) -> None:
         super().__init__(cfg)
         self.scheduler: DDIMScheduler | None = None
+
+    def validate(self, run) -> None:
+        """D3PO compares a prompt's images with each other: at least two a prompt."""
+        if run.rollout.images_per_prompt < 2:
+            raise ValueError(f"objective d3po compares each prompt's images: rollout.images_per_prompt must be at "
+                             f"least 2 (got {run.rollout.images_per_prompt})")
 
     def micro_steps_per_batch(self, run) -> int:
         """The trained steps of each trajectory: ceil(timestep_fraction × rollout.steps), at least 1."""

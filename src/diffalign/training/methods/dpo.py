@@ -16,7 +16,6 @@ from .base import Method, NoisedPair, TrainableModel, noise_pair, prediction_err
 class DPO(Method):
     """Diffusion-DPO on offline pairs against the initial model; the prompt conditions both images."""
 
-    data = "pairs"
     reference = "base"
     precomputable_reference = True
 

@@ -35,7 +35,6 @@ from .base import Method, TrainableModel
 class InPO(Method):
     """InPO on offline pairs against the initial model (adapters off for LoRA, a frozen copy otherwise)."""
 
-    data = "pairs"
     reference = "base"
 
     cfg: InPOConfig

@@ -21,6 +21,7 @@ from ...data.pairs import has_rejected
 from ...data.record import WEIGHT_COLUMN, PairBatch
 from ...objectives import ObjectiveOutput, kto_loss
 from ..randomness import BatchRandom
+from ..sources.offline import OfflinePairs, OfflineWinners
 from .base import Method, NoisedPair, TrainableModel, noise_pair, prediction_errors, sample_noise_and_timesteps
 
 RATINGS = (0, 1)
@@ -34,7 +35,7 @@ class KTO(Method):
 
     def __init__(self, cfg: KTOConfig) -> None:
         super().__init__(cfg)
-        self.data = "winners" if cfg.rows == "rated" else "pairs"  # type: ignore[misc]
+        self.source = OfflineWinners if cfg.rows == "rated" else OfflinePairs  # type: ignore[misc]
 
     def transform_table(self, table: datasets.Dataset, run: Any) -> datasets.Dataset:
         """Rated rows: each rating moved into `weight` (+1 desirable, −1 undesirable) and the image made the

@@ -13,7 +13,6 @@ from .base import Method, TrainableModel, noise_pair, prediction_errors, sample_
 class MaPO(Method):
     """Margin-aware preference optimisation on offline pairs, reference-free."""
 
-    data = "pairs"
     reference = "none"
 
     def __init__(self, cfg: MaPOConfig) -> None:

@@ -16,15 +16,15 @@ from ...config.objectives import SePPOConfig
 from ...data.record import PairBatch
 from ...objectives import ObjectiveOutput, seppo_loss
 from ..randomness import BatchRandom
+from ..sources.reference_samples import ReferenceSampled
 from .base import Method, TrainableModel, pair_errors, sample_noise_and_timesteps
 
 
 class SePPO(Method):
     """SePPO on the winners of the data, against reference samples of earlier checkpoints."""
 
-    data = "winners"
+    source = ReferenceSampled
     reference = "pool"
-    reference_samples = True
 
     cfg: SePPOConfig
 

@@ -7,6 +7,7 @@ from ...models.conditioning import unet_kwargs
 from ...models.prediction import training_target
 from ...objectives import ObjectiveOutput, sft_loss
 from ..randomness import BatchRandom
+from ..sources.offline import OfflineWinners
 from .base import Method, TrainableModel, sample_noise_and_timesteps
 
 
@@ -14,7 +15,7 @@ class SFT(Method):
     """Supervised fine-tuning on the winners (no rejected image is read: an image folder with captions
     trains too); no reference model."""
 
-    data = "winners"
+    source = OfflineWinners
     reference = "none"
 
     def __call__(self, model: TrainableModel, batch: PairBatch, rand: BatchRandom) -> ObjectiveOutput:

@@ -17,11 +17,12 @@ from ...data.order import EpochBatches
 from ...data.pairs import PreferencePairs
 from ...data.record import PairBatch, collate_items
 from ...data.relabel import make_relabeller
-from ...data.skip_report import SkipReport, read_skipped
+from ...data.skip_report import SKIP_FILE, SkipReport, read_skipped
 from ...data.streaming import StreamingPairs
 from ...models.loading import DiffusionParts
 from ..encode import encode_batch
 from ..randomness import BatchRandom
+from .base import BatchSource, SourceContext
 
 
 def filter_options(cfg: RunConfig) -> dict:
@@ -89,11 +90,46 @@ def build_loader(
     )
 
 
-class OfflinePairs:
+class OfflinePairs(BatchSource):
     """The pairs of `cfg.data`, from the latent cache when `cache` is given, encoded for the method.
 
     Its position is the global micro-step alone (the data order is a function of it), so it saves nothing.
     """
+
+    winners_only: bool = False  # read only the preferred image of each pair (`OfflineWinners`)
+
+    @classmethod
+    def build(cls, context: SourceContext) -> OfflinePairs:
+        """The pairs of the run's data for this process; undecodable ones are listed in OUTPUT_DIR/skipped_pairs
+        (emptied by a new run, kept by a resumed one). AI-feedback scores are computed by the main process
+        first, then read by the others."""
+        c = context
+        skip_path = c.out_dir / SKIP_FILE
+        with c.main_process_first():
+            if c.rank == 0 and not c.resuming:
+                skip_path.unlink(missing_ok=True)
+            pairs = build_dataset(c.cfg, c.device, rank=c.rank, world=c.world, skip_report=skip_path,
+                                  winners_only=cls.winners_only, method=c.method)
+        return cls(c.cfg, c.parts, pairs, c.cache, c.method.per_image_captions, c.device, c.rank, c.world, skip_path)
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Refuse data.cache=require with a stream (the cache is indexed by the rows of a downloaded table)."""
+        if cfg.data.streaming and cfg.data.cache == "require":
+            raise ValueError(
+                "data.cache=require cannot apply to data.streaming=true (the latent cache is indexed by the rows of a "
+                "downloaded table): set data.cache=auto (encode on the fly) or data.streaming=false"
+            )
+
+    @classmethod
+    def reads_latent_cache(cls, cfg: RunConfig) -> bool:
+        """A table can be read from its latent cache; a stream cannot."""
+        return not cfg.data.streaming
+
+    @classmethod
+    def replayable(cls, cfg: RunConfig) -> bool:
+        """A table's order is a function of the micro-step; a stream's is not replayed."""
+        return not cfg.data.streaming
 
     def __init__(
         self, cfg: RunConfig, parts: DiffusionParts, pairs: PreferencePairs | StreamingPairs,
@@ -127,12 +163,6 @@ class OfflinePairs:
         return encode_batch(self.parts, raw, d.empty_prompt_prob, rand, d.resolution, self.device, empty=self.empty,
                             per_image_captions=self.per_image_captions)
 
-    def save(self, folder: Path, rank: int) -> None:
-        del folder, rank
-
-    def restore(self, folder: Path, rank: int) -> None:
-        del folder, rank
-
     def summary(self) -> str | None:
         lines = []
         if isinstance(self.pairs, StreamingPairs):
@@ -141,3 +171,10 @@ class OfflinePairs:
         if skipped:
             lines.append(f"{len(skipped)} pair(s) skipped for undecodable images, listed in {self.skip_path}")
         return "\n".join(lines) or None
+
+
+class OfflineWinners(OfflinePairs):
+    """The preferred image of each pair of `cfg.data` only (`batch.l` None): the data may also be an image
+    folder with captions, or a pairs file without rejected images."""
+
+    winners_only = True

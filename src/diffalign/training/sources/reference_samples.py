@@ -1,6 +1,6 @@
 """Winners paired with on-policy reference samples (SePPO): each winner's caption drawn anew by the reference.
 
-The offline source serves winners only (`data = "winners"`). For each micro-batch, the reference chosen for
+The offline source serves winners only (`OfflineWinners`). For each micro-batch, the reference chosen for
 this micro-step (a `ReferencePool` member: the loop calls `refresh` before `prepare`) draws one image per
 pair from the pair's caption with the DDIM sampler of `rollout.*` (`steps`, `guidance`, `eta`, in chunks of
 `sample_batch_size`; `rollout.prompts` and `rollout.resolution` do not apply: the captions are the data's,
@@ -31,11 +31,23 @@ from ...sampling.ddim import ddim_scheduler
 from ...sampling.guidance import module_device_dtype
 from ...sampling.trajectory import default_uncond, generation_time_ids, sample_from_conditioning, unconditional
 from ..randomness import BatchRandom
-from .offline import OfflinePairs
+from .base import BatchSource, SourceContext
+from .offline import OfflinePairs, OfflineWinners
 
 
-class ReferenceSampled:
+class ReferenceSampled(BatchSource):
     """Winners of `inner` with a reference sample in each loser slot (see the module docstring)."""
+
+    @classmethod
+    def build(cls, context: SourceContext) -> ReferenceSampled:
+        """The run's winners (`OfflineWinners`), each paired with a sample of the run's reference."""
+        if context.method.reference == "none":
+            raise TypeError(f"{type(context.method).__name__}: reference samples need a reference")
+        return cls(OfflineWinners.build(context), context.cfg, context.parts, context.device)
+
+    check = OfflineWinners.check
+    reads_latent_cache = OfflineWinners.reads_latent_cache
+    replayable = OfflineWinners.replayable
 
     def __init__(self, inner: OfflinePairs, cfg: RunConfig, parts: DiffusionParts, device: torch.device) -> None:
         self.inner, self.cfg, self.parts, self.device = inner, cfg, parts, device
