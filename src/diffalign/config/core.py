@@ -539,6 +539,19 @@ def _type_name(tp: Any) -> str:
     return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def variant_summary(cls: type) -> str:
+    """What a variant is, for the lists of choices: its `__variant_summary__`, else its docstring's first line."""
+    summary = getattr(cls, "__variant_summary__", None)
+    return summary or (cls.__doc__ or "").strip().splitlines()[0].rstrip(".")
+
+
+def variant_list(registry: dict[str, type]) -> str:
+    """The registered variants as " 'name' (summary), ..." for a help text, in registration order."""
+    if not registry:
+        return ""
+    return " Registered: " + "; ".join(f"'{name}': {variant_summary(cls)}" for name, cls in registry.items()) + "."
+
+
 def describe(cls: type) -> list[FieldDoc]:
     """Flatten ``cls`` into leaf FieldDocs; a variant field lists every registered variant's fields."""
     return _describe(cls, "", None, None)
@@ -555,8 +568,8 @@ def _describe(cls: type, prefix: str, _default: Any, _variant: str | None) -> li
         if _is_variant_base(tp):
             vkey, reg = tp.__variant_key__, tp.__variant_registry__
             vf = next(g for g in dataclasses.fields(tp) if g.name == vkey)
-            out.append(FieldDoc(f"{key}.{vkey}", _type_name(tp), getattr(d, vkey, None),
-                                vf.metadata.get("help") or f.metadata.get("help", ""), _variant))
+            help_text = (vf.metadata.get("help") or f.metadata.get("help", "")) + variant_list(reg)
+            out.append(FieldDoc(f"{key}.{vkey}", _type_name(tp), getattr(d, vkey, None), help_text, _variant))
             for name, sub in reg.items():
                 label = f"{_variant}/{name}" if _variant else name
                 docs = _describe(sub, key + ".", d if type(d) is sub else None, label)

@@ -20,13 +20,7 @@ from .core import Variant, cfg_field, register_variant, variants
 
 T = TypeVar("T")
 
-_NAME_HELP = (
-    "Objective (training method): 'dpo' (Diffusion-DPO), 'sft' (supervised on the preferred images), 'd3po' "
-    "(online DPO on the steps of the policy's own trajectories), 'seppo' (preferred images only, against "
-    "samples of earlier checkpoints), 'inpo' (DPO on DDIM-inverted latents), 'smpo' (InPO with ReNoise "
-    "inversion and smoothed labels from a scorer), 'dcpo' (DPO with each image on its own caption), 'mapo' "
-    "(reference-free margin loss) or 'kto' (Diffusion-KTO: single images rated desirable or undesirable)."
-)
+_NAME_HELP = "Objective (training method): one of the registered objectives (`@objective`, listed here)."
 
 # objective name -> "module:Class" of its training method (or the class itself, for methods defined
 # outside the package, e.g. in a user's own module or a test)
@@ -41,13 +35,16 @@ class ObjectiveConfig(Variant):
     name: str = cfg_field("dpo", _NAME_HELP)
 
 
-def objective(name: str, method: str | type) -> Callable[[type[T]], type[T]]:
+def objective(name: str, method: str | type, summary: str | None = None) -> Callable[[type[T]], type[T]]:
     """Class decorator: register a config dataclass as the objective `name`, trained by `method`
-    (`"module:Class"`, imported on first use by `diffalign.training.methods.method_class`, or the class)."""
+    (`"module:Class"`, imported on first use by `diffalign.training.methods.method_class`, or the class);
+    `summary` (else the docstring's first line) describes it in `objective.name`'s help."""
 
     def decorate(cls: type[T]) -> type[T]:
         if isinstance(method, str) and ":" not in method:
             raise ValueError(f"@objective({name!r}): method must be 'module:Class', got {method!r}")
+        if summary:
+            cls.__variant_summary__ = summary  # type: ignore[attr-defined]
         register_variant(ObjectiveConfig, name)(cls)
         _METHODS[name] = method
         return cls
@@ -73,7 +70,7 @@ def registered_objectives() -> dict[str, str | type]:
     return dict(_METHODS)
 
 
-@objective("dpo", method="diffalign.training.methods.dpo:DPO")
+@objective("dpo", method="diffalign.training.methods.dpo:DPO", summary="Diffusion-DPO")
 @dataclass
 class DPOConfig(ObjectiveConfig):
     """Diffusion-DPO (Wallace et al. 2024), Eq. 14 in the official code's form."""
@@ -99,7 +96,7 @@ class DPOConfig(ObjectiveConfig):
     )
 
 
-@objective("sft", method="diffalign.training.methods.sft:SFT")
+@objective("sft", method="diffalign.training.methods.sft:SFT", summary="supervised on the preferred images")
 @dataclass
 class SFTConfig(ObjectiveConfig):
     """Supervised fine-tuning on the preferred image of each pair (Diffusion-DPO's SFT baseline)."""
@@ -107,7 +104,7 @@ class SFTConfig(ObjectiveConfig):
     name: str = cfg_field("sft", _NAME_HELP)
 
 
-@objective("d3po", method="diffalign.training.methods.d3po:D3PO")
+@objective("d3po", method="diffalign.training.methods.d3po:D3PO", summary="online DPO on the steps of the policy's own trajectories")
 @dataclass
 class D3POConfig(ObjectiveConfig):
     """D3PO (Yang et al., CVPR 2024): DPO on every step of trajectory pairs sampled by the policy each round
@@ -133,7 +130,7 @@ class D3POConfig(ObjectiveConfig):
     )
 
 
-@objective("seppo", method="diffalign.training.methods.seppo:SePPO")
+@objective("seppo", method="diffalign.training.methods.seppo:SePPO", summary="preferred images only, against samples of earlier checkpoints")
 @dataclass
 class SePPOConfig(ObjectiveConfig):
     """SePPO (Zhang, Lan et al. 2024): preferred images only; a reference drawn from the run's earlier
@@ -161,7 +158,7 @@ class SePPOConfig(ObjectiveConfig):
     )
 
 
-@objective("inpo", method="diffalign.training.methods.inpo:InPO")
+@objective("inpo", method="diffalign.training.methods.inpo:InPO", summary="DPO on DDIM-inverted latents")
 @dataclass
 class InPOConfig(ObjectiveConfig):
     """DDIM-InPO (Lu et al., CVPR 2025): Diffusion-DPO on latents reached by DDIM inversion of each image under
@@ -182,7 +179,7 @@ class InPOConfig(ObjectiveConfig):
     )
 
 
-@objective("smpo", method="diffalign.training.methods.smpo:SmPO")
+@objective("smpo", method="diffalign.training.methods.smpo:SmPO", summary="InPO with ReNoise inversion and smoothed labels from a scorer")
 @dataclass
 class SmPOConfig(InPOConfig):
     """SmPO-Diffusion (Lu et al., ICML 2025): InPO on ReNoise-inverted latents (one iteration, the same timestep,
@@ -204,7 +201,7 @@ class SmPOConfig(InPOConfig):
     )
 
 
-@objective("dcpo", method="diffalign.training.methods.dcpo:DCPO")
+@objective("dcpo", method="diffalign.training.methods.dcpo:DCPO", summary="DPO with each image on its own caption")
 @dataclass
 class DCPOConfig(DPOConfig):
     """DCPO (Saeidi, Luo et al., TMLR 2025): Diffusion-DPO with the winner conditioned on its own caption and
@@ -215,7 +212,7 @@ class DCPOConfig(DPOConfig):
         500.0, "beta of the Diffusion-DPO loss on per-caption errors (the official launcher: 500).", min=0.0)
 
 
-@objective("mapo", method="diffalign.training.methods.mapo:MaPO")
+@objective("mapo", method="diffalign.training.methods.mapo:MaPO", summary="reference-free margin loss")
 @dataclass
 class MaPOConfig(ObjectiveConfig):
     """MaPO (Hong et al. 2024): mean e(w) - beta * mean log sigmoid(T * [f(e(w)) - f(e(l))]), f(e) =
@@ -227,7 +224,7 @@ class MaPOConfig(ObjectiveConfig):
     scale: float = cfg_field(1000.0, "T multiplying the margin inside the log-sigmoid (official 1000).", min=0.0)
 
 
-@objective("kto", method="diffalign.training.methods.kto:KTO")
+@objective("kto", method="diffalign.training.methods.kto:KTO", summary="Diffusion-KTO: single images rated desirable or undesirable")
 @dataclass
 class KTOConfig(ObjectiveConfig):
     """Diffusion-KTO (Li et al. 2024): each image pushed above (desirable) or below (undesirable) a reference
@@ -247,4 +244,71 @@ class KTOConfig(ObjectiveConfig):
         "What a row of data.path holds: 'pairs' (a preference pair: its winner is desirable, its loser "
         "undesirable) or 'rated' (one image, `jpg_0` with its `caption`, rated by `label_0`: 1 desirable, "
         "0 undesirable).",
+    )
+
+
+@dataclass
+class PolicyGradientConfig(ObjectiveConfig):
+    """The settings DDPO and GRPO share: PPO-clip on the per-step log-probability ratios of the policy's DDIM(η)
+    trajectories (`rollout.*`, η > 0), an optional KL penalty to the base model (DPOK)."""
+
+    clip_range: float = cfg_field(
+        1e-4, "PPO clip: the per-step ratio pi/pi_old is clamped to [1 - clip_range, 1 + clip_range] (ddpo-pytorch 1e-4).",
+        min=0.0,
+    )
+    advantage_clip: float = cfg_field(
+        10.0, "Clamp advantages to [-advantage_clip, advantage_clip] (ddpo-pytorch's adv_clip_max 10).", min=0.0
+    )
+    timestep_fraction: float = cfg_field(
+        1.0,
+        "Train on this fraction of each trajectory's steps (the first ones of a random permutation per image and "
+        "pass); each trained step is one micro-step, accumulated into one optimizer step per batch.",
+        min=0.0,
+        max=1.0,
+    )
+    guidance: float | None = cfg_field(
+        None,
+        "Classifier-free guidance when re-scoring steps in training (None: the sampler's, rollout.guidance, so the "
+        "ratio is exactly 1 on the first pass; train without CFG by sampling without it, rollout.guidance=1).",
+    )
+    kl_weight: float = cfg_field(
+        0.0,
+        "Weight of the KL penalty to the base model (DPOK, Fan et al. 2023): the Gaussian step KL "
+        "|mu - mu_base|^2 / (2 sigma_t^2), mean over latent elements. 0: off (start so, to see the reward's "
+        "ceiling; flow_grpo's advice).",
+        min=0.0,
+    )
+
+
+@objective("ddpo", method="diffalign.training.methods.ddpo:DDPO",
+           summary="DDPO: PPO-clip on the policy's trajectories, advantages from per-prompt reward statistics")
+@dataclass
+class DDPOConfig(PolicyGradientConfig):
+    """DDPO (Black et al., ICLR 2024), ddpo-pytorch's DDPO_IS: PPO-clip on the per-step ratios of DDIM(η = 1)
+    trajectories of the current policy, advantages normalised per prompt over a buffer of its recent rewards."""
+
+    name: str = cfg_field("ddpo", _NAME_HELP)
+    per_prompt_stats: bool = cfg_field(
+        True,
+        "Normalise each image's reward by its prompt's mean and std over the prompt's last buffer_size rewards "
+        "(the round's statistics until min_count are buffered); false: by the whole round's.",
+    )
+    buffer_size: int = cfg_field(16, "Rewards kept per prompt (ddpo-pytorch 16).", min=1)
+    min_count: int = cfg_field(16, "Buffered rewards a prompt needs before its own statistics are used (16).", min=1)
+
+
+@objective("grpo", method="diffalign.training.methods.grpo:GRPO",
+           summary="GRPO: PPO-clip with advantages normalised within each prompt's group of images")
+@dataclass
+class GRPOConfig(PolicyGradientConfig):
+    """GRPO on an SD UNet as DanceGRPO runs it: each prompt draws a group of rollout.images_per_prompt images,
+    advantages are their rewards normalised within the group, PPO-clip on the per-step ratios."""
+
+    name: str = cfg_field("grpo", _NAME_HELP)
+    advantage_clip: float = cfg_field(5.0, "Clamp advantages to [-advantage_clip, advantage_clip] (DanceGRPO 5).",
+                                      min=0.0)
+    std: Literal["group", "global"] = cfg_field(
+        "group",
+        "Divide by the std of the prompt's group (DanceGRPO) or of the whole round (flow_grpo's global_std, which "
+        "keeps a group of near-equal rewards from being inflated to unit scale).",
     )

@@ -22,7 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.conditioning import TextConditioning, encode_prompts, sdxl_time_ids
 from ..models.loading import DiffusionParts
-from .ddim import ddim_scheduler, ddim_step_with_logprob, per_sample
+from .ddim import DDIMStep, ddim_scheduler, ddim_step_with_logprob, per_sample
 from .guidance import guided_output, module_device_dtype
 
 Uncond = Literal["empty", "zeros"]
@@ -315,13 +315,30 @@ def step_log_prob(
     guidance: float | None = None,
 ) -> torch.Tensor:
     """log π(latents[k+1] | latents[k]) (B,) of the stored step k (int, or (B,) one step per sample) under
-    `model`, with the trajectory's conditioning (and by default its η and guidance).
+    `model`, with the trajectory's conditioning (and by default its η and guidance): `rescore_step`'s log-prob.
 
     `model` is a UNet-like module (the policy: the result carries its gradient when grad is enabled) or a
     function returning the UNet output tensor (a reference's `predict`). `scheduler`: a DDIMScheduler with
     the model's noise schedule and prediction type (`ddim.ddim_scheduler(parts)`); its timestep state is
     not used (the trajectory stores both levels of every step).
     """
+    result = rescore_step(model, scheduler, trajectory, step, eta=eta, guidance=guidance)
+    assert result.log_prob is not None  # eta > 0: checked by ddim_step_with_logprob
+    return result.log_prob
+
+
+def rescore_step(
+    model: torch.nn.Module | Callable[..., Any],
+    scheduler: DDIMScheduler,
+    trajectory: Trajectory,
+    step: int | torch.Tensor,
+    *,
+    eta: float | None = None,
+    guidance: float | None = None,
+) -> DDIMStep:
+    """The DDIM(η) step of `model` from the stored latents[k] towards the stored latents[k+1] (see
+    `step_log_prob`): its mean μ, std σ_t and the log-probability of the stored latents[k+1]; the mean lets
+    a caller measure the step's KL to another model's (`objectives.ddpo.gaussian_step_kl`)."""
     eta = trajectory.eta if eta is None else eta
     guidance = trajectory.guidance if guidance is None else guidance
     batch, device = len(trajectory), trajectory.latents.device
@@ -340,8 +357,4 @@ def step_log_prob(
     out = guided_output(
         model, sample, t, trajectory.cond, trajectory.uncond, guidance, trajectory.time_ids, dtype or sample.dtype
     )
-    result = ddim_step_with_logprob(
-        scheduler, out, t, sample, eta=eta, prev_timestep=t_prev, prev_sample=prev_sample
-    )
-    assert result.log_prob is not None  # eta > 0: checked by ddim_step_with_logprob
-    return result.log_prob
+    return ddim_step_with_logprob(scheduler, out, t, sample, eta=eta, prev_timestep=t_prev, prev_sample=prev_sample)
