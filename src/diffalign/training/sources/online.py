@@ -163,11 +163,11 @@ class OnlineRollouts(BatchSource):
         return rollouts
 
     def end_round(self) -> None:
-        """Write the line of the round whose training just ended (main process)."""
+        """Write the line of the round whose training just ended (main process; every process calls it)."""
         if self.current is None or not self.entry:
             return
         entry = dict(self.entry, train_s=time.perf_counter() - self.ready_at)
-        entry.update({k: sum(v) / len(v) for k, v in self.observed.items() if v})
+        entry.update(self.round_means())
         if self.rank == 0:
             write_round(self.out_dir / ROUNDS_LOG, entry)
         self.entry = {}
@@ -192,6 +192,15 @@ class OnlineRollouts(BatchSource):
         """Keep the method's metrics of a micro-step for the round's log line."""
         for key, value in metrics.items():
             self.observed.setdefault(key, []).append(float(value))
+
+    def round_means(self) -> dict[str, float]:
+        """The means of the method's metrics over the round's micro-steps of every process (a collective with
+        several processes; each runs as many micro-steps)."""
+        means = {k: sum(v) / len(v) for k, v in sorted(self.observed.items()) if v}
+        if self.world > 1 and means:
+            gathered = self.gather(torch.tensor(list(means.values()), device=self.device))
+            means = dict(zip(means, gathered.reshape(self.world, -1).mean(dim=0).tolist()))
+        return means
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 
