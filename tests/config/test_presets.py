@@ -151,12 +151,34 @@ def test_no_setting_is_restated_along_a_composition(path):
 
 def test_every_piece_is_used_and_starts_with_a_comment():
     online = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES
-              for method in ("d3po", "inpo", "smpo", "dcpo", "mapo", "kto", "ipo", "hinge")]
+              for method in ("d3po", "ddpo", "grpo", "inpo", "smpo", "dcpo", "mapo", "kto", "ipo", "hinge")]
     used = {p for preset in [*PRESETS, *online] for p in _chain(preset)}
     for folder in ("models", "data", "methods"):
         for piece in sorted((CONFIGS / folder).glob("*.yaml")):
             assert piece.resolve() in used, f"{piece} is not used by any preset"
             assert piece.read_text().startswith("# Shared piece")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ddpo_and_grpo_presets_carry_the_stated_defaults(family):
+    from diffalign.config.objectives import DDPOConfig, GRPOConfig
+
+    ddpo, grpo = _load(CONFIGS / family / "ddpo.yaml"), _load(CONFIGS / family / "grpo.yaml")
+    assert isinstance(ddpo.objective, DDPOConfig) and isinstance(grpo.objective, GRPOConfig)
+    assert ddpo.model.pretrained == grpo.model.pretrained == HUB_IDS[family]
+    assert (ddpo.train.output_dir, grpo.train.output_dir) == (f"runs/{family}-ddpo", f"runs/{family}-grpo")
+    # ddpo-pytorch: 50 steps, eta 1, CFG 5, 256 samples a round, clip 1e-4, advantages clipped to 10 (its
+    # base.py), per-prompt statistics 16/16, one inner epoch, 64 samples per optimizer step
+    o, r = ddpo.objective, ddpo.rollout
+    assert (o.clip_range, o.advantage_clip, o.timestep_fraction, o.kl_weight) == (1e-4, 10.0, 1.0, 0.0)
+    assert (o.per_prompt_stats, o.buffer_size, o.min_count) == (True, 16, 16)
+    assert (r.steps, r.eta, r.guidance, r.prompts_per_round * r.images_per_prompt, r.inner_epochs) == (50, 1.0, 5.0,
+                                                                                                     256, 1)
+    assert r.initial_noise == "distinct" and ddpo.train.batch_size * ddpo.train.grad_accum == 64
+    o, r = grpo.objective, grpo.rollout
+    assert (o.clip_range, o.advantage_clip, o.std, o.kl_weight) == (1e-4, 5.0, "group", 0.0)
+    assert (r.steps, r.eta, r.images_per_prompt, r.initial_noise) == (50, 1.0, 8, "shared")
+    assert ddpo.lora.enabled and grpo.lora.enabled
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from diffalign.config.core import load_config
 from diffalign.config.objectives import D3POConfig
 from diffalign.config.schema import LoraConfig, ModelConfig, RunConfig
+from diffalign.data.order import derive_seed
 from diffalign.models.loading import load_parts
 from diffalign.models.lora import attach_lora
 from diffalign.models.reference import AdapterDisabledReference
@@ -65,6 +66,20 @@ def test_loss_is_d3po_on_the_permuted_step_shared_by_a_pairs_members(tiny_models
     expected = d3po_loss(policy[[1, 2]], ref[[1, 2]], policy[[0, 3]], ref[[0, 3]], 0.1, 0.1, torch.tensor([False, True]))
     assert out.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
     assert out.metrics["ties"].item() == 0.5 and policy[1] != ref[1]
+
+
+def test_each_pass_over_a_round_draws_new_steps_the_first_as_before(tiny_models):
+    rollouts, _ = _rollouts(tiny_models)
+    method = D3PO(D3POConfig())
+    firsts = []
+    for epoch in (0, 1, 2):
+        rollouts.epoch = epoch
+        firsts.append([method.step_of(rollouts).tolist() for rollouts.substep in range(4)])
+    assert firsts[0] != firsts[1] and firsts[1] != firsts[2]
+    assert sorted(s[0] for s in firsts[1]) == [0, 1, 2, 3]  # still a permutation of the 4 steps per prompt
+    # the first pass keeps the permutation of a prompt's first seed alone (the recorded golden runs)
+    generator = torch.Generator().manual_seed(derive_seed(1, 0xD3F0))
+    assert [s[0] for s in firsts[0]] == torch.randperm(4, generator=generator).tolist()
 
 
 def test_at_initialisation_the_loss_is_ln2(tiny_models):

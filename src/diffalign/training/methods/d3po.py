@@ -66,11 +66,14 @@ class D3PO(Method):
 
     def step_of(self, batch: Rollouts) -> torch.Tensor:
         """The trajectory step each sample trains at this substep: entry `substep` of a permutation of the
-        steps drawn per prompt from its first image's seed (the same for the members of its pairs)."""
+        steps drawn per prompt from its first image's seed (the same for the members of its pairs) and, from
+        the second pass over a round on (`rollout.inner_epochs`), the pass."""
         steps, per = batch.trajectories.num_steps, batch.images_per_prompt
         out = []
         for p in range(len(batch)):
-            generator = torch.Generator().manual_seed(derive_seed(batch.trajectories.seeds[p * per], 0xD3F0))
+            first = batch.trajectories.seeds[p * per]
+            seed = derive_seed(first, 0xD3F0) if batch.epoch == 0 else derive_seed(first, batch.epoch, 0xD3F0)
+            generator = torch.Generator().manual_seed(seed)
             out.append(int(torch.randperm(steps, generator=generator)[batch.substep]))
         return torch.tensor(out).repeat_interleave(per)
 
