@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...files import atomic_write_text
+from ...files import atomic_write_text, read_jsonl
 
 ROUNDS_LOG = "rounds.jsonl"
 
@@ -22,9 +22,22 @@ def write_round(path: Path, entry: dict) -> None:
     """Set round `entry["round"]`'s line of the log at `path`, dropping the lines of that round and later ones
     (what a resumed run redoes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept = [line for line in (path.read_text().splitlines() if path.is_file() else [])
-            if line and json.loads(line)["round"] < entry["round"]]
-    atomic_write_text(path, "".join(line + "\n" for line in kept) + json.dumps(entry) + "\n")
+    kept = [line for line in read_rounds(path) if line["round"] < entry["round"]]
+    atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in kept + [entry]))
+
+
+def read_rounds(path: Path) -> list[dict]:
+    """The lines of the log at `path` (none when there is no log); a line that is not a round's JSON object
+    raises ValueError naming the file and the line."""
+    if not path.is_file():
+        return []
+    entries = []
+    for where, _, line in read_jsonl(path):
+        if not isinstance(line, dict) or not isinstance(line.get("round"), int):
+            raise ValueError(f"{where}: not a round's line (a JSON object with an integer \"round\"); fix or "
+                             f"delete that line")
+        entries.append(line)
+    return entries
 
 
 def plot_rounds(log: Path) -> Path | None:
@@ -37,7 +50,7 @@ def plot_rounds(log: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(line) for line in log.read_text().splitlines() if line]
+    entries = read_rounds(log)
     rounds = [e["round"] for e in entries]
     mean = np.array([e["reward_mean"] for e in entries])
     std = np.array([e["reward_std"] for e in entries])
