@@ -154,7 +154,7 @@ class OnlineRollouts(BatchSource):
             trajectories = gather_trajectories(trajectories, self.gather, sample_prompts_all)
             rewards = self.gather(rewards)
             if win_rate is not None:
-                win_rate = float(self.gather(torch.tensor([win_rate], device=self.device)).mean())
+                win_rate = float(self.gather(torch.tensor([win_rate], device=self.device)).nanmean())
         rollouts = Rollouts(round_, everyone, trajectories, rewards)
         rollouts.advantages = self.method.advantages(rollouts)
         self.entry = round_entry(rollouts, win_rate, sampled - start, judged - sampled)
