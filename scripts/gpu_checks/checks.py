@@ -955,27 +955,32 @@ def reward_replica(reward: str, folder: Path) -> dict | None:
 
 def rl_ddpo_plan(model: Path, out: Path) -> tuple[list[str], dict]:
     """The rl-ddpo run's overrides of DDPO_CONFIG and what they imply: RL_ROUNDS rounds of about RL_IMAGES images
-    (prompts_per_round a multiple of train.batch_size x train.grad_accum) at 512 px, RL_STEPS DDIM steps, no
-    comparison with the base model (ddpo-pytorch samples once per round), no validation, checkpoints or trackers."""
+    (DDPO trains single images: the round's prompts x images_per_prompt, one optimizer step a round of
+    train.batch_size x train.grad_accum images) at 512 px, RL_STEPS DDIM steps, every step re-scored as the preset
+    does, no comparison with the base model (ddpo-pytorch samples once per round), no validation, checkpoints or
+    trackers."""
     sys.path.insert(0, str(ROOT / "src"))
     from diffalign.config.core import load_config
     from diffalign.config.schema import RunConfig
 
     cfg = load_config(RunConfig, DDPO_CONFIG, [])
     r, t = cfg.rollout, cfg.train
-    micro = t.batch_size * t.grad_accum  # prompts per optimizer step (one process)
-    prompts = max(micro, -(-RL_IMAGES // r.images_per_prompt // micro) * micro)
-    steps_per_round = prompts // micro * getattr(r, "inner_epochs", 1)
+    prompts = max(1, RL_IMAGES // r.images_per_prompt)
+    images = prompts * r.images_per_prompt
+    batch = min(t.batch_size, images)
+    while images % batch:
+        batch -= 1
     overrides = [
         f"model.pretrained={model}", f"model.frozen_dtype={FP16_FROZEN}", f"rollout.resolution={resolution(512)}",
         f"rollout.steps={RL_STEPS}", f"rollout.prompts_per_round={prompts}", "rollout.compare_base=false",
-        f"train.max_steps={RL_ROUNDS * steps_per_round}", f"train.output_dir={out}", "train.trackers=[]",
+        f"train.batch_size={batch}", f"train.grad_accum={images // batch}", "rollout.inner_epochs=1",
+        f"train.max_steps={RL_ROUNDS}", f"train.output_dir={out}", "train.trackers=[]",
         "validation.every=0", "train.checkpoint_every=0",
     ]
-    plan = {"config": DDPO_CONFIG, "rounds": RL_ROUNDS, "images_per_round": prompts * r.images_per_prompt,
-            "prompts_per_round": prompts, "images_per_prompt": r.images_per_prompt, "steps_per_round": steps_per_round,
+    plan = {"config": DDPO_CONFIG, "rounds": RL_ROUNDS, "images_per_round": images,
+            "prompts_per_round": prompts, "images_per_prompt": r.images_per_prompt, "steps_per_round": 1,
             "rollout_steps": RL_STEPS, "resolution": resolution(512), "reward": r.reward, "lora": cfg.lora.enabled,
-            "mixed_precision": t.mixed_precision}
+            "mixed_precision": t.mixed_precision, "timestep_fraction": cfg.objective.timestep_fraction}
     return overrides, plan
 
 
