@@ -35,13 +35,18 @@ SHRINK = ["rollout.prompts_per_round=4", "rollout.images_per_prompt=2", "rollout
           "rollout.sample_batch_size=4", "rollout.compare_base=false", "validation.every=0",
           "train.checkpoint_every=0", "train.log_every=1", "train.trackers=[]", "train.cpu=true"]
 
+# one re-scored step per image (a micro-step per batch): with several, one process sums a batch's substeps before
+# the next batch's and two sum each their own, then all-reduce, an order that changes the float rounding (seen:
+# 5e-5 relative in a gradient norm); the clip range of ddpo-pytorch, so the second pass clips
+ONE_STEP = ["objective.timestep_fraction=0.3", "objective.clip_range=1e-4"]
+
 # (config, units per process per micro-step, overrides): 2 optimizer steps per pass, 2 rounds in each run.
 # DDPO: images, per-prompt statistics kept across rounds, reshuffled, 2 passes per round.
 # GRPO: images, one initial noise per group, group advantages, reshuffled.
 # D3PO: whole prompt groups (pairs of trajectories), reshuffled, 2 passes per round.
 CASES = {
-    "ddpo": ("configs/demo/ddpo.yaml", 2, ["rollout.inner_epochs=2", "train.max_steps=8"]),
-    "grpo": ("configs/demo/grpo.yaml", 2, ["rollout.inner_epochs=1", "train.max_steps=4"]),
+    "ddpo": ("configs/demo/ddpo.yaml", 2, ["rollout.inner_epochs=2", "train.max_steps=8", *ONE_STEP]),
+    "grpo": ("configs/demo/grpo.yaml", 2, ["rollout.inner_epochs=1", "train.max_steps=4", *ONE_STEP]),
     "d3po": ("configs/demo/d3po.yaml", 1, ["rollout.shuffle=true", "rollout.inner_epochs=2", "train.max_steps=8"]),
 }
 PORTS = {"ddpo": 29541, "grpo": 29543, "d3po": 29545}

@@ -48,10 +48,9 @@ class RewardJudge:
 class HumanJudge:
     """A person, through `diffalign label`, as the judge of each round."""
 
-    failures: list[str] = []
-
     def __init__(self, rounds_dir: Path) -> None:
         self.rounds_dir = rounds_dir
+        self.failures: list[str] = []  # a person skips instead: nothing fails
 
     def judge(self, round_: int, prompts: list[str], trajectories: Trajectory) -> torch.Tensor:
         """Write the round for `diffalign label`, wait until every prompt is decided, and turn the choices into
