@@ -162,3 +162,11 @@ def test_settings_the_methods_cannot_train_with_are_refused_before_loading(tiny_
     with pytest.raises(ValueError, match=r"must be a multiple of train.batch_size x processes = 4"):
         train(_cfg(tiny_models["sd15"], tmp_path / "c", "ddpo", "train.batch_size=4", "rollout.images_per_prompt=3"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_full_fine_tuning_with_the_kl_to_a_frozen_copy_of_the_base(tiny_models, tmp_path):
+    result = train(_cfg(tiny_models["sd15"], tmp_path / "full", "ddpo", "lora.enabled=false", "train.max_steps=1",
+                        "train.batch_size=4", "objective.kl_weight=0.1", "train.learning_rate=1e-4"))
+    assert (result.weights / "diffusion_pytorch_model.safetensors").is_file()
+    logged = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["kl"] == 0.0 and logged["ratio"] == pytest.approx(1.0, abs=1e-6)  # the policy is the base at step 1
