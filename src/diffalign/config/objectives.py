@@ -305,7 +305,7 @@ class GRPOConfig(PolicyGradientConfig):
     advantages are their rewards normalised within the group, PPO-clip on the per-step ratios."""
 
     name: str = cfg_field("grpo", _NAME_HELP)
-    advantage_clip: float = cfg_field(5.0, "Clamp advantages to [-advantage_clip, advantage_clip] (DanceGRPO 5).",
+    advantage_clip: float = cfg_field(5.0, "Clamp advantages to [-advantage_clip, advantage_clip] (5: group advantages rarely pass it).",
                                       min=0.0)
     std: Literal["group", "global"] = cfg_field(
         "group",
