@@ -41,7 +41,7 @@ def _metrics(run: Path) -> list[dict]:
 def one_process(tmp_path_factory) -> Path:
     """The output folder of the one-process run (4 pairs a step, reference forward every step)."""
     one = tmp_path_factory.mktemp("one-process") / "one"
-    command = _train(f"train.output_dir={one}", "train.batch_size=4", "reference.precompute=off")
+    command = _train(f"train.output_dir={one}", "train.batch_size=4", "reference.precompute=off", "train.cpu=true")
     subprocess.run([sys.executable, *command], check=True, cwd=ROOT, env=ENV, capture_output=True)
     return one
 

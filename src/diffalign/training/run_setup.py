@@ -101,7 +101,7 @@ def set_up(cfg: RunConfig, stack: ExitStack, trackers: list[str]) -> Run:
             frozen.to(device)
     source = source_class.build(SourceContext(
         cfg, method, parts, cache, device, rank, world, Path(t.output_dir), resume_from is not None, substeps,
-        gather=accelerator.gather, main_process_first=accelerator.main_process_first,
+        gather=accelerator.gather, main_process_first=accelerator.main_process_first, accelerator=accelerator,
     ))
     lr = t.learning_rate * (t.batch_size * t.grad_accum * world if t.scale_lr else 1)
     optimizer = build_optimizer(params, cfg, lr, sharded=sharded)

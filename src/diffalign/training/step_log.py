@@ -50,6 +50,20 @@ def keep_metrics_until(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def pooled_means(sums: dict[str, float], counts: dict[str, int], accelerator: Accelerator) -> dict[str, float]:
+    """Each key's mean over the micro-steps of every process that reported it: the sums and counts of all
+    processes added up (the keys of all processes, so a process that saw none of a key still takes part)."""
+    if accelerator.num_processes == 1:
+        return {k: v / counts[k] for k, v in sums.items()}
+    from accelerate.utils import gather_object
+
+    keys = sorted({k for keys in gather_object([sorted(sums)]) for k in keys})
+    local = torch.tensor([[sums.get(k, 0.0), float(counts.get(k, 0))] for k in keys], dtype=torch.float64,
+                         device=accelerator.device).reshape(len(keys), 2)
+    total = accelerator.reduce(local, "sum")
+    return {k: (s / c if c else float("nan")) for k, (s, c) in zip(keys, total.tolist())}
+
+
 class StepLog:
     """The running means of the metrics between logged steps, and where they are written."""
 
@@ -59,7 +73,8 @@ class StepLog:
         self.cfg, self.accelerator, self.unit, self.trackers = cfg, accelerator, unit, trackers
         self.entries_per_step = t.batch_size * t.grad_accum * accelerator.num_processes
         self.sums: dict[str, float] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}  # micro-steps that reported each key (a method may skip one: D3PO's
+        # batch without a scorable pair)
         self.last: dict[str, float] = {}
         self.start = self.last_time = time.time()
         self.last_step = step
@@ -71,7 +86,7 @@ class StepLog:
         """One micro-step's metrics."""
         for key, value in metrics.items():
             self.sums[key] = self.sums.get(key, 0.0) + float(value)
-        self.count += 1
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def step_done(self, step: int, lr: float, grad_norm: float) -> None:
         """An optimizer step ended: advance the bar and, every `train.log_every` steps and at the last, log."""
@@ -79,13 +94,9 @@ class StepLog:
         if step % self.cfg.train.log_every and step != self.cfg.train.max_steps:
             return
         now = time.time()
-        last = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
         acc = self.accelerator
-        if acc.num_processes > 1:  # the mean over every process's batches, not only the main process's
-            keys = sorted(last)
-            means = acc.reduce(torch.tensor([last[k] for k in keys], device=acc.device), "mean")
-            last = dict(zip(keys, means.tolist()))
+        last = pooled_means(self.sums, self.counts, acc)
+        self.sums, self.counts = {}, {}
         rate = (step - self.last_step) * self.entries_per_step / max(now - self.last_time, 1e-9)
         last.update(step=step, lr=lr, grad_norm=grad_norm, **{f"{self.unit}_per_s": rate},
                     peak_memory_gib=peak_memory_gib(acc.device), seconds=now - self.start)

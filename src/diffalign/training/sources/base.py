@@ -37,6 +37,7 @@ class SourceContext:
     substeps: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None  # every process's tensors, concatenated
     main_process_first: Callable[[], AbstractContextManager] = nullcontext
+    accelerator: Any = None  # the run's, for collectives beyond `gather` (None: one process, in tests)
 
 
 class BatchSource:

@@ -36,6 +36,7 @@ import torch
 from ...config.schema import RunConfig
 from ...data.prompts import read_training_prompts
 from ..checkpoint import load_state_files, save_state_files
+from ..step_log import pooled_means
 from .base import BatchSource, SourceContext
 from .base_comparison import base_win_rate
 from .judges import HumanJudge, RewardJudge
@@ -88,6 +89,7 @@ class OnlineRollouts(BatchSource):
             raise ValueError("rollout.preference=human labels one round folder: run it on one process")
         self.cfg, self.parts, self.device = cfg, parts, context.device
         self.rank, self.world, self.gather = context.rank, context.world, context.gather
+        self.accelerator = context.accelerator
         self.prompts = read_training_prompts(r.prompts)
         self.substeps = context.substeps
         self.micro_per_epoch = per_round // share * self.substeps
@@ -194,13 +196,12 @@ class OnlineRollouts(BatchSource):
             self.observed.setdefault(key, []).append(float(value))
 
     def round_means(self) -> dict[str, float]:
-        """The means of the method's metrics over the round's micro-steps of every process (a collective with
-        several processes; each runs as many micro-steps)."""
-        means = {k: sum(v) / len(v) for k, v in sorted(self.observed.items()) if v}
-        if self.world > 1 and means:
-            gathered = self.gather(torch.tensor(list(means.values()), device=self.device))
-            means = dict(zip(means, gathered.reshape(self.world, -1).mean(dim=0).tolist()))
-        return means
+        """The means of the method's metrics over the round's micro-steps of every process that reported them (a
+        collective with several processes: `step_log.pooled_means`)."""
+        sums = {k: sum(v) for k, v in self.observed.items() if v}
+        counts = {k: len(v) for k, v in self.observed.items() if v}
+        return pooled_means(sums, counts, self.accelerator) if self.accelerator is not None else {
+            k: sums[k] / counts[k] for k in sums}
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 
