@@ -34,7 +34,7 @@ from ..models.lora import LORA_WEIGHTS
 from .checkpoint import CHECKPOINTS, CONFIG_FILE, checkpoint_owner, list_checkpoints, resolve_resume, verify_checkpoint
 from .methods.smpo import BOUNDS_FILE
 from .resume_rules import check_resume_config
-from .sources.online import ROUNDS_DIR, ROUNDS_LOG
+from .sources.round_log import ROUNDS_DIR, ROUNDS_LOG
 from .validation import VALIDATION_DIR
 
 try:

@@ -40,13 +40,12 @@ from ..step_log import pooled_means
 from .base import BatchSource, SourceContext
 from .base_comparison import base_win_rate
 from .judges import HumanJudge, RewardJudge
-from .round_log import ROUNDS_LOG, plot_rounds, write_round
+from .round_log import ROUNDS_DIR, ROUNDS_LOG, plot_rounds, write_round
 from .round_prompts import epoch_order, micro_batch_units, process_share, prompt_order
 from .round_sampling import sample_prompts
 from .rollouts import Rollouts, gather_trajectories, trajectory_from_state, trajectory_state
 
 ROUND_FILE = "rollouts"
-ROUNDS_DIR = "rounds"  # human preference: OUTPUT_DIR/rounds/round-NNNNNN/, labelled with `diffalign label`
 
 __all__ = ["OnlineRollouts", "ROUNDS_DIR", "ROUNDS_LOG", "Rollouts", "prompt_order"]
 

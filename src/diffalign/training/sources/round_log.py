@@ -16,6 +16,7 @@ import numpy as np
 from ...files import atomic_write_text, read_jsonl
 
 ROUNDS_LOG = "rounds.jsonl"
+ROUNDS_DIR = "rounds"  # human preference: OUTPUT_DIR/rounds/round-NNNNNN/, labelled with `diffalign label`
 
 
 def write_round(path: Path, entry: dict) -> None:
