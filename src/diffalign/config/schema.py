@@ -16,13 +16,14 @@ paper for SD1.5). The diffusers SD research script's `beta_dpo` of 2500 equals 5
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .core import cfg_field
 from .objectives import DPOConfig, ObjectiveConfig
 
 DEMO_MODEL = "assets/tiny-sd"
 DEMO_TRAIN_PAIRS = "assets/demo/pairs_train.parquet"
+DEMO_HELDOUT_PROMPTS = "assets/demo/prompts_heldout.txt"
 
 
 @dataclass
@@ -232,6 +233,36 @@ class TrainConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The reward-hacking monitor of online runs: every `every` rounds the policy draws the held-out `prompts` from
+    fixed seeds with the deterministic sampler (DDIM, eta 0), the gold scorer(s) judge them, and the gold score is
+    logged and drawn beside the training reward (OUTPUT_DIR/rounds.jsonl, rounds.png). When the training reward
+    rises while the gold score falls for `patience` evaluations in a row the run warns (and stops with `stop`);
+    the checkpoint with the best gold score is kept in OUTPUT_DIR/best/."""
+
+    scorers: dict[str, Any] = cfg_field(
+        {},
+        "Gold scorer(s), scorer -> weight or scorer -> {weight: W, OPTION: VALUE, ...} as rollout.rewards; the gold "
+        "score is their weighted sum. Empty: no monitor.",
+    )
+    prompts: str = cfg_field(
+        DEMO_HELDOUT_PROMPTS,
+        "Held-out prompts: a text file (one per line) or a pair table (its distinct captions); not the training "
+        "prompts.",
+    )
+    max_prompts: int | None = cfg_field(32, "Use the first N held-out prompts (None: all).", min=1)
+    seeds: int = cfg_field(2, "Seeds per prompt (0..N-1), the same at every evaluation.", min=1)
+    every: int = cfg_field(5, "Evaluate every N rounds (and after the first round).", min=1)
+    steps: int = cfg_field(20, "DDIM steps of the monitor's samples (eta 0).", min=1)
+    guidance: float = cfg_field(5.0, "Classifier-free guidance scale of the monitor's samples.", min=0.0)
+    patience: int = cfg_field(
+        3, "Warn when the training reward rose and the gold score fell over this many evaluations in a row.", min=1
+    )
+    stop: bool = cfg_field(False, "Stop the run (saving its weights) when the monitor warns.")
+    keep_best: bool = cfg_field(True, "Keep the weights with the best gold score so far in OUTPUT_DIR/best/.")
+
+
+@dataclass
 class RolloutConfig:
     """Online methods (D3PO, DDPO, GRPO): each round the current policy samples images for a set of
     prompts with the DDIM sampler, keeping every step, and a registered reward judges them."""
@@ -259,7 +290,29 @@ class RolloutConfig:
         "Who judges a round: the reward (rollout.reward) or people: the run writes the round's images to "
         "OUTPUT_DIR/rounds/round-NNNNNN/ and waits until `diffalign label` on that folder has every prompt decided.",
     )
-    reward: str = cfg_field("shapes", "Registered scorer that judges the rollouts (`diffalign score --help` lists them).")
+    reward: str = cfg_field(
+        "shapes",
+        "The scorer that judges the rollouts: a registered name (`diffalign score --help` lists them), your own as "
+        "path/to/file.py:NAME or package.module:NAME (a Scorer class or a function (images, prompts) -> scores), or "
+        "remote:http://127.0.0.1:PORT (`diffalign serve-scorer`). Ignored when rollout.rewards is set.",
+    )
+    rewards: dict[str, Any] = cfg_field(
+        {},
+        "Several rewards at once, scorer -> weight or scorer -> {weight: W, OPTION: VALUE, ...} (the other keys are "
+        "the scorer's constructor options), e.g. {shapes: 1.0, my_rewards.py:colour: 0.5}. The reward of an image is "
+        "the weighted sum; each reward is logged on its own every round. Empty: rollout.reward alone, weight 1.",
+    )
+    reward_normalisation: Literal["per_reward", "sum"] = cfg_field(
+        "per_reward",
+        "With several rewards, for the methods whose advantages normalise rewards (GRPO and DGPO within each group, "
+        "DDPO per prompt): 'per_reward' normalises each reward on its own and sums the weighted advantages (two "
+        "rewards on different scales both count); 'sum' normalises the weighted sum of the rewards.",
+    )
+    monitor: MonitorConfig = cfg_field(
+        MonitorConfig,
+        "Reward-hacking monitor: gold scorer(s) on held-out prompts from fixed seeds every few rounds, beside the "
+        "training reward.",
+    )
     sample_batch_size: int = cfg_field(16, "Images per sampler batch.", min=1)
     compare_base: bool = cfg_field(
         True,

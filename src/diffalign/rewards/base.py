@@ -66,12 +66,27 @@ def available_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+REMOTE_PREFIX = "remote:"
+
+
 def scorer_factory(name: str) -> Callable[..., Scorer]:
-    """The class or factory registered as `name`; unknown names get a did-you-mean error."""
+    """The class or factory that builds the scorer `name`: a registered name, `remote:http://HOST:PORT` (a scorer
+    served by `diffalign serve-scorer`, `rewards.remote`), or a reference to the user's own scorer,
+    `path/to/file.py:NAME` or `package.module:NAME` (`rewards.references`). Unknown names get a did-you-mean
+    error."""
     if name not in _REGISTRY:
+        if name.startswith(REMOTE_PREFIX):
+            from .remote import remote_factory
+
+            return remote_factory(name[len(REMOTE_PREFIX):])
+        if ":" in name:
+            from .references import reference_factory
+
+            return reference_factory(name)
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown scorer {name!r}{hint} Available: {', '.join(available_scorers())}")
+        raise KeyError(f"unknown scorer {name!r}{hint} Available: {', '.join(available_scorers())}, or your own "
+                       "as path/to/file.py:NAME, package.module:NAME or remote:http://127.0.0.1:PORT")
     entry = _REGISTRY[name]
     if isinstance(entry, str):
         module, attribute = entry.split(":")
