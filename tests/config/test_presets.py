@@ -151,7 +151,7 @@ def test_no_setting_is_restated_along_a_composition(path):
 
 def test_every_piece_is_used_and_starts_with_a_comment():
     online = [CONFIGS / family / f"{method}.yaml" for family in FAMILIES
-              for method in ("d3po", "ddpo", "grpo", "inpo", "smpo", "dcpo", "mapo", "kto", "ipo", "hinge")]
+              for method in ("d3po", "ddpo", "grpo", "dgpo", "inpo", "smpo", "dcpo", "mapo", "kto", "ipo", "hinge")]
     used = {p for preset in [*PRESETS, *online] for p in _chain(preset)}
     for folder in ("models", "data", "methods"):
         for piece in sorted((CONFIGS / folder).glob("*.yaml")):
@@ -179,6 +179,24 @@ def test_ddpo_and_grpo_presets_carry_the_stated_defaults(family):
     assert (o.clip_range, o.advantage_clip, o.std, o.kl_weight) == (1e-4, 5.0, "group", 0.0)
     assert (r.steps, r.eta, r.images_per_prompt, r.initial_noise) == (50, 1.0, 8, "shared")
     assert ddpo.lora.enabled and grpo.lora.enabled
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dgpo_presets_carry_the_official_pickscore_recipe(family):
+    from diffalign.config.objectives import DGPOConfig
+
+    cfg = _load(CONFIGS / family / "dgpo.yaml")
+    assert isinstance(cfg.objective, DGPOConfig)
+    assert cfg.model.pretrained == HUB_IDS[family] and cfg.train.output_dir == f"runs/{family}-dgpo"
+    # Luo-Yihong/DGPO config/dgpo.py pickscore_sd3_4gpu: 8 groups of 24, CFG 4.5, beta_dpo 10, KL 1e-3, global std,
+    # clip 5e-2 (its compressibility base), 4 trained timesteps, shared noise, LoRA r64/alpha 128, lr 3e-4
+    o, r = cfg.objective, cfg.rollout
+    assert (o.beta, o.kl_weight, o.std, o.clip_range, o.timesteps, o.shared_noise, o.reference) == (
+        10.0, 1e-3, "global", 5e-2, 4, True, "frozen")
+    assert (r.prompts_per_round, r.images_per_prompt, r.guidance, r.eta, r.initial_noise, r.reward) == (
+        8, 24, 4.5, 0.0, "distinct", "pickscore")
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.train.learning_rate) == (64, 128.0, 3e-4)
+    assert (cfg.reference.ema_decay, cfg.reference.ema_ramp) == (0.3, 0.001)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

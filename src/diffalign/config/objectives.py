@@ -312,3 +312,60 @@ class GRPOConfig(PolicyGradientConfig):
         "Divide by the std of the prompt's group (DanceGRPO) or of the whole round (flow_grpo's global_std, which "
         "keeps a group of near-equal rewards from being inflated to unit scale).",
     )
+
+
+@objective("dgpo", method="diffalign.training.methods.dgpo:DGPO",
+           summary="DGPO: online group DPO, each prompt's positive against its negative subgroup (deterministic rollouts)")
+@dataclass
+class DGPOConfig(ObjectiveConfig):
+    """DGPO (Luo et al., ICLR 2026): each prompt draws a group of rollout.images_per_prompt images with the
+    deterministic sampler (rollout.eta=0, distinct initial noise); their group-relative advantages split the group
+    into a positive and a negative subgroup, and Diffusion-DPO's loss compares the subgroups (objectives/dgpo.py),
+    at a few noised timesteps of the final images, against the frozen base or an EMA of the policy."""
+
+    name: str = cfg_field("dgpo", _NAME_HELP)
+    beta: float = cfg_field(
+        100.0,
+        "beta_dpo of the group preference: how sharply the group weight sigmoid(s_g) saturates (the official "
+        "recipes: 10-100 with the frozen reference, 2000-5000 with the EMA one). The step size does not scale with "
+        "it (the official surrogate's gradient is the group loss's over beta).",
+        min=0.0,
+    )
+    advantage_clip: float = cfg_field(5.0, "Clamp advantages to [-advantage_clip, advantage_clip] (official 5).", min=0.0)
+    std: Literal["group", "global"] = cfg_field(
+        "group", "Advantages: rewards minus the group's mean, over the group's std or the whole round's (as GRPO)."
+    )
+    timesteps: int = cfg_field(
+        4,
+        "Noised timesteps each group is trained at per pass (official num_train_timesteps 4): one micro-step each, "
+        "accumulated into the batch's optimizer step.",
+        min=1,
+    )
+    timestep_min: float = cfg_field(
+        0.3,
+        "Train at DDPM timesteps t >= timestep_min x T, uniformly (the official code trains only the noisier part of "
+        "the sampling schedule, 't_min = shift(0.3)' on SD3's flow schedule; ours is the analogue on the UNet's).",
+        min=0.0,
+        max=0.99,
+    )
+    shared_noise: bool = cfg_field(
+        True, "One noise and one timestep per group at each micro-step (official use_shared_noise); false: per image."
+    )
+    reference: Literal["frozen", "ema"] = cfg_field(
+        "frozen",
+        "The DPO reference: the frozen base model (adapters off), or an EMA of the policy's LoRA weights (TDM-R1's "
+        "dynamic reference; reference.ema_decay; use a much larger beta).",
+    )
+    clip_range: float = cfg_field(
+        0.0,
+        "PPO-style clip (official clip_dsm, 1e-3 to 1e-2; 0: off): an image whose ratio exp(err_old - err) passed "
+        "1 +- clip_range in its advantage's direction loses its gradient; err_old is the EMA policy's error (one "
+        "more UNet forward per micro-step).",
+        min=0.0,
+    )
+    kl_weight: float = cfg_field(
+        1e-3,
+        "Weight of the KL to the frozen base, the mean squared difference of the two UNet outputs (official beta "
+        "1e-3; 0: off).",
+        min=0.0,
+    )

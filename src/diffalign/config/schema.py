@@ -360,6 +360,14 @@ class ReferenceConfig:
         "Pool: which member is the reference of a micro-step: uniformly at random over the initial model and the kept "
         "states (the paper's Random Checkpoint Replay), the latest, or the initial model only.",
     )
+    ema_decay: float = cfg_field(
+        0.3,
+        "EMA reference (DGPO's reference=ema or clip): after each optimizer step ema += (1 - d)(weights - ema) with "
+        "d = min(ema_decay, ema_ramp x step) (the official 0.3 and 0.001: the EMA stays close to the last weights).",
+        min=0.0,
+        max=1.0,
+    )
+    ema_ramp: float = cfg_field(0.001, "EMA reference: the decay's ramp per optimizer step (see ema_decay).", min=0.0)
 
 
 @dataclass

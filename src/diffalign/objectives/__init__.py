@@ -2,6 +2,7 @@
 
 from .dcpo import dcpo_loss
 from .ddpo import ddpo_loss, gaussian_step_kl
+from .dgpo import dgpo_loss
 from .dpo import PAIR_LOSSES, dpo_logits, dpo_loss
 from .grpo import grpo_loss
 from .kto import kto_loss
@@ -11,6 +12,6 @@ from .sft import sft_loss
 from .types import ObjectiveOutput, denoising_error
 
 __all__ = [
-    "PAIR_LOSSES", "ObjectiveOutput", "anchor_sign", "dcpo_loss", "ddpo_loss", "denoising_error", "dpo_logits",
+    "PAIR_LOSSES", "ObjectiveOutput", "anchor_sign", "dcpo_loss", "ddpo_loss", "denoising_error", "dgpo_loss", "dpo_logits",
     "dpo_loss", "error_odds", "gaussian_step_kl", "grpo_loss", "kto_loss", "mapo_loss", "seppo_loss", "sft_loss",
 ]

@@ -14,6 +14,7 @@ from ..models.loading import DTYPES, DiffusionParts
 from ..models.lora import attach_lora
 from ..models.reference import AdapterDisabledReference, CompiledAdapterReference, FrozenCopyReference
 from .methods.base import Method, ReferenceKind
+from .ema_reference import EMAReference
 from .reference_pool import ReferencePool
 
 
@@ -71,7 +72,7 @@ def configure_unet(unet: torch.nn.Module, cfg: RunConfig) -> None:
             raise RuntimeError(f"train.attention=xformers cannot run here ({error}); use train.attention=sdpa") from error
 
 
-Reference = AdapterDisabledReference | CompiledAdapterReference | FrozenCopyReference | ReferencePool
+Reference = AdapterDisabledReference | CompiledAdapterReference | FrozenCopyReference | ReferencePool | EMAReference
 
 
 def check_compile(cfg: RunConfig, method: Method, sharded: bool) -> None:
@@ -124,11 +125,12 @@ def prepare_unet(
             reference = CompiledAdapterReference(unet) if cfg.train.compile != "off" else AdapterDisabledReference(unet)
         elif reference_kind == "pool":
             reference = ReferencePool(unet, cfg.lora, cfg.reference)
+        elif reference_kind == "ema":
+            reference = EMAReference(unet, cfg.lora, cfg.reference)
     else:
-        if reference_kind == "pool":
-            raise ValueError(
-                "this method's reference is a pool of earlier checkpoints, kept as LoRA adapters: set lora.enabled=true"
-            )
+        if reference_kind in ("pool", "ema"):
+            what = "a pool of earlier checkpoints" if reference_kind == "pool" else "an EMA of the weights"
+            raise ValueError(f"this method's reference is {what}, kept as a LoRA adapter: set lora.enabled=true")
         unet.requires_grad_(True)
         params = list(unet.parameters())
         if reference_kind == "base":

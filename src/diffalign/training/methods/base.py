@@ -55,7 +55,7 @@ from ..randomness import BatchRandom
 from ..sources.base import BatchSource
 from ..sources.offline import OfflinePairs
 
-ReferenceKind = Literal["none", "base", "pool"]
+ReferenceKind = Literal["none", "base", "pool", "ema"]
 ErrorSpace = Literal["prediction", "epsilon"]
 
 
