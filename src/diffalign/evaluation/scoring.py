@@ -10,7 +10,6 @@ always next to the scorer's `scale` so that reports never mix units.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..rewards import available_scorers, build_scorer
+from ..rewards import available_scorers, build_scorer, scorer_factory
 from ..rewards.base import Scorer
 from ..rewards.batch import DEFAULT_BATCH_SIZE, score_in_batches
 from ..data.image_inputs import ImageItem
@@ -39,13 +38,13 @@ def split_scorer_names(values: Sequence[str]) -> list[str]:
 
 
 def check_scorer_names(names: Sequence[str]) -> None:
-    """Raise the registry's did-you-mean KeyError for the first unknown name, before any scorer is built."""
-    available = available_scorers()
+    """Raise a one-line error for the first name that names no scorer, before any scorer is built: the registry's
+    did-you-mean KeyError for an unknown plain name; for `remote:URL` and `file.py:NAME` / `package.module:NAME`,
+    the error of resolving it (a missing file, a module that fails to import, a NAME that is not a scorer...)."""
+    available = set(available_scorers())
     for name in names:
         if name not in available:
-            close = difflib.get_close_matches(name, available, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise KeyError(f"unknown scorer {name!r}{hint} Available: {', '.join(available)}")
+            scorer_factory(name)
 
 
 def parse_option_value(text: str) -> object:
