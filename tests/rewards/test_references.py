@@ -200,12 +200,15 @@ def test_an_unknown_option_reads_as_for_a_registered_scorer(rewards_dir: Path):
 def test_bad_references_name_the_reference_and_what_was_expected(rewards_dir: Path, user_package: str):
     write(rewards_dir / "broken.py", "raise RuntimeError('no GPU here')\n")
     write(rewards_dir / "sibling.py", "import helpers_beside_it\n")
+    write(rewards_dir / "script.py", "import sys\nsys.exit('usage: script.py CONFIG')\n")
     forms = "expected path/to/file.py:NAME or package.module:NAME"
     cases = {
         "nofile.py:f": (FileNotFoundError, f"scorer reference 'nofile.py:f': no file {rewards_dir / 'nofile.py'} "
                                            f"(relative to the current directory {rewards_dir})"),
         "broken.py:f": (ValueError, f"scorer reference 'broken.py:f': importing {rewards_dir / 'broken.py'} failed: "
                                     "RuntimeError: no GPU here"),
+        "script.py:f": (ValueError, f"scorer reference 'script.py:f': importing {rewards_dir / 'script.py'} failed: "
+                                    "SystemExit: usage: script.py CONFIG"),
         "sibling.py:f": (ValueError, f"scorer reference 'sibling.py:f': importing {rewards_dir / 'sibling.py'} failed: "
                                      "ModuleNotFoundError: No module named 'helpers_beside_it' (a module beside the file "
                                      "is importable only with its folder on PYTHONPATH)"),

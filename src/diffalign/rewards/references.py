@@ -107,7 +107,7 @@ def _load_file(ref: str, target: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses, pickling and typing look the module up by name while it runs
     try:
         spec.loader.exec_module(module)
-    except BaseException as error:
+    except BaseException as error:  # SystemExit too: a script that parses its arguments on import
         del sys.modules[name]
         if isinstance(error, KeyboardInterrupt):
             raise
