@@ -38,7 +38,6 @@ from diffalign.rewards.base import scorer_factory
 from diffalign.rewards.batch import ScorerFailure
 from diffalign.rewards.remote import REQUEST_OVERHEAD, RemoteScorer, encode_png
 from diffalign.rewards.server import ScorerServer
-from diffalign.rewards.weighted import WeightedScorer, WeightedScorers
 from diffalign.synthetic.domain import random_spec
 from diffalign.synthetic.render import render
 
@@ -483,14 +482,13 @@ def test_a_bad_client_option_names_the_option():
             RemoteScorer(url, timeout="soon")
 
 
-def test_a_remote_scorer_is_a_reward_like_any_other():
+def test_the_options_every_caller_passes_are_taken():
     images, prompts = shapes_batch(3)
+    batch = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2) / 255  # float, [0, 1]
     with running(CountingShapes()) as server:
-        name = f"remote:{server.url}"
-        rewards = WeightedScorers.build([WeightedScorer(name, 2.0, {"timeout": 5}, "rollout.rewards")], device="cuda")
-        scores = rewards.score(torch.from_numpy(np.stack([np.asarray(i) for i in images])), prompts)
-    expected = build_scorer("shapes").score(images, prompts).double()
-    assert torch.equal(scores.parts[name], expected) and torch.equal(scores.total, 2 * expected)
+        remote = build_scorer(f"remote:{server.url}", device="cuda", dtype="fp16", batch_size=2, timeout=5)
+        scores = remote.score(batch, prompts)
+    assert torch.equal(scores, build_scorer("shapes").score(images, prompts).double())  # 8-bit images: the same
 
 
 # --- the command -------------------------------------------------------------------------------------------

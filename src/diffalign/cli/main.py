@@ -1,4 +1,5 @@
-"""The `diffalign` command line: train, cache, config, generate, eval, grid, score, pairs, relabel, label, fuse, pipeline."""
+"""The `diffalign` command line: train, cache, config, generate, eval, grid, score, serve-scorer, pairs, relabel, label, fuse,
+pipeline."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .pairs import add_pairs_parser
 from .pipeline import add_pipeline_parser
 from .relabel import add_relabel_parser
 from .score import add_score_parser
+from .serve_scorer import add_serve_scorer_parser
 
 
 def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -135,6 +137,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     add_method_table_parser(sub)
     add_grid_parser(sub)
     add_score_parser(sub, scorer_names)
+    add_serve_scorer_parser(sub)
     add_pairs_parser(sub)
     add_relabel_parser(sub)
     add_captions_parser(sub)
