@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,15 @@ def test_cache_key_follows_data_and_max_pairs(tmp_path, counting_scorer):
     PreferencePairs(str(path), resolution=32, relabel=relabel)
     assert counting_scorer["images"] == 12 and len(list((cache / "relabel").iterdir())) == 2
     assert relabel_cache_path(cache, "a/b", "key", 4).name.startswith("a_b-")
+
+
+def test_editing_a_scorer_file_changes_the_cache_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("mine.py").write_text("def score(images, prompts):\n    return [0.0] * len(images)\n")
+    before = relabel_cache_path(tmp_path, "mine.py:score", "key", 4)
+    assert before == relabel_cache_path(tmp_path, "mine.py:score", "key", 4)
+    Path("mine.py").write_text("def score(images, prompts):\n    return [1.0] * len(images)\n")
+    assert relabel_cache_path(tmp_path, "mine.py:score", "key", 4) != before
 
 
 def test_corrupt_image_error_names_the_row(tmp_path, counting_scorer):

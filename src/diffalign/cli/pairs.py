@@ -116,7 +116,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 def add_scorer_arguments(p: argparse.ArgumentParser) -> None:
     """`--scorer`, `--scorer-option`, `--weights`, shared by `pairs` and `relabel`."""
     p.add_argument("--scorer", action="append", default=[], metavar="NAME[,NAME...]",
-                   help="registered scorer(s), repeat or separate with commas (required; `diffalign score --help` lists them)")
+                   help="scorer(s): registered names, file.py:NAME, package.module:NAME or remote:URL; repeat or separate with commas (required; `diffalign score --help` lists them)")
     p.add_argument("--scorer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
                    help="constructor option of one scorer, e.g. pickscore.model=/path (repeatable)")
     p.add_argument("--weights", default=None, metavar="W[,W...]",

@@ -1,4 +1,4 @@
-"""`diffalign score`: score images with registered scorers, or measure their agreement with human labels."""
+"""`diffalign score`: score images with scorers (registered, your own file.py:NAME, or remote:URL), or measure their agreement with human labels."""
 
 from __future__ import annotations
 
@@ -137,8 +137,9 @@ def add_score_parser(sub: argparse._SubParsersAction, scorer_names: str) -> None
     """Add the `score` subcommand; `scorer_names` is the list shown in its help."""
     p = sub.add_parser(
         "score",
-        help="score images with registered scorers, or measure their agreement with human labels",
-        description="Score images against their prompts with one or several registered scorers and print each\n"
+        help="score images with scorers (registered, file.py:NAME, remote:URL), or measure their agreement with human labels",
+        description="Score images against their prompts with one or several scorers (registered, path/to/file.py:NAME,\n"
+                    "package.module:NAME or remote:http://HOST:PORT) and print each\n"
         "scorer's n, mean, std, median, min and max, always with its scale (units are never mixed).\n\n"
         "INPUT is any of:\n"
         "  an image file      prompt from --prompt, or from a sidecar NAME.txt beside it\n"

@@ -99,7 +99,8 @@ class DataConfig:
     )
     relabel_with: str | None = cfg_field(
         None,
-        "AI feedback: a registered scorer (e.g. shapes; `diffalign.rewards.available_scorers()`) re-decides the winner of "
+        "AI feedback: a scorer (registered, e.g. shapes; your own path/to/file.py:NAME or package.module:NAME; or "
+        "remote:http://127.0.0.1:PORT) re-decides the winner of "
         "every pair from the images (Diffusion-DPO's AI-feedback variant) and its scores become the score_0/score_1 "
         "columns; the scores are computed once and kept in cache_dir/relabel.",
     )

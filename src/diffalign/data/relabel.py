@@ -132,9 +132,18 @@ def relabel_table(
     return out, stats
 
 
+def scorer_file_digest(scorer_name: str) -> str:
+    """For a scorer named by a file reference (`path/to/file.py:NAME`), "\0" and the hash of the file's bytes, so
+    that editing the file invalidates scores cached with it; empty for every other name."""
+    path = Path(scorer_name.rsplit(":", 1)[0])
+    if not scorer_name.startswith("remote:") and path.suffix == ".py" and path.is_file():
+        return "\0" + hashlib.sha256(path.read_bytes()).hexdigest()
+    return ""
+
+
 def relabel_cache_path(cache_dir: str | Path, scorer_name: str, source_key: str, rows: int) -> Path:
     """Where `make_relabeller` keeps the scores of a table: `<cache_dir>/relabel/<scorer>-<hash>.safetensors`."""
-    digest = hashlib.sha256(f"{source_key}\0{scorer_name}\0{rows}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{source_key}\0{scorer_name}\0{rows}{scorer_file_digest(scorer_name)}".encode()).hexdigest()[:16]
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", scorer_name)
     return Path(cache_dir) / "relabel" / f"{safe_name}-{digest}.safetensors"
 
