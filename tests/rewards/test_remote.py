@@ -8,6 +8,7 @@ against in-process servers: `ScorerServer` in a thread, or a tiny stdlib server 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -538,3 +539,40 @@ def test_a_port_in_use_is_a_clear_error(capsys):
     assert capsys.readouterr().err.startswith(
         f"diffalign serve-scorer: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another "
         "--port (0 picks a free one) or --host")
+
+
+# --- the HPSv3 example (its real model cannot run here: a stand-in `hpsv3` package checks the glue) -----------
+
+FAKE_HPSV3 = '''
+import torch
+calls = []
+
+class HPSv3RewardInferencer:
+    def __init__(self, config_path=None, checkpoint_path=None, device="cuda", differentiable=False):
+        calls.append(("init", checkpoint_path, device))
+
+    def reward(self, prompts, image_paths):
+        calls.append(("reward", [type(image).__name__ for image in image_paths], list(prompts)))
+        mean = torch.tensor([float(len(p)) for p in prompts], dtype=torch.bfloat16)
+        return torch.stack([mean, torch.ones_like(mean)], dim=1)
+'''
+
+
+def test_the_hpsv3_example_calls_the_inferencer_as_hpsv3_documents_it(tmp_path, monkeypatch):
+    (tmp_path / "hpsv3").mkdir()
+    (tmp_path / "hpsv3" / "__init__.py").write_text(FAKE_HPSV3)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "hpsv3", raising=False)
+    spec = importlib.util.spec_from_file_location("hpsv3_scorer", ROOT / "examples" / "rewards" / "hpsv3_scorer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    import hpsv3
+
+    scorer = example.HPSv3(device="cuda:1", batch_size=2)
+    images = np.zeros((3, 16, 16, 3), dtype=np.uint8)  # a uint8 batch: PIL images reach the inferencer
+    scores = scorer.score(images, ["a", "bb", "ccc"])
+    assert scores.dtype == torch.float32 and scores.tolist() == [1.0, 2.0, 3.0]  # the mean column
+    assert hpsv3.calls == [("init", None, "cuda:1"), ("reward", ["Image", "Image"], ["a", "bb"]),
+                           ("reward", ["Image"], ["ccc"])]
+    with pytest.raises(ValueError, match=r"checkpoint 'model\.pth': give HPSv3's \.safetensors file"):
+        example.HPSv3(checkpoint="model.pth")
