@@ -1,7 +1,8 @@
 """`diffalign serve-scorer`: serve one scorer over HTTP from its own environment, for `remote:` names.
 
-Only the standard library, NumPy, Pillow and torch are imported on this path (plus what the scorer imports),
-so it runs where a scorer's own requirements are installed and diffalign was added with `pip install --no-deps`.
+This path imports the standard library, NumPy, Pillow, torch, tqdm, PyYAML and safetensors (the last two for
+`diffalign.cli.main`), plus what the scorer imports, and no diffusers, transformers, accelerate, datasets or peft:
+it runs where a scorer's own requirements are installed and diffalign was added with `pip install --no-deps`.
 """
 
 from __future__ import annotations

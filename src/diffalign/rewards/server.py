@@ -1,7 +1,7 @@
 """Serve one scorer over HTTP for `remote:` clients (`diffalign serve-scorer`); the protocol is in `rewards.remote`.
 
 The server runs in the scorer's own environment, so this module and what it imports need only the standard
-library, NumPy, Pillow and torch (plus what the scorer itself imports): no diffusers, transformers,
+library, NumPy, Pillow, torch and tqdm (plus what the scorer itself imports): no diffusers, transformers,
 accelerate, datasets or peft. Any name `scorer_factory` resolves can be served: a registered scorer or your
 own (`path/to/file.py:NAME`, `package.module:NAME`).
 
