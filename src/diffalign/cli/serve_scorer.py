@@ -11,28 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..config.values import parse_option_value
+
 # rewards.server's defaults, repeated here: importing it loads torch, too slow for building the parser
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_REQUEST_MB = 64.0
-_TRUE, _FALSE, _NONE = {"true", "yes", "on"}, {"false", "no", "off"}, {"none", "null"}
-
-
-def option_value(text: str) -> object:
-    """A `--scorer-option` value as `diffalign score` reads it: true/false, none, an int, a float, a quoted
-    string, else the text."""
-    lowered = text.strip().lower()
-    if lowered in _TRUE | _FALSE | _NONE:
-        return True if lowered in _TRUE else False if lowered in _FALSE else None
-    if len(text) >= 2 and text[0] in "\"'" and text[-1] == text[0]:
-        return text[1:-1]
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
 
 
 def parse_options(items: Sequence[str], name: str) -> dict[str, object]:
@@ -44,7 +29,7 @@ def parse_options(items: Sequence[str], name: str) -> dict[str, object]:
         if not sep or not key.isidentifier():
             raise ValueError(f"--scorer-option {item!r}: expected {name}.KEY=VALUE (or KEY=VALUE), "
                              f"e.g. {name}.model=/path/to/weights")
-        options[key] = option_value(value)
+        options[key] = parse_option_value(value)
     return options
 
 

@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..config.values import parse_option_value
 from ..rewards import available_scorers, build_scorer, scorer_factory
 from ..rewards.base import Scorer
 from ..rewards.batch import DEFAULT_BATCH_SIZE, score_in_batches
 from ..data.image_inputs import ImageItem
 
 DEFAULT_CHUNK = DEFAULT_BATCH_SIZE
-_TRUE, _FALSE, _NONE = {"true", "yes", "on"}, {"false", "no", "off"}, {"none", "null"}
 
 
 def split_scorer_names(values: Sequence[str]) -> list[str]:
@@ -45,25 +45,6 @@ def check_scorer_names(names: Sequence[str]) -> None:
     for name in names:
         if name not in available:
             scorer_factory(name)
-
-
-def parse_option_value(text: str) -> object:
-    """A command-line option value: true/false, none, an int, a float, a JSON-quoted string, else the text."""
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    if lowered in _NONE:
-        return None
-    if text[:1] in "\"'" and text[-1:] == text[:1] and len(text) >= 2:
-        return text[1:-1]
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
 
 
 def parse_scorer_options(items: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, object]]:
