@@ -13,20 +13,30 @@ direction, a different step size. A NaN reward marks an image the reward model c
 out of every mean, std and buffer, and its advantage is 0, so it neither trains nor shifts the others (the
 official code would spread the NaN to its whole group or batch). An infinite reward is an error. Statistics are
 computed in float64; the advantages come back in the rewards' floating dtype (float32 for integer rewards).
+
+Several rewards (`rollout.rewards`, `mixed_advantages`): with `per_reward` normalisation each reward is
+normalised on its own and the advantage is the weighted sum Σ_k w_k A(r_k) (DanceGRPO's multi-reward
+advantages), so rewards on different scales both count; with `sum` the weighted sum of the rewards is
+normalised as one reward. With one reward both are that reward's advantages. An image any reward could not score
+is left out of every reward's statistics and gets advantage 0.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from .sources.rollouts import Rollouts
 
 GROUP_EPS = 1e-4  # flow_grpo's: a group whose rewards differ by float noise alone is not blown up to ±1
 BATCH_EPS = 1e-8  # ddpo-pytorch's, for the whole-round normalisation
 TRACKER_EPS = 1e-6  # ddpo-pytorch's PerPromptStatTracker
+NORMALISATIONS = ("per_reward", "sum")
 
 
 def group_advantages(
@@ -54,6 +64,45 @@ def group_advantages(
     advantages = deviation / (variance.sqrt() + eps)
     scored = finite & (finite.sum(dim=1, keepdim=True) >= 2)
     return torch.where(scored, advantages, 0.0).to(_result_dtype(rewards))
+
+
+def mixed_advantages(
+    rewards: torch.Tensor,
+    parts: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    normalisation: str,
+    normalise: Callable[[str | None, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The advantages of `rewards`, the weighted sum of the rewards `parts` (each of the rewards' shape, weighted
+    by `weights`): `normalise(None, rewards)` with `normalisation="sum"` or fewer than two parts, else (with
+    "per_reward") Σ_k weights[k] · normalise(k, parts[k]), each part NaN wherever `rewards` is (an image another
+    reward could not score is judged by none). `normalise(name, values)` turns rewards into advantages of the same
+    shape (0 where NaN); the name lets it keep statistics per reward (None: the summed reward)."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"reward normalisation must be one of {', '.join(NORMALISATIONS)}, not {normalisation!r}")
+    if normalisation == "sum" or len(parts) < 2:
+        return normalise(None, rewards)
+    missing = [name for name in parts if name not in weights]
+    if missing:
+        raise ValueError(f"mixed_advantages: no weight for the reward(s) {', '.join(map(repr, missing))}")
+    unscored = torch.isnan(rewards)
+    total = torch.zeros(rewards.shape, dtype=torch.float64, device=rewards.device)
+    for name, part in parts.items():
+        if part.shape != rewards.shape:
+            raise ValueError(f"mixed_advantages: reward {name!r} has shape {tuple(part.shape)}, the summed rewards "
+                             f"{tuple(rewards.shape)}")
+        total += weights[name] * normalise(name, part.masked_fill(unscored, float("nan"))).to(torch.float64)
+    return total.to(_result_dtype(rewards))
+
+
+def group_advantages_of(rollouts: Rollouts, std: Literal["group", "global"] = "group",
+                        eps: float = GROUP_EPS) -> torch.Tensor:
+    """GRPO's group-relative advantages (P, I) of a round (`group_advantages` of its (P, I) rewards), with several
+    rewards combined as the round says (`rollouts.normalisation`, `mixed_advantages`); on the CPU."""
+    return mixed_advantages(
+        rollouts.rewards.float().cpu(), {k: v.float().cpu() for k, v in rollouts.reward_parts.items()},
+        rollouts.reward_weights, rollouts.normalisation, lambda _, rewards: group_advantages(rewards, std, eps),
+    )
 
 
 def batch_advantages(rewards: torch.Tensor, eps: float = BATCH_EPS) -> torch.Tensor:

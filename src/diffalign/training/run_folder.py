@@ -35,6 +35,7 @@ from .checkpoint import CHECKPOINTS, CONFIG_FILE, checkpoint_owner, list_checkpo
 from .methods.smpo import BOUNDS_FILE
 from .resume_rules import check_resume_config
 from .sources.round_log import ROUNDS_DIR, ROUNDS_LOG
+from .sources.round_scores import ROUND_SCORES_LOG
 from .validation import VALIDATION_DIR
 
 try:
@@ -51,7 +52,7 @@ UNET_DIR = "unet"
 MARKS = (CHECKPOINTS, LORA_WEIGHTS, UNET_DIR, CONFIG_FILE, RUN_FILE)
 # everything a run writes into its folder (what train.overwrite=true deletes)
 OUTPUTS = (*MARKS, METRICS_FILE, LOGS_DIR, VALIDATION_DIR, SKIP_FILE, ROUNDS_DIR, ROUNDS_LOG,
-           Path(ROUNDS_LOG).with_suffix(".png").name, BOUNDS_FILE)
+           Path(ROUNDS_LOG).with_suffix(".png").name, ROUND_SCORES_LOG, BOUNDS_FILE)
 
 
 class RunFolderError(ValueError):

@@ -312,9 +312,10 @@ def test_reward_judge_gives_p_by_i_rewards_and_nan_with_a_listed_failure_for_an_
     trajectory.images = round_images(6)
     trajectory.images[3] = 255
     judge = RewardJudge("shapes", torch.device("cpu"), batch_size=4)
-    judge.scorer = RaisesOnWhite(judge.scorer)
+    judge.rewards.scorers[0] = RaisesOnWhite(judge.rewards.scorers[0])
 
-    rewards = judge.judge(7, prompts, trajectory)
+    rewards, parts = judge.judge(7, prompts, trajectory)
+    assert list(parts) == ["shapes"] and torch.equal(parts["shapes"].nan_to_num(-1), rewards.nan_to_num(-1))
     assert rewards.shape == (3, 2) and rewards.dtype == torch.float32
     expected = build_scorer("shapes", device="cpu").score(trajectory.images, trajectory.prompts).view(3, 2)
     assert torch.isnan(rewards[1, 1])
@@ -333,7 +334,7 @@ def test_reward_judge_lists_a_prompt_its_scorer_cannot_read():
     trajectory.prompts = ["a red circle on a black background"] * 2 + ["a purple pentagon"] * 2
     trajectory.images = round_images(4)
     judge = RewardJudge("shapes", torch.device("cpu"), batch_size=16)
-    rewards = judge.judge(0, ["a red circle on a black background", "a purple pentagon"], trajectory)
+    rewards, _ = judge.judge(0, ["a red circle on a black background", "a purple pentagon"], trajectory)
     assert not rewards[0].isnan().any() and rewards[1].isnan().all()
     assert [f.split(":")[0] for f in judge.failures] == ["round 0 image 2 ('a purple pentagon')",
                                                          "round 0 image 3 ('a purple pentagon')"]

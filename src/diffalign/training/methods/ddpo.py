@@ -24,7 +24,7 @@ from ...data.order import derive_seed
 from ...objectives import ObjectiveOutput
 from ...objectives.ddpo import ddpo_loss, gaussian_step_kl
 from ...sampling.trajectory import rescore_step
-from ..advantages import PerPromptStatTracker, batch_advantages
+from ..advantages import PerPromptStatTracker, batch_advantages, mixed_advantages
 from ..randomness import BatchRandom
 from ..sources.online import OnlineRollouts, Rollouts
 from .base import Method, TrainableModel
@@ -46,6 +46,7 @@ class DDPO(Method):
         self.scheduler: DDIMScheduler | None = None
         per_prompt = getattr(cfg, "per_prompt_stats", False)
         self.tracker = PerPromptStatTracker(cfg.buffer_size, cfg.min_count) if per_prompt else None
+        self.reward_trackers: dict[str, PerPromptStatTracker] = {}  # per reward, with per_reward normalisation
 
     def validate(self, run: Any) -> None:
         """The ratios need stochastic steps: rollout.eta > 0."""
@@ -58,22 +59,45 @@ class DDPO(Method):
         return max(1, math.ceil(self.cfg.timestep_fraction * run.rollout.steps))
 
     def advantages(self, rollouts: Rollouts) -> torch.Tensor:
-        """Each image's reward normalised by its prompt's buffered statistics (or the round's)."""
-        rewards = rollouts.rewards.float().cpu()
-        if self.tracker is None:
-            flat = batch_advantages(rewards.flatten())
-        else:
-            prompts = [p for p in rollouts.prompts for _ in range(rollouts.images_per_prompt)]
-            flat = self.tracker.update(prompts, rewards.flatten())
-        return flat.reshape(rewards.shape).to(rollouts.rewards.device)
+        """Each image's reward normalised by its prompt's buffered statistics (or the round's); several rewards as
+        the round says (`mixed_advantages`), with per_reward normalisation by a tracker per reward."""
+        prompts = [p for p in rollouts.prompts for _ in range(rollouts.images_per_prompt)]
+
+        def normalise(name: str | None, rewards: torch.Tensor) -> torch.Tensor:
+            if self.tracker is None:
+                return batch_advantages(rewards.flatten()).reshape(rewards.shape)
+            return self.tracker_of(name).update(prompts, rewards.flatten()).reshape(rewards.shape)
+
+        parts = {name: part.float().cpu() for name, part in rollouts.reward_parts.items()}
+        return mixed_advantages(rollouts.rewards.float().cpu(), parts, rollouts.reward_weights,
+                                rollouts.normalisation, normalise).to(rollouts.rewards.device)
+
+    def tracker_of(self, reward: str | None) -> PerPromptStatTracker:
+        """The per-prompt statistics of reward `reward` (None: of the summed reward, `self.tracker`)."""
+        assert self.tracker is not None, "per-prompt statistics are off"
+        if reward is None:
+            return self.tracker
+        if reward not in self.reward_trackers:
+            self.reward_trackers[reward] = PerPromptStatTracker(self.cfg.buffer_size, self.cfg.min_count)
+        return self.reward_trackers[reward]
 
     def state_dict(self) -> dict[str, Any]:
-        """The per-prompt buffers (nothing without per-prompt statistics)."""
-        return {} if self.tracker is None else {"tracker": self.tracker.state_dict()}
+        """The per-prompt buffers (nothing without per-prompt statistics): the summed reward's under "tracker",
+        each reward's (per_reward normalisation of several) under "reward_trackers"."""
+        if self.tracker is None:
+            return {}
+        state: dict[str, Any] = {"tracker": self.tracker.state_dict()}
+        if self.reward_trackers:
+            state["reward_trackers"] = {name: t.state_dict() for name, t in self.reward_trackers.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.tracker is not None and "tracker" in state:
+        if self.tracker is None:
+            return
+        if "tracker" in state:
             self.tracker.load_state_dict(state["tracker"])
+        for name, saved in (state.get("reward_trackers") or {}).items():
+            self.tracker_of(name).load_state_dict(saved)
 
     def step_of(self, batch: Rollouts) -> torch.Tensor:
         """The trajectory step each image trains at this substep: entry `substep` of a permutation of the steps

@@ -16,7 +16,7 @@ import torch
 
 from ...config.objectives import GRPOConfig
 from ...objectives.grpo import grpo_loss
-from ..advantages import group_advantages
+from ..advantages import group_advantages_of
 from ..sources.online import Rollouts
 from .ddpo import DDPO
 
@@ -36,5 +36,6 @@ class GRPO(DDPO):
                              f"rollout.images_per_prompt to at least 2 (got {run.rollout.images_per_prompt})")
 
     def advantages(self, rollouts: Rollouts) -> torch.Tensor:
-        """The rewards (P, I) normalised within each prompt's group of I images."""
-        return group_advantages(rollouts.rewards.float().cpu(), std=self.cfg.std).to(rollouts.rewards.device)
+        """The rewards (P, I) normalised within each prompt's group of I images (several rewards as the round says:
+        `group_advantages_of`)."""
+        return group_advantages_of(rollouts, std=self.cfg.std).to(rollouts.rewards.device)

@@ -35,12 +35,14 @@ import torch
 
 from ...config.schema import RunConfig
 from ...data.prompts import read_training_prompts
+from ...rewards.weighted import check_weighted
 from ..checkpoint import load_state_files, save_state_files
 from ..step_log import pooled_means
 from .base import BatchSource, SourceContext
 from .base_comparison import base_win_rate
-from .judges import HumanJudge, RewardJudge
+from .judges import HumanJudge, RewardJudge, rollout_rewards
 from .round_log import ROUNDS_DIR, ROUNDS_LOG, plot_rounds, write_round
+from .round_scores import ROUND_SCORES_LOG, write_round_scores
 from .round_prompts import epoch_order, micro_batch_units, process_share, prompt_order
 from .round_sampling import sample_prompts
 from .rollouts import Rollouts, gather_trajectories, trajectory_from_state, trajectory_state
@@ -64,6 +66,12 @@ class OnlineRollouts(BatchSource):
         del cfg
         return ("online methods compare the log-probabilities of the sampler's no-gradient passes with the training "
                 "passes', which would be two compiled graphs with different roundings")
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Refuse a bad rollout.rewards mapping or an unknown scorer name before any model is loaded."""
+        if cfg.rollout.preference == "reward":
+            check_weighted(rollout_rewards(cfg.rollout))
 
     def __init__(self, context: SourceContext) -> None:
         cfg, parts = context.cfg, context.parts
@@ -94,8 +102,9 @@ class OnlineRollouts(BatchSource):
         self.micro_per_epoch = per_round // share * self.substeps
         self.micro_per_round = self.micro_per_epoch * r.inner_epochs
         self.out_dir = context.out_dir
-        self.judge = (RewardJudge(r.reward, context.device, r.sample_batch_size) if r.preference == "reward" else
-                      HumanJudge(context.out_dir / ROUNDS_DIR))
+        self.judge = (RewardJudge(rollout_rewards(r), context.device, r.sample_batch_size)
+                      if r.preference == "reward" else HumanJudge(context.out_dir / ROUNDS_DIR))
+        self.reward_weights = self.judge.weights  # each reward's weight in the sum, by name (none when people judge)
         self.policy: torch.nn.Module | None = None
         self.autocast: Callable[[], AbstractContextManager] = nullcontext
         self.current: Rollouts | None = None  # the whole round being trained (gathered from every process)
@@ -113,6 +122,9 @@ class OnlineRollouts(BatchSource):
     def describe(self) -> str:
         r = self.cfg.rollout
         judge = r.reward if r.preference == "reward" else "people (diffalign label)"
+        if len(self.reward_weights) > 1:
+            judge = (" + ".join(f"{w:g} x {name}" for name, w in self.reward_weights.items())
+                     + f" (rollout.reward_normalisation={r.reward_normalisation})")
         return (f"online rollouts: {len(self.prompts)} prompts from {r.prompts}; {r.prompts_per_round} prompts x "
                 f"{r.images_per_prompt} images per round ({r.initial_noise} initial noise; DDIM {r.steps} steps, eta "
                 f"{r.eta:g}, guidance {r.guidance:g}), judged by {judge}; trained in {self.unit}, "
@@ -143,7 +155,8 @@ class OnlineRollouts(BatchSource):
                                             self.cfg.train.seed, self.autocast)
             trajectories = sample()
             sampled = time.perf_counter()
-            rewards = self.judge.judge(round_, mine, trajectories).to(self.device)
+            rewards, parts = self.judge.judge(round_, mine, trajectories)
+            rewards, parts = rewards.to(self.device), {k: v.to(self.device) for k, v in parts.items()}
             win_rate = None
             if r.compare_base and r.preference == "reward" and self.cfg.lora.enabled:
                 win_rate = base_win_rate(self.policy, sample, lambda t: self.judge.score(t)[0], rewards)
@@ -154,9 +167,11 @@ class OnlineRollouts(BatchSource):
             sample_prompts_all = [p for p in everyone for _ in range(r.images_per_prompt)]
             trajectories = gather_trajectories(trajectories, self.gather, sample_prompts_all)
             rewards = self.gather(rewards)
+            parts = {k: self.gather(v) for k, v in parts.items()}
             if win_rate is not None:
                 win_rate = float(self.gather(torch.tensor([win_rate], device=self.device)).nanmean())
-        rollouts = Rollouts(round_, everyone, trajectories, rewards)
+        rollouts = Rollouts(round_, everyone, trajectories, rewards, reward_parts=parts,
+                            reward_weights=self.reward_weights, normalisation=r.reward_normalisation)
         rollouts.advantages = self.method.advantages(rollouts)
         self.entry = round_entry(rollouts, win_rate, sampled - start, judged - sampled)
         self.observed = {}
@@ -171,6 +186,8 @@ class OnlineRollouts(BatchSource):
         entry.update(self.round_means())
         if self.rank == 0:
             write_round(self.out_dir / ROUNDS_LOG, entry)
+            if self.current.reward_parts:
+                write_round_scores(self.out_dir / ROUND_SCORES_LOG, self.current)
         self.entry = {}
 
     def batches(self, micro: int) -> Iterator[Rollouts]:
@@ -216,7 +233,7 @@ class OnlineRollouts(BatchSource):
             return
         c = self.current
         state = {"round": c.round, "prompt_indices": self.round_prompts(c.round), "prompts": c.prompts,
-                 "rewards": c.rewards, "advantages": c.advantages, "entry": self.entry,
+                 "rewards": c.rewards, "reward_parts": c.reward_parts, "advantages": c.advantages, "entry": self.entry,
                  "trajectories": trajectory_state(c.trajectories)}
         save_state_files(folder, f"{ROUND_FILE}-0", state)
 
@@ -233,7 +250,9 @@ class OnlineRollouts(BatchSource):
                 f"rollout.prompts file or rollout.prompts_per_round?); start a new run"
             )
         self.current = Rollouts(state["round"], state["prompts"], trajectory_from_state(state["trajectories"]),
-                                state["rewards"], advantages=state.get("advantages"))
+                                state["rewards"], advantages=state.get("advantages"),
+                                reward_parts=state.get("reward_parts") or {}, reward_weights=self.reward_weights,
+                                normalisation=self.cfg.rollout.reward_normalisation)
         self.entry, self.observed, self.ready_at = dict(state.get("entry") or {}), {}, time.perf_counter()
 
     def summary(self) -> str | None:
@@ -249,12 +268,18 @@ class OnlineRollouts(BatchSource):
 
 
 def round_entry(rollouts: Rollouts, win_rate: float | None, sample_s: float, reward_s: float) -> dict:
-    """A round's log line before its training: reward and advantage statistics, win rate, timings."""
+    """A round's log line before its training: reward and advantage statistics (with several rewards each one's
+    mean and std too, `reward/NAME/mean` and `reward/NAME/std`), win rate, timings."""
     rewards = rollouts.rewards.float()
     finite = rewards[~rewards.isnan()]
     entry = {"round": rollouts.round, "reward_mean": float(finite.mean()) if finite.numel() else float("nan"),
              "reward_std": float(finite.std()) if finite.numel() > 1 else 0.0, "win_rate_vs_base": win_rate,
              "unscored": int(rewards.isnan().sum()), "sample_s": sample_s, "reward_s": reward_s}
+    if len(rollouts.reward_parts) > 1:
+        for name, part in rollouts.reward_parts.items():
+            scored = part.float()[~part.isnan()]
+            entry[f"reward/{name}/mean"] = float(scored.mean()) if scored.numel() else float("nan")
+            entry[f"reward/{name}/std"] = float(scored.std()) if scored.numel() > 1 else 0.0
     if rollouts.advantages is not None:
         advantages = rollouts.advantages.float()
         entry.update(advantage_std=float(advantages.std()) if advantages.numel() > 1 else 0.0,

@@ -1,4 +1,5 @@
-"""The record of an online round: its prompts, the policy's trajectories, the rewards and the advantages.
+"""The record of an online round: its prompts, the policy's trajectories, the rewards (and each reward's part
+when several are summed) and the advantages.
 
 A round holds P prompt groups of I images each, prompt-major (sample p·I + i is image i of prompt p). The
 training phase serves it in units: whole prompt groups (D3PO compares a prompt's images with each other) or
@@ -7,7 +8,7 @@ single images (DDPO, GRPO: each image carries its own advantage), as the method 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import numpy as np
@@ -17,6 +18,7 @@ from ...models.conditioning import TextConditioning
 from ...sampling.trajectory import Trajectory
 
 Unit = Literal["prompt", "image"]
+Normalisation = Literal["per_reward", "sum"]
 
 
 @dataclass
@@ -25,10 +27,14 @@ class Rollouts:
 
     - prompts: P prompts; trajectories: P·I samples, group-major (sample p·I + i is image i of group p),
       with latents (P·I, K+1, C, h, w), log_probs (P·I, K), images uint8 (P·I, H, W, 3) or None (see `Trajectory`);
-    - rewards: float32 (P, I), NaN where the scorer failed on an image;
+    - rewards: float32 (P, I), NaN where the scorer failed on an image: the weighted sum of the `reward_parts`
+      when the judge has scorers;
     - advantages: float32 (P, I) from the method's advantage phase, or None (a method that reads the rewards);
     - round, epoch: the round that sampled them and the pass over it being trained;
-    - substep: which of the method's micro-steps on this batch (`Method.micro_steps_per_batch`).
+    - substep: which of the method's micro-steps on this batch (`Method.micro_steps_per_batch`);
+    - reward_parts: each reward's scores, float32 (P, I) by name (empty when people judge);
+      reward_weights: their weights in `rewards`; normalisation: how a method that normalises rewards treats
+      several (`rollout.reward_normalisation`, `training.advantages.mixed_advantages`).
     A batch of image units has I = 1: each group is one image with its prompt.
     """
 
@@ -39,6 +45,9 @@ class Rollouts:
     substep: int = 0
     advantages: torch.Tensor | None = None
     epoch: int = 0
+    reward_parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    reward_weights: dict[str, float] = field(default_factory=dict)
+    normalisation: Normalisation = "per_reward"
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -57,15 +66,18 @@ class Rollouts:
         per = self.images_per_prompt
         samples = [p * per + i for p in index for i in range(per)]
         advantages = None if self.advantages is None else self.advantages[index]
-        return Rollouts(self.round, [self.prompts[p] for p in index], self.trajectories.select(samples),
-                        self.rewards[index], self.substep, advantages, self.epoch)
+        return replace(self, prompts=[self.prompts[p] for p in index], trajectories=self.trajectories.select(samples),
+                       rewards=self.rewards[index], advantages=advantages,
+                       reward_parts={k: v[index] for k, v in self.reward_parts.items()})
 
     def select_images(self, index: list[int]) -> Rollouts:
         """The images `index` (flat sample positions), in that order, each as a group of one."""
         per = self.images_per_prompt
         advantages = None if self.advantages is None else self.advantages.reshape(-1, 1)[index]
-        return Rollouts(self.round, [self.prompts[s // per] for s in index], self.trajectories.select(index),
-                        self.rewards.reshape(-1, 1)[index], self.substep, advantages, self.epoch)
+        return replace(self, prompts=[self.prompts[s // per] for s in index],
+                       trajectories=self.trajectories.select(index), rewards=self.rewards.reshape(-1, 1)[index],
+                       advantages=advantages,
+                       reward_parts={k: v.reshape(-1, 1)[index] for k, v in self.reward_parts.items()})
 
     def take(self, index: list[int], unit: Unit) -> Rollouts:
         """The units `index` of `unit` (`select` or `select_images`)."""
