@@ -301,13 +301,16 @@ class RolloutConfig:
         {},
         "Several rewards at once, scorer -> weight or scorer -> {weight: W, OPTION: VALUE, ...} (the other keys are "
         "the scorer's constructor options), e.g. {shapes: 1.0, my_rewards.py:colour: 0.5}. The reward of an image is "
-        "the weighted sum; each reward is logged on its own every round. Empty: rollout.reward alone, weight 1.",
+        "the weighted sum (NaN, untrained, where any scorer failed); each reward is logged on its own every round "
+        "(OUTPUT_DIR/rounds.jsonl and rounds.png; every image's scores in round_scores.jsonl). Names with dots go "
+        "inside the mapping ({hpsv2.1: 1.0}), not in a dotted override. Empty: rollout.reward alone, weight 1.",
     )
     reward_normalisation: Literal["per_reward", "sum"] = cfg_field(
         "per_reward",
         "With several rewards, for the methods whose advantages normalise rewards (GRPO and DGPO within each group, "
         "DDPO per prompt): 'per_reward' normalises each reward on its own and sums the weighted advantages (two "
-        "rewards on different scales both count); 'sum' normalises the weighted sum of the rewards.",
+        "rewards on different scales both count); 'sum' normalises the weighted sum of the rewards. With one reward "
+        "both are that reward's advantages; D3PO compares the weighted sum.",
     )
     monitor: MonitorConfig = cfg_field(
         MonitorConfig,
