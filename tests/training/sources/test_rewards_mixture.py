@@ -29,7 +29,7 @@ from diffalign.training.checkpoint import list_checkpoints
 from diffalign.training.loop import train
 from diffalign.training.methods.ddpo import DDPO
 from diffalign.training.methods.grpo import GRPO
-from diffalign.training.sources.judges import RewardJudge, rollout_rewards
+from diffalign.training.sources.judges import RewardJudge, judge_description, rollout_rewards
 from diffalign.training.sources.online import round_entry
 from diffalign.training.sources.rollouts import Rollouts
 from diffalign.training.sources.round_log import reward_part_curves, write_round
@@ -178,6 +178,14 @@ def test_the_judge_sums_the_weighted_rewards_keeps_each_and_nans_an_image_one_re
     total, failures = judge.score(trajectory)  # what the base comparison reads: the summed reward
     torch.testing.assert_close(total, rewards.flatten(), equal_nan=True)
     assert [f.index for f in failures] == [3]
+
+
+def test_the_run_names_the_rewards_that_judge_it_and_their_weights():
+    assert judge_description({"shapes": 1.0}, "per_reward") == "shapes"
+    assert judge_description({"hpsv2": -1.0}, "per_reward") == "-1 x hpsv2"  # one reward, minimised
+    assert judge_description({"hpsv2": 1.0, "pickscore": 0.5}, "sum") == \
+        "1 x hpsv2 + 0.5 x pickscore (rollout.reward_normalisation=sum)"
+    assert judge_description({}, "sum") == "people (diffalign label)"
 
 
 # -- advantages --------------------------------------------------------------------------------------------------

@@ -34,6 +34,18 @@ def rollout_rewards(rollout: RolloutConfig) -> list[WeightedScorer]:
     return [WeightedScorer(rollout.reward, 1.0, {}, "rollout.reward")]
 
 
+def judge_description(weights: dict[str, float], normalisation: str) -> str:
+    """Who judges a run, for its description: the reward's name (with its weight unless 1), the weighted sum
+    of several with their normalisation, or people when there are no rewards."""
+    if not weights:
+        return "people (diffalign label)"
+    if len(weights) == 1:
+        ((name, weight),) = weights.items()
+        return name if weight == 1 else f"{weight:g} x {name}"
+    return (" + ".join(f"{weight:g} x {name}" for name, weight in weights.items())
+            + f" (rollout.reward_normalisation={normalisation})")
+
+
 class RewardJudge:
     """Scorers as the judge of each round: one (a name) or the weighted sum of several (`rollout_rewards`)."""
 

@@ -40,7 +40,7 @@ from ..checkpoint import load_state_files, save_state_files
 from ..step_log import pooled_means
 from .base import BatchSource, SourceContext
 from .base_comparison import base_win_rate
-from .judges import HumanJudge, RewardJudge, rollout_rewards
+from .judges import HumanJudge, RewardJudge, judge_description, rollout_rewards
 from .round_log import ROUNDS_DIR, ROUNDS_LOG, plot_rounds, write_round
 from .round_scores import ROUND_SCORES_LOG, write_round_scores
 from .round_prompts import epoch_order, micro_batch_units, process_share, prompt_order
@@ -121,10 +121,7 @@ class OnlineRollouts(BatchSource):
 
     def describe(self) -> str:
         r = self.cfg.rollout
-        judge = r.reward if r.preference == "reward" else "people (diffalign label)"
-        if len(self.reward_weights) > 1:
-            judge = (" + ".join(f"{w:g} x {name}" for name, w in self.reward_weights.items())
-                     + f" (rollout.reward_normalisation={r.reward_normalisation})")
+        judge = judge_description(self.reward_weights, r.reward_normalisation)
         return (f"online rollouts: {len(self.prompts)} prompts from {r.prompts}; {r.prompts_per_round} prompts x "
                 f"{r.images_per_prompt} images per round ({r.initial_noise} initial noise; DDIM {r.steps} steps, eta "
                 f"{r.eta:g}, guidance {r.guidance:g}), judged by {judge}; trained in {self.unit}, "
