@@ -19,17 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..config.schema import RunConfig
 from ..files import atomic_save, atomic_write_text
-from ..models.lora import save_lora
 from ..threads import cpu_threads
 from .checkpoint import CONFIG_FILE
 from .interrupts import InterruptGuard, stopped
 from .randomness import BatchRandom
 from .run_folder import METRICS_FILE
 from .run_setup import Run, set_up
+from .saved_weights import write_weights
 from .setup import uncompiled
 from .state import full_trainable_state
 from .step_log import StepLog, flat_config, keep_metrics_until
@@ -50,15 +49,6 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def _save_unet(unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], folder: Path) -> Path:
-    """The fine-tuned UNet as a diffusers model folder (`UNet2DConditionModel.from_pretrained(folder / "unet")`)."""
-    (folder / "unet").mkdir()
-    unet.save_config(folder / "unet")
-    tensors = {k: v.contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(folder / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-    return folder / "unet"
-
-
 def describe_batch(cfg: RunConfig, processes: int, unit: str = "pairs", substeps: int = 1) -> str:
     """The effective-batch arithmetic printed at start (ddpo-pytorch style); `unit` names what a batch holds,
     `substeps` the micro-steps each batch is used for (D3PO: the trained steps of its trajectories)."""
@@ -74,9 +64,7 @@ def describe_batch(cfg: RunConfig, processes: int, unit: str = "pairs", substeps
 def _save_weights(
     cfg: RunConfig, unet: torch.nn.Module, state_dict: dict[str, torch.Tensor], family: str, out_dir: Path
 ) -> Path:
-    if cfg.lora.enabled:
-        return atomic_save(out_dir, lambda tmp: save_lora(unet, tmp, family, state_dict))
-    return atomic_save(out_dir, lambda tmp: _save_unet(unet, state_dict, tmp))
+    return atomic_save(out_dir, lambda tmp: write_weights(tmp, unet, state_dict, family, cfg.lora.enabled))
 
 
 def train(cfg: RunConfig) -> TrainResult:
