@@ -235,32 +235,50 @@ class TrainConfig:
 
 @dataclass
 class MonitorConfig:
-    """The reward-hacking monitor of online runs: every `every` rounds the policy draws the held-out `prompts` from
-    fixed seeds with the deterministic sampler (DDIM, eta 0), the gold scorer(s) judge them, and the gold score is
-    logged and drawn beside the training reward (OUTPUT_DIR/rounds.jsonl, rounds.png). When the training reward
-    rises while the gold score falls for `patience` evaluations in a row the run warns (and stops with `stop`);
-    the checkpoint with the best gold score is kept in OUTPUT_DIR/best/."""
+    """The reward-hacking monitor of online runs: at the start of every `every`-th round and at the end, the policy
+    draws the held-out `prompts` from fixed seeds with the deterministic sampler (DDIM, eta 0), the gold scorer(s)
+    judge them, and the gold score is logged and drawn beside the training reward (OUTPUT_DIR/rounds.jsonl,
+    rounds.png). When the training reward rises while the gold score falls for `patience` evaluations in a row the
+    run warns (and stops with `stop`); the weights with the best gold score are kept in OUTPUT_DIR/best/."""
 
     scorers: dict[str, Any] = cfg_field(
         {},
         "Gold scorer(s), scorer -> weight or scorer -> {weight: W, OPTION: VALUE, ...} as rollout.rewards; the gold "
-        "score is their weighted sum. Empty: no monitor.",
+        "score is their weighted sum, averaged over the held-out images (rounds.jsonl: gold, and gold/NAME for each "
+        "scorer). Empty: no monitor.",
     )
     prompts: str = cfg_field(
         DEMO_HELDOUT_PROMPTS,
-        "Held-out prompts: a text file (one per line) or a pair table (its distinct captions); not the training "
-        "prompts.",
+        "Held-out prompts: a text file (one per line, # comments skipped) or a pair table (its distinct captions); "
+        "not the training prompts (the run warns about those it shares with rollout.prompts).",
     )
     max_prompts: int | None = cfg_field(32, "Use the first N held-out prompts (None: all).", min=1)
     seeds: int = cfg_field(2, "Seeds per prompt (0..N-1), the same at every evaluation.", min=1)
-    every: int = cfg_field(5, "Evaluate every N rounds (and after the first round).", min=1)
+    every: int = cfg_field(
+        5,
+        "Evaluate the weights that sample rounds 0, N, 2N, ... (once the round is judged, so its training reward "
+        "counts) and the final weights.",
+        min=1,
+    )
     steps: int = cfg_field(20, "DDIM steps of the monitor's samples (eta 0).", min=1)
     guidance: float = cfg_field(5.0, "Classifier-free guidance scale of the monitor's samples.", min=0.0)
     patience: int = cfg_field(
-        3, "Warn when the training reward rose and the gold score fell over this many evaluations in a row.", min=1
+        3,
+        "Warn (once per streak) when, this many evaluations in a row, the training reward rose and the gold score "
+        "fell against the evaluation before; an evaluation's training reward is the mean of the rounds sampled since "
+        "the one before (a tie or a NaN breaks the streak).",
+        min=1,
     )
-    stop: bool = cfg_field(False, "Stop the run (saving its weights) when the monitor warns.")
-    keep_best: bool = cfg_field(True, "Keep the weights with the best gold score so far in OUTPUT_DIR/best/.")
+    stop: bool = cfg_field(
+        False,
+        "End the run at a warning, before training on the round whose evaluation warned; its weights are saved as at "
+        "any end.",
+    )
+    keep_best: bool = cfg_field(
+        True,
+        "Keep the weights with the best gold score so far in OUTPUT_DIR/best/ (as the final weights are saved, with "
+        "config.yaml and best.json: round, step, gold score and its parts).",
+    )
 
 
 @dataclass

@@ -34,6 +34,7 @@ from ..models.lora import LORA_WEIGHTS
 from .checkpoint import CHECKPOINTS, CONFIG_FILE, checkpoint_owner, list_checkpoints, resolve_resume, verify_checkpoint
 from .methods.smpo import BOUNDS_FILE
 from .resume_rules import check_resume_config
+from .saved_weights import BEST_DIR
 from .sources.round_log import ROUNDS_DIR, ROUNDS_LOG
 from .sources.round_scores import ROUND_SCORES_LOG
 from .validation import VALIDATION_DIR
@@ -52,7 +53,7 @@ UNET_DIR = "unet"
 MARKS = (CHECKPOINTS, LORA_WEIGHTS, UNET_DIR, CONFIG_FILE, RUN_FILE)
 # everything a run writes into its folder (what train.overwrite=true deletes)
 OUTPUTS = (*MARKS, METRICS_FILE, LOGS_DIR, VALIDATION_DIR, SKIP_FILE, ROUNDS_DIR, ROUNDS_LOG,
-           Path(ROUNDS_LOG).with_suffix(".png").name, ROUND_SCORES_LOG, BOUNDS_FILE)
+           Path(ROUNDS_LOG).with_suffix(".png").name, ROUND_SCORES_LOG, BOUNDS_FILE, BEST_DIR)
 
 
 class RunFolderError(ValueError):

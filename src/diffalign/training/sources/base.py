@@ -92,7 +92,8 @@ class BatchSource:
         return type(self).__name__
 
     def batches(self, micro: int) -> Iterator[Any]:
-        """This process's raw micro-batches from global micro-step `micro` on, without end."""
+        """This process's raw micro-batches from global micro-step `micro` on, without end (a source that ends them
+        ends the run there, saved as at its last step: the online source when the reward-hacking monitor stops it)."""
         raise NotImplementedError
 
     def prepare(self, raw: Any, rand: BatchRandom) -> Any:

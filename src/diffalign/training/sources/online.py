@@ -18,6 +18,10 @@ The round as named phases (TRL's online trainers, ddpo-pytorch), each a piece of
    micro-steps (`substep` 0, 1, ...). A round lasts units / (batch_size × processes) × substeps × inner_epochs
    micro-steps. When its training ends, its line goes to OUTPUT_DIR/rounds.jsonl (`round_log`).
 
+With `rollout.monitor`, the reward-hacking monitor (`monitor`) evaluates the weights that sampled every few rounds
+once the round is judged, and the final weights at the end (`summary`); when it warns and `rollout.monitor.stop` is
+set, `batches` ends before that round trains, which ends the run as its last step would.
+
 Resume: a checkpoint stores the round, its prompts and, when it falls inside a round, the gathered round (the
 policy that sampled it is gone by then), so a resumed run trains on exactly what the uninterrupted run trained
 on, from the same pass and micro-batch; at a round boundary the next round is sampled from the restored weights,
@@ -41,6 +45,7 @@ from ..step_log import pooled_means
 from .base import BatchSource, SourceContext
 from .base_comparison import base_win_rate
 from .judges import HumanJudge, RewardJudge, judge_description, rollout_rewards
+from .monitor import RewardMonitor, check_monitor
 from .round_log import ROUNDS_DIR, ROUNDS_LOG, plot_rounds, write_round
 from .round_scores import ROUND_SCORES_LOG, write_round_scores
 from .round_prompts import epoch_order, micro_batch_units, process_share, prompt_order
@@ -69,9 +74,11 @@ class OnlineRollouts(BatchSource):
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
-        """Refuse a bad rollout.rewards mapping or an unknown scorer name before any model is loaded."""
+        """Refuse a bad rollout.rewards mapping or an unknown scorer name, and a reward-hacking monitor that cannot
+        run, before any model is loaded."""
         if cfg.rollout.preference == "reward":
             check_weighted(rollout_rewards(cfg.rollout))
+        check_monitor(cfg)  # the reward-hacking monitor's scorers and prompts
 
     def __init__(self, context: SourceContext) -> None:
         cfg, parts = context.cfg, context.parts
@@ -105,6 +112,8 @@ class OnlineRollouts(BatchSource):
         self.judge = (RewardJudge(rollout_rewards(r), context.device, r.sample_batch_size)
                       if r.preference == "reward" else HumanJudge(context.out_dir / ROUNDS_DIR))
         self.reward_weights = self.judge.weights  # each reward's weight in the sum, by name (none when people judge)
+        self.monitor = (RewardMonitor(cfg, parts, context.device, self.rank, self.world, self.gather, self.out_dir,
+                                      self.prompts) if r.monitor.scorers else None)
         self.policy: torch.nn.Module | None = None
         self.autocast: Callable[[], AbstractContextManager] = nullcontext
         self.current: Rollouts | None = None  # the whole round being trained (gathered from every process)
@@ -126,7 +135,8 @@ class OnlineRollouts(BatchSource):
                 f"{r.images_per_prompt} images per round ({r.initial_noise} initial noise; DDIM {r.steps} steps, eta "
                 f"{r.eta:g}, guidance {r.guidance:g}), judged by {judge}; trained in {self.unit}, "
                 f"{r.inner_epochs} pass(es) per round{' reshuffled' if r.shuffle else ''}; "
-                f"{self.micro_per_round} micro-step(s) per round")
+                f"{self.micro_per_round} micro-step(s) per round"
+                + (f"\n{self.monitor.describe()}" if self.monitor is not None else ""))
 
     def round_prompts(self, round_: int) -> list[int]:
         """The prompt indices of round `round_` (all processes')."""
@@ -171,6 +181,9 @@ class OnlineRollouts(BatchSource):
                             reward_weights=self.reward_weights, normalisation=r.reward_normalisation)
         rollouts.advantages = self.method.advantages(rollouts)
         self.entry = round_entry(rollouts, win_rate, sampled - start, judged - sampled)
+        if self.monitor is not None:  # the weights that sampled this round, beside its training reward
+            self.entry.update(self.monitor.round_sampled(round_, self.entry["reward_mean"], self.step_at(
+                round_ * self.micro_per_round), self.policy, self.autocast))
         self.observed = {}
         self.ready_at = time.perf_counter()
         return rollouts
@@ -196,6 +209,9 @@ class OnlineRollouts(BatchSource):
             if self.current is None or self.current.round != round_:
                 self.end_round()
                 self.current = self.sample_round(round_)
+                if self.monitor is not None and self.monitor.stopping:  # rollout.monitor.stop: end the run here
+                    self.end_round()
+                    return
             order = epoch_order(self.current.units(self.kind), self.cfg.train.seed, round_, epoch, r.shuffle)
             chosen = self.current.take(micro_batch_units(order, index, batch, self.rank, self.world), self.kind)
             chosen.substep, chosen.epoch = substep, epoch
@@ -220,7 +236,10 @@ class OnlineRollouts(BatchSource):
 
     def save(self, folder: Path, rank: int) -> None:
         """Write the current round when the checkpoint falls inside it (gathered, so the main process's copy
-        serves every process); at a round boundary the round's training is over: its log line is written."""
+        serves every process); at a round boundary the round's training is over: its log line is written. The
+        monitor's history goes into every checkpoint."""
+        if self.monitor is not None and rank == 0:
+            self.monitor.save(folder)
         if self.current is None:
             return
         if self.next_micro % self.micro_per_round == 0:
@@ -237,6 +256,8 @@ class OnlineRollouts(BatchSource):
     def restore(self, folder: Path, rank: int) -> None:
         """Read back the round a checkpoint was inside (none at a round boundary is needed; it is resampled)."""
         del rank
+        if self.monitor is not None:
+            self.monitor.restore(folder)
         if not (folder / f"{ROUND_FILE}-0.json").is_file():
             self.current = None
             return
@@ -252,7 +273,14 @@ class OnlineRollouts(BatchSource):
                                 normalisation=self.cfg.rollout.reward_normalisation)
         self.entry, self.observed, self.ready_at = dict(state.get("entry") or {}), {}, time.perf_counter()
 
+    def step_at(self, micro: int) -> int:
+        """The optimizer steps done before global micro-step `micro`."""
+        return micro // (self.cfg.train.grad_accum * self.substeps)
+
     def summary(self) -> str | None:
+        if self.monitor is not None and self.entry and self.policy is not None:  # the final weights, in the last line
+            self.entry.update(self.monitor.final(-(-self.next_micro // self.micro_per_round),
+                                                 self.step_at(self.next_micro), self.policy, self.autocast))
         self.end_round()
         lines = []
         plot = plot_rounds(self.out_dir / ROUNDS_LOG) if self.rank == 0 else None

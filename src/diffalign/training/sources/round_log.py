@@ -4,7 +4,10 @@ One JSON line per round, written when its training ends: the reward's mean and s
 each one's too, `reward/NAME/mean` and `reward/NAME/std`; every image's scores are in round_scores.jsonl,
 `round_scores`), the advantages' spread, the win rate against the base model (when compared), the means of the
 method's metrics over the round's micro-steps (ratio, clip fraction, approximate KL, ...) and the round's time
-split into sample / reward / train seconds. A resumed run rewrites the lines of the rounds from its checkpoint on.
+split into sample / reward / train seconds; with the reward-hacking monitor, the gold score of the weights that
+sampled the round (`gold`, `gold/NAME`, `monitor_warning`; the final weights' under `final_evaluation` in the last
+line: `monitor`), drawn beside the reward (`gold_plot`). A resumed run rewrites the lines of the rounds from its
+checkpoint on.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...files import atomic_write_text, read_jsonl
+from .gold_plot import draw_gold
 
 ROUNDS_LOG = "rounds.jsonl"
 ROUNDS_DIR = "rounds"  # human preference: OUTPUT_DIR/rounds/round-NNNNNN/, labelled with `diffalign label`
@@ -84,6 +88,7 @@ def plot_rounds(log: Path) -> Path | None:
     axes[0].fill_between(rounds, mean - std, mean + std, alpha=0.25, label="± 1 std")
     axes[0].set(xlabel="round", ylabel="reward", title="reward of the round's samples")
     axes[0].legend()
+    draw_gold(axes[0], entries)  # the reward-hacking monitor's gold score, when it ran
     wins = [(e["round"], e["win_rate_vs_base"]) for e in entries if e.get("win_rate_vs_base") is not None]
     if wins:
         axes[1].plot(*zip(*wins), color="tab:green")
