@@ -28,7 +28,7 @@ from ...data.record import Side
 from ...objectives import ObjectiveOutput
 from ...objectives.dgpo import dgpo_loss
 from ...objectives.types import denoising_error
-from ..advantages import group_advantages
+from ..advantages import group_advantages_of
 from ..randomness import BatchRandom
 from ..sources.online import OnlineRollouts, Rollouts
 from .base import Method, TrainableModel, noise_pair, prediction_errors
@@ -71,8 +71,9 @@ class DGPO(Method):
         return self.cfg.timesteps
 
     def advantages(self, rollouts: Rollouts) -> torch.Tensor:
-        """The rewards (P, I) normalised within each prompt's group."""
-        return group_advantages(rollouts.rewards.float().cpu(), std=self.cfg.std).to(rollouts.rewards.device)
+        """The rewards (P, I) normalised within each prompt's group (several rewards as the round says:
+        `group_advantages_of`)."""
+        return group_advantages_of(rollouts, std=self.cfg.std).to(rollouts.rewards.device)
 
     def draws(self, batch: Rollouts, shape: tuple[int, ...], num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The micro-step's noise (P·I, *shape) and timesteps (P·I,): one of each per group with `shared_noise`,
