@@ -25,8 +25,8 @@ Either way the scorer is named by the reference as written, and each call must r
 that call, so the batch loop (`rewards.batch.score_in_batches`) reports it for the images concerned.
 
     # my_rewards.py                                       rollout.reward=my_rewards.py:redness
-    def redness(images, prompts, weight=1.0):             --scorer-option my_rewards.py:redness.weight=2
-        return [weight * np.asarray(im)[..., 0].mean() / 255 for im in images]
+    def redness(images, prompts, scale=1.0):              --scorer-option my_rewards.py:redness.scale=2
+        return [scale * np.asarray(im)[..., 0].mean() / 255 for im in images]
 """
 
 from __future__ import annotations
