@@ -57,6 +57,16 @@
 #                      does not exist (GPUCHK_DDPO_CONFIG names another preset to rehearse it); $OUT/rl-ddpo/
 #                      Issue 29: one device call, GPUCHK_ONLY="env rollouts rl-ddpo" GPUCHK_BUILD=sd15
 #                      GPUCHK_TOTAL_BUDGET=590 (~5-7 min on an H100: an estimate, nothing measured yet)
+#   rl-dgpo            `diffalign train configs/sd15/dgpo.yaml` (SD1.5 LoRA r=64 DGPO as its official code: DDIM eta 0
+#                      rollouts, PickScore, 4 noised timesteps of the final latents a group) on that model, 512 px,
+#                      50 steps as rl-ddpo, 2 rounds of one prompt's group of 24 images (the preset's group size),
+#                      PickScore on a random-weight ViT-H/14 replica: samples/s end to end, peak memory, the round
+#                      split, and when rl-ddpo ran in the same call DGPO's median train seconds per image over
+#                      DDPO's (train_s_per_image_over_ddpo: a figure, no target; the paper claims far less training
+#                      time than policy gradients); GPUCHK_DGPO_CONFIG names another preset; $OUT/rl-dgpo/
+#                      Issue 30: one device call, GPUCHK_ONLY="env rollouts rl-ddpo rl-dgpo" GPUCHK_BUILD=sd15
+#                      GPUCHK_TOTAL_BUDGET=590 (~7-9 min on an H100: an estimate, nothing measured yet; leave
+#                      rollouts out if time is short: the ratio needs only rl-ddpo and rl-dgpo)
 #
 # GPUCHK_ONLY="env eval-demo ..." runs only the named checks (setup always runs; GPUCHK_BUILD="sd15" builds only
 # that full-size model in the background); GPUCHK_OFFLOAD_REPEAT=1 makes
@@ -168,9 +178,10 @@ run_check seppo             200 $CHECKS seppo
 run_check inversion         250 $CHECKS inversion
 run_check variants          200 $CHECKS variants
 
-# ---- online rounds (issue 29): sampling against the stock pipeline, a short DDPO run end to end ----
+# ---- online rounds (issues 29, 30): sampling against the stock pipeline, short DDPO and DGPO runs end to end ----
 run_check rollouts          150 $CHECKS rollouts
 run_check rl-ddpo           360 $CHECKS rl-ddpo
+run_check rl-dgpo           300 $CHECKS rl-dgpo  # an estimate: 240 s for the run, 60 for its split, nothing measured
 
 # ---- the training engine on the GPU (budgets in seconds on an H100; the total budget caps them all) ----
 run_check fsdp-lora          90 $CHECKS fsdp-lora

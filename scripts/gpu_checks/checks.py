@@ -911,11 +911,12 @@ def check_variants(fig: Figures) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# online rounds (issue 29): sampling against the stock pipeline, and a short DDPO run end to end
+# online rounds (issues 29, 30): sampling against the stock pipeline, and short DDPO and DGPO runs end to end
 
 DDPO_CONFIG = os.environ.get("GPUCHK_DDPO_CONFIG", "configs/sd15/ddpo.yaml")  # another preset rehearses the check
+DGPO_CONFIG = os.environ.get("GPUCHK_DGPO_CONFIG", "configs/sd15/dgpo.yaml")  # likewise for rl-dgpo
 DDPO_ANCHOR = 0.22  # samples/s per A100: ddpo-pytorch's published SD1.5 LoRA DDPO throughput
-RL_ROUNDS, RL_IMAGES = 2, 16  # the rl-ddpo run: rounds, images per round
+RL_ROUNDS, RL_IMAGES = 2, 16  # the rl-* runs: rounds, about this many images per round
 RL_STEPS = 4 if CPU else 50  # DDIM steps of a rollout
 
 # `diffalign ARGS` through train_wrapper.py with the scorer REWARD registered again as "REWARD-replica" on
@@ -953,34 +954,40 @@ def reward_replica(reward: str, folder: Path) -> dict | None:
     return None
 
 
-def rl_ddpo_plan(model: Path, out: Path) -> tuple[list[str], dict]:
-    """The rl-ddpo run's overrides of DDPO_CONFIG and what they imply: RL_ROUNDS rounds of about RL_IMAGES images
-    (DDPO trains single images: the round's prompts x images_per_prompt, one optimizer step a round of
-    train.batch_size x train.grad_accum images) at 512 px, RL_STEPS DDIM steps, every step re-scored as the preset
-    does, no comparison with the base model (ddpo-pytorch samples once per round), no validation, checkpoints or
-    trackers."""
+def rl_plan(config: str, model: Path, out: Path) -> tuple[list[str], dict]:
+    """The overrides of the online preset `config` for an rl-* check, and what they imply: RL_ROUNDS rounds of
+    about RL_IMAGES images (whole prompt groups: max(1, RL_IMAGES // images_per_prompt) prompts x the preset's
+    images_per_prompt), one optimizer step a round of all its units (single images for DDPO, prompt groups for
+    DGPO: the method's `rollout_unit`; train.batch_size x train.grad_accum units), 512 px, RL_STEPS DDIM steps,
+    the preset's trained timesteps, no comparison with the base model (ddpo-pytorch samples once per round), no
+    validation, checkpoints or trackers."""
     sys.path.insert(0, str(ROOT / "src"))
     from diffalign.config.core import load_config
     from diffalign.config.schema import RunConfig
+    from diffalign.training.methods import method_class
 
-    cfg = load_config(RunConfig, DDPO_CONFIG, [])
+    cfg = load_config(RunConfig, config, [])
     r, t = cfg.rollout, cfg.train
     prompts = max(1, RL_IMAGES // r.images_per_prompt)
     images = prompts * r.images_per_prompt
-    batch = min(t.batch_size, images)
-    while images % batch:
+    units = images if method_class(cfg.objective.name).rollout_unit == "image" else prompts
+    batch = min(t.batch_size, units)
+    while units % batch:
         batch -= 1
     overrides = [
         f"model.pretrained={model}", f"model.frozen_dtype={FP16_FROZEN}", f"rollout.resolution={resolution(512)}",
         f"rollout.steps={RL_STEPS}", f"rollout.prompts_per_round={prompts}", "rollout.compare_base=false",
-        f"train.batch_size={batch}", f"train.grad_accum={images // batch}", "rollout.inner_epochs=1",
+        f"train.batch_size={batch}", f"train.grad_accum={units // batch}", "rollout.inner_epochs=1",
         f"train.max_steps={RL_ROUNDS}", f"train.output_dir={out}", "train.trackers=[]",
         "validation.every=0", "train.checkpoint_every=0",
     ]
-    plan = {"config": DDPO_CONFIG, "rounds": RL_ROUNDS, "images_per_round": images,
+    plan = {"config": config, "rounds": RL_ROUNDS, "images_per_round": images,
             "prompts_per_round": prompts, "images_per_prompt": r.images_per_prompt, "steps_per_round": 1,
             "rollout_steps": RL_STEPS, "resolution": resolution(512), "reward": r.reward, "lora": cfg.lora.enabled,
-            "mixed_precision": t.mixed_precision, "timestep_fraction": cfg.objective.timestep_fraction}
+            "mixed_precision": t.mixed_precision}
+    for depth in ("timestep_fraction", "timesteps"):  # how much of each image trains: DDPO's steps, DGPO's draws
+        if hasattr(cfg.objective, depth):
+            plan[depth] = getattr(cfg.objective, depth)
     return overrides, plan
 
 
@@ -1016,32 +1023,31 @@ def check_rollouts(fig: Figures) -> None:
         raise CheckFailed("; ".join(problems))
 
 
-def check_rl_ddpo(fig: Figures) -> None:
-    """`diffalign train configs/sd15/ddpo.yaml` (SD1.5, LoRA, DDPO with ddpo-pytorch's defaults) on the SD1.5
-    architecture (random weights; a reward that needs downloaded weights on random-weight replicas), 512 px,
-    50 DDIM steps, 2 rounds of 16 images: samples/s end to end (images sampled / wall seconds of the train
-    process) beside ddpo-pytorch's ~0.22 samples/s per A100, and the round split (median sample / reward /
-    train seconds of rounds.jsonl, by scripts/benchmark_rollouts.py --round-run); rounds.jsonl and the
-    split's table go to $OUT/rl-ddpo/."""
-    if not (ROOT / DDPO_CONFIG).is_file():
-        raise Skip(f"{DDPO_CONFIG} does not exist (yet): the DDPO preset this check runs")
+def rl_run(fig: Figures, name: str, config: str, label: str, timeout: float, anchors: dict) -> None:
+    """`diffalign train CONFIG` with `rl_plan`'s overrides on the SD1.5 architecture (random weights; a reward that
+    needs downloaded weights on random-weight replicas): samples/s end to end (images sampled / wall seconds of the
+    train process), peak memory, and the round split (median sample / reward / train seconds of rounds.jsonl, by
+    scripts/benchmark_rollouts.py --round-run); rounds.jsonl and the split's table go to $OUT/NAME/. `anchors`:
+    published figures recorded beside the samples/s."""
+    if not (ROOT / config).is_file():
+        raise Skip(f"{config} does not exist (yet): the {label} preset this check runs")
     model = build_model("sd15")
-    root = fresh(WORK / "rl-ddpo")
+    root = fresh(WORK / name)
     run_dir = root / "run"
-    overrides, plan = rl_ddpo_plan(model, run_dir)
+    overrides, plan = rl_plan(config, model, run_dir)
     fig["plan"] = plan
     started = time.time()
     options = reward_replica(plan["reward"], root / "reward")
-    cmd = [*launcher("plain"), "train", DDPO_CONFIG, *overrides]
+    cmd = [*launcher("plain"), "train", config, *overrides]
     if options is not None:
         cmd = [sys.executable, "-c", REPLICA_REWARD, plan["reward"], json.dumps(options), str(WRAPPER), "train",
-               DDPO_CONFIG, *overrides, f"rollout.reward={plan['reward']}-replica"]
+               config, *overrides, f"rollout.reward={plan['reward']}-replica"]
         fig["reward_replica"] = f"{plan['reward']} on random weights ({round(time.time() - started, 1)} s to build)"
     report = root / "report.jsonl"
-    result = must(run(cmd, 300, run_env(report, deterministic=False)), "diffalign train (DDPO)")
+    result = must(run(cmd, timeout, run_env(report, deterministic=False)), f"diffalign train ({label})")
     rounds_log = run_dir / "rounds.jsonl"
     entries = [json.loads(line) for line in rounds_log.read_text().splitlines() if line] if rounds_log.is_file() else []
-    out = Path(os.environ.get("OUT", WORK / "out")) / "rl-ddpo"
+    out = Path(os.environ.get("OUT", WORK / "out")) / name
     fresh(out)
     if rounds_log.is_file():
         shutil.copy2(rounds_log, out / "rounds.jsonl")
@@ -1050,7 +1056,8 @@ def check_rl_ddpo(fig: Figures) -> None:
     fig["rounds_logged"] = len(entries)
     fig["images_sampled"] = images
     fig["samples_per_s_end_to_end"] = round(images / result.seconds, 4)
-    fig["anchor_ddpo_pytorch_samples_per_s_per_a100"] = DDPO_ANCHOR
+    for key, value in anchors.items():
+        fig[key] = value
     fig["peak_memory_gib"] = round(read_reports(report).get("exit", {}).get("max_allocated_gib", 0), 2) or None
     if not entries:
         raise CheckFailed(f"the run logged no round in {rounds_log}")
@@ -1066,6 +1073,53 @@ def check_rl_ddpo(fig: Figures) -> None:
     fig["samples_per_s_per_round"] = round(plan["images_per_round"] / s["total_s"], 4) if s["total_s"] else None
     if len(entries) != RL_ROUNDS:
         raise CheckFailed(f"{len(entries)} rounds logged, {RL_ROUNDS} planned (train.max_steps from {plan})")
+
+
+def check_rl_ddpo(fig: Figures) -> None:
+    """`diffalign train configs/sd15/ddpo.yaml` (SD1.5, LoRA, DDPO with ddpo-pytorch's defaults) on the SD1.5
+    architecture (random weights; a reward that needs downloaded weights on random-weight replicas), 512 px,
+    50 DDIM steps, 2 rounds of 16 images: samples/s end to end (images sampled / wall seconds of the train
+    process) beside ddpo-pytorch's ~0.22 samples/s per A100, and the round split (median sample / reward /
+    train seconds of rounds.jsonl, by scripts/benchmark_rollouts.py --round-run); rounds.jsonl and the
+    split's table go to $OUT/rl-ddpo/."""
+    rl_run(fig, "rl-ddpo", DDPO_CONFIG, "DDPO", 300, {"anchor_ddpo_pytorch_samples_per_s_per_a100": DDPO_ANCHOR})
+
+
+def per_image_against(base: dict, other: dict) -> dict:
+    """Each round phase's median seconds per image of the run `other` over those of the run `base` (two rl-*
+    checks' figures: their `round_split_median_s` and `plan.images_per_round`), keyed by phase; {} when
+    either has no round split."""
+    splits = [f.get("round_split_median_s") for f in (base, other)]
+    sizes = [f.get("plan", {}).get("images_per_round") for f in (base, other)]
+    if not all(splits) or not all(sizes):
+        return {}
+    ratios = {}
+    for phase in ("sample_s", "reward_s", "train_s", "total_s"):
+        per_image = [split[phase] / size for split, size in zip(splits, sizes)]
+        ratios[phase] = round(per_image[1] / per_image[0], 4) if per_image[0] > 0 else None
+    return ratios
+
+
+def check_rl_dgpo(fig: Figures) -> None:
+    """`diffalign train configs/sd15/dgpo.yaml` (SD1.5, LoRA r=64, DGPO as its official code: deterministic DDIM
+    rollouts, PickScore, Diffusion-DPO's loss at 4 noised timesteps of each group's final latents against the
+    frozen base, the clip's EMA reference) on the SD1.5 architecture (random weights, PickScore on a random-weight
+    ViT-H/14 replica), 512 px, 50 DDIM steps as rl-ddpo (the preset samples 20), 2 rounds of one prompt's group of
+    24 images (the preset's group size, not cut: the nearest whole group to rl-ddpo's 16 images; one optimizer
+    step a round of 4 micro-steps on that group): samples/s end to end, peak memory, the round split, and, when
+    rl-ddpo ran in the same call (its figures in GPUCHK_WORK), DGPO's median train seconds per image over DDPO's
+    (`train_s_per_image_over_ddpo`; the other phases in `per_image_over_ddpo`): the paper's claim that training
+    the final latents at a few timesteps costs far less than re-scoring every step, as a figure with no target.
+    rounds.jsonl and the split's table go to $OUT/rl-dgpo/."""
+    rl_run(fig, "rl-dgpo", DGPO_CONFIG, "DGPO", 240, {})
+    ddpo_figures = WORK / "rl-ddpo.figures.json"
+    ddpo = json.loads(ddpo_figures.read_text()) if ddpo_figures.is_file() else {}
+    ratios = per_image_against(ddpo, fig.data)
+    fig["per_image_over_ddpo"] = ratios or None
+    fig["train_s_per_image_over_ddpo"] = ratios.get("train_s")
+    if not ratios:
+        fig["ddpo_comparison"] = ("no rl-ddpo round split in this call (run GPUCHK_ONLY=\"... rl-ddpo rl-dgpo\"): "
+                                  + (ddpo.get("error") or ddpo.get("skipped") or f"no {ddpo_figures}"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1134,11 +1188,12 @@ def planned_configs() -> list[tuple[str, str | None, list[str]]]:
         extra = [e.replace("CAPTIONS", str(WORK / "captions")) for e in extra]
         overrides = [f"objective.name={name}", "objective.beta=2000", *extra, "data.cache=off"]
         plans.append((name, None, bench_overrides(m, 512, 2, "fp16", "float16", out, cache, overrides)))
-    if (ROOT / DDPO_CONFIG).is_file():  # the preset's own errors show here, as the run's
-        try:
-            plans.append(("rl-ddpo", DDPO_CONFIG, rl_ddpo_plan(m, out)[0]))
-        except Exception:
-            plans.append(("rl-ddpo", DDPO_CONFIG, []))
+    for label, config in (("rl-ddpo", DDPO_CONFIG), ("rl-dgpo", DGPO_CONFIG)):
+        if (ROOT / config).is_file():  # the preset's own errors show here, as the run's
+            try:
+                plans.append((label, config, rl_plan(config, m, out)[0]))
+            except Exception:
+                plans.append((label, config, []))
     return plans
 
 
@@ -1205,6 +1260,7 @@ CHECKS = {
     "channels-last": check_channels_last,
     "rollouts": check_rollouts,
     "rl-ddpo": check_rl_ddpo,
+    "rl-dgpo": check_rl_dgpo,
 }
 
 
@@ -1272,7 +1328,7 @@ def cmd_summary(results: Path) -> None:
         for key in ("peak_saved_gib", "step_time_ratio_offloaded", "loss_max_abs_diff", "cache_mib",
                     "xformers_over_sdpa_step_time", "optimizer_state_tensors_by_dtype", "ours_images_per_s",
                     "diffusers_images_per_s", "ratio", "max_level_diff", "samples_per_s_end_to_end",
-                    "samples_per_s_per_round", "round_split_share"):
+                    "samples_per_s_per_round", "round_split_share", "train_s_per_image_over_ddpo"):
             if key in f:
                 bits.append(f"{key}={f[key]}")
         if r["name"] == "env":
