@@ -228,9 +228,9 @@ def test_rounds_png_draws_the_gold_score_its_best_and_the_warnings(tmp_path, sca
     import matplotlib.pyplot as plt
 
     entries = [{"round": r, "reward_mean": 0.1 * r, "reward_std": 0.01} for r in range(4)]
-    entries[0].update(gold=0.5 * scale)
-    entries[2].update(gold=0.7 * scale, monitor_warning="reward hacking? ...")
-    entries[3]["final_evaluation"] = {"round": 4, "gold": 0.6 * scale}
+    entries[0].update(gold=0.5 * scale, monitor_reward=0.0)
+    entries[2].update(gold=0.7 * scale, monitor_reward=0.15, monitor_warning="reward hacking? ...")
+    entries[3]["final_evaluation"] = {"round": 4, "gold": 0.6 * scale, "monitor_reward": 0.3}
     fig, axis = plt.subplots()
     axis.plot([e["round"] for e in entries], [e["reward_mean"] for e in entries], label="mean reward")
     draw_gold(axis, entries)
@@ -239,13 +239,38 @@ def test_rounds_png_draws_the_gold_score_its_best_and_the_warnings(tmp_path, sca
     gold_line = next(line for line in gold_axis.lines if line.get_label().startswith("gold score"))
     assert list(gold_line.get_xdata()) == [0, 2, 4] and list(gold_line.get_ydata()) == pytest.approx(
         [0.5 * scale, 0.7 * scale, 0.6 * scale])
+    compared = next(line for line in axis.lines if line.get_label().startswith("training reward since"))
+    assert list(compared.get_xdata()) == [0, 2, 4] and list(compared.get_ydata()) == [0.0, 0.15, 0.3]
     labels = [text.get_text() for text in axis.get_legend().get_texts()]
-    assert labels == ["mean reward", "gold score (held-out prompts)", f"best gold {0.7 * scale:.4g} (round 2)",
-                      "reward-hacking warning"]
+    assert labels == ["mean reward", "training reward since the evaluation before", "gold score (held-out prompts)",
+                      f"best gold {0.7 * scale:.4g} (round 2)", "reward-hacking warning"]
     plt.close(fig)
     log = tmp_path / "rounds.jsonl"
     log.write_text("".join(json.dumps(e) + "\n" for e in entries))
     assert plot_rounds(log).stat().st_size > 0
+
+
+def test_two_processes_drawing_a_share_each_score_the_gold_of_one(tiny_models, tmp_path):
+    from diffalign.config.schema import ModelConfig
+    from diffalign.models.loading import load_parts
+
+    cfg = _cfg(tiny_models["sd15"], tmp_path / "run", "rollout.monitor.max_prompts=3")  # 3 images: shares 2 + 2
+    parts = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"])))
+    device = torch.device("cpu")
+    one = RewardMonitor(cfg, parts, device, 0, 1, None, tmp_path, []).gold_scores(parts.unet)
+    tables = {}
+
+    def gather_of(rank):
+        def gather(table):
+            tables[rank] = table
+            return torch.cat([tables[0], tables[1]]) if len(tables) == 2 else table
+        return gather
+
+    RewardMonitor(cfg, parts, device, 1, 2, gather_of(1), tmp_path, []).gold_scores(parts.unet)
+    two = RewardMonitor(cfg, parts, device, 0, 2, gather_of(0), tmp_path, []).gold_scores(parts.unet)
+    assert [len(t) for t in tables.values()] == [2, 2]  # the last image drawn twice, cut off after the gather
+    assert two[0] == pytest.approx(one[0], abs=1e-6) and two[1] == pytest.approx(one[1], abs=1e-6)
+    assert two[2] == one[2] == 0
 
 
 def test_gold_and_reward_share_an_axis_only_on_one_scale():

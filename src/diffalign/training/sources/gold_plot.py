@@ -1,5 +1,7 @@
-"""The reward-hacking monitor's curve on rounds.png: the gold score of each evaluation beside the training reward
-(on the reward's axis when both read on one scale, else on a second y-axis), its best point and its warnings."""
+"""The reward-hacking monitor's curves on rounds.png: the gold score of each evaluation beside the training reward
+(on the reward's axis when both read on one scale, else on a second y-axis), with the training reward each
+evaluation compared (the mean of the rounds since the one before: smoother than a round's), the best gold score and
+the warnings."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ from collections.abc import Sequence
 GOLD_COLOUR = "tab:red"
 
 
-def gold_points(entries: Sequence[dict]) -> list[tuple[float, float]]:
-    """(round, gold score) of every evaluation in the lines of rounds.jsonl, the final weights' last."""
-    points = [(e["round"], e["gold"]) for e in entries if e.get("gold") is not None]
-    final = [e["final_evaluation"] for e in entries if isinstance(e.get("final_evaluation"), dict)]
-    points += [(f["round"], f["gold"]) for f in final if f.get("gold") is not None]
-    return points
+def gold_points(entries: Sequence[dict]) -> list[tuple[float, float, float]]:
+    """(round, gold score, training reward compared) of every evaluation in the lines of rounds.jsonl, the final
+    weights' last."""
+    evaluations = [e for e in entries if e.get("gold") is not None]
+    evaluations += [e["final_evaluation"] for e in entries if isinstance(e.get("final_evaluation"), dict)
+                    and e["final_evaluation"].get("gold") is not None]
+    return [(e["round"], e["gold"], e.get("monitor_reward", math.nan)) for e in evaluations]
 
 
 def warning_rounds(entries: Sequence[dict]) -> list[float]:
@@ -45,10 +48,12 @@ def draw_gold(axis, entries: Sequence[dict], reward_key: str = "reward_mean") ->
     if not points:
         return
     rewards = [e.get(reward_key) for e in entries]
-    target = axis if same_scale(rewards, [g for _, g in points]) else axis.twinx()
-    x, gold = zip(*points)
+    target = axis if same_scale(rewards, [g for _, g, _ in points]) else axis.twinx()
+    x, gold, compared = zip(*points)
+    axis.plot(x, compared, marker="s", markersize=4, linestyle="--", color="tab:blue",
+              label="training reward since the evaluation before")
     target.plot(x, gold, marker="o", color=GOLD_COLOUR, label="gold score (held-out prompts)")
-    finite = [(g, r) for r, g in points if g is not None and math.isfinite(g)]
+    finite = [(g, r) for r, g, _ in points if g is not None and math.isfinite(g)]
     if finite:
         best, best_round = max(finite, key=lambda p: (p[0], -p[1]))
         target.plot([best_round], [best], marker="*", markersize=14, color=GOLD_COLOUR, linestyle="none",
@@ -63,4 +68,4 @@ def draw_gold(axis, entries: Sequence[dict], reward_key: str = "reward_mean") ->
         more = target.get_legend_handles_labels()
         handles, labels = handles + more[0], labels + more[1]
     axis.set_title("training reward and gold score")
-    axis.legend(handles, labels, fontsize="small")
+    axis.legend(handles, labels, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
