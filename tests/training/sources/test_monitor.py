@@ -53,9 +53,14 @@ def _lora(run):
     return load_file(str(run / "pytorch_lora_weights.safetensors"))
 
 
-def test_gold_scores_are_logged_beside_the_training_reward_and_best_holds_the_best_weights(tiny_models, tmp_path):
-    run = tmp_path / "run"
-    result = train(_cfg(tiny_models["sd15"], run, "rollout.monitor.every=2", "train.max_steps=3"))
+def test_gold_scores_are_logged_beside_the_training_reward_and_best_holds_the_best_weights(tiny_models, tmp_path,
+                                                                                           capsys):
+    run, training = tmp_path / "run", tmp_path / "train.txt"
+    training.write_text(f"{HELD_OUT[1]}\na blue square on a white background\n")  # one monitor prompt not held out
+    result = train(_cfg(tiny_models["sd15"], run, "rollout.monitor.every=2", "train.max_steps=3",
+                        f"rollout.prompts={training}"))
+    assert ("warning: 1 of the 2 rollout.monitor.prompts prompts is also a training prompt (rollout.prompts)"
+            in capsys.readouterr().out)
     lines = _lines(run)
     assert [line["round"] for line in lines] == [0, 1, 2]
     assert [line["round"] for line in lines if "gold" in line] == [0, 2]  # the weights that sample rounds 0 and 2
@@ -208,9 +213,13 @@ def test_monitor_prompts_that_are_training_prompts_are_named_in_a_warning(tmp_pa
                        "a small red triangle on a orange background"]  # the file's '#' comment line is no prompt
     assert held_out_note(prompts, ["a blue square"]) is None
     assert held_out_note(prompts, prompts + ["x"]) == (
-        "warning: every one of the 3 rollout.monitor.prompts prompts is a training prompt (rollout.prompts): the gold "
-        "score does not measure held-out prompts; give the monitor prompts the run does not train on")
-    assert held_out_note(prompts, prompts[:1]).startswith("warning: 1 of the 3 rollout.monitor.prompts prompts")
+        "warning: all 3 rollout.monitor.prompts prompts are also training prompts (rollout.prompts): the gold score "
+        "does not measure held-out prompts alone; give the monitor prompts the run does not train on")
+    assert held_out_note(prompts, prompts[:1]).startswith(
+        "warning: 1 of the 3 rollout.monitor.prompts prompts is also a training prompt (rollout.prompts)")
+    assert held_out_note(prompts[:1], prompts[:1]).startswith(
+        "warning: the one rollout.monitor.prompts prompt is also a training prompt")
+    assert held_out_note(prompts, prompts[:2]).startswith("warning: 2 of the 3 rollout.monitor.prompts prompts are")
 
 
 def test_each_process_draws_an_equal_share_of_the_held_out_images():

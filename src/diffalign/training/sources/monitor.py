@@ -68,15 +68,16 @@ def check_monitor(cfg: RunConfig) -> None:
 def held_out_note(prompts: Sequence[str], training: Sequence[str]) -> str | None:
     """A warning when monitor prompts are training prompts too (the gold score would not measure held-out
     prompts), else None."""
-    shared = set(prompts) & set(training)
+    shared, total = set(prompts) & set(training), len(set(prompts))
     if not shared:
         return None
-    if len(shared) == len(set(prompts)):
-        what = "every one of the"
+    if len(shared) == total:
+        what = f"all {total} {PROMPTS_KEY} prompts are" if total > 1 else f"the one {PROMPTS_KEY} prompt is"
     else:
-        what = f"{len(shared)} of the"
-    return (f"warning: {what} {len(set(prompts))} {PROMPTS_KEY} prompts is a training prompt (rollout.prompts): "
-            f"the gold score does not measure held-out prompts; give the monitor prompts the run does not train on")
+        what = f"{len(shared)} of the {total} {PROMPTS_KEY} prompts {'is' if len(shared) == 1 else 'are'}"
+    also = "also a training prompt" if what.endswith("is") else "also training prompts"
+    return (f"warning: {what} {also} (rollout.prompts): the gold score does not measure held-out prompts alone; "
+            f"give the monitor prompts the run does not train on")
 
 
 def padded_share(count: int, rank: int, world: int) -> list[int]:
@@ -108,8 +109,8 @@ class RewardMonitor:
         m = self.cfg.rollout.monitor
         weights = " + ".join(f"{e.weight:g} x {e.name}" for e in self.scorers.entries)
         text = (f"reward-hacking monitor: gold score {weights} on {len(self.prompts)} prompts of {m.prompts} x "
-                f"{m.seeds} seed(s) (DDIM {m.steps} steps, eta 0, guidance {m.guidance:g}) at the start of every "
-                f"{m.every} round(s) and at the end; warns after {m.patience} evaluation(s) in a row of rising reward "
+                f"{m.seeds} seed(s) (DDIM {m.steps} steps, eta 0, guidance {m.guidance:g}) at rounds 0, {m.every}, "
+                f"{2 * m.every}, ... and at the end; warns after {m.patience} evaluation(s) in a row of rising reward "
                 f"and falling gold score{', then stops' if m.stop else ''}"
                 f"{f'; the best weights go to {self.out_dir / BEST_DIR}' if m.keep_best else ''}")
         return text + (f"\n{self.note}" if self.note else "")
