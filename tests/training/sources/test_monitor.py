@@ -5,6 +5,7 @@ refused before any model loads."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -289,3 +290,37 @@ def test_gold_and_reward_share_an_axis_only_on_one_scale():
     assert not same_scale([0.0, 0.001], [0.0, 1.0])  # overlapping, but one would be a flat line
     assert same_scale([float("nan")], [1.0]) and same_scale([], [1.0])
 
+
+
+def test_held_out_images_the_gold_scorer_cannot_score_are_left_out_and_named(tiny_models, lora_parts, tmp_path,
+                                                                              capsys):
+    from diffalign.rewards import register_scorer
+
+    @register_scorer("test-monitor-blind")
+    class Blind:
+        """Scores only the prompts naming a square; NaN (unscorable) for the others."""
+
+        name, scale, logit_scale = "test-monitor-blind", "test", 1.0
+
+        def __init__(self, device=None):
+            del device
+
+        def score(self, images, prompts):
+            return torch.tensor([0.25 if "square" in p else float("nan") for p in prompts])
+
+    cfg = load_config(RunConfig, None, [f"model.pretrained={tiny_models['sd15']}", "rollout.monitor.max_prompts=2",
+                                        "rollout.monitor.seeds=1", "rollout.monitor.steps=2",
+                                        "rollout.monitor.scorers={test-monitor-blind: 2.0}"])
+    parts = lora_parts(tiny_models["sd15"])
+    monitor = RewardMonitor(cfg, parts, torch.device("cpu"), 0, 1, None, tmp_path, [])
+    monitor.pending = [0.1]
+    fields = monitor.evaluate(0, 0, parts.unet, nullcontext, final=False)
+    assert (fields["gold"], fields["gold/test-monitor-blind"], fields["gold_unscored"]) == (0.5, 0.25, 1)
+    assert ("reward-hacking monitor, round 0: 1 of 2 held-out images could not be scored, e.g. image 0 ('a red circle "
+            "on a orange background'): test-monitor-blind: non-finite score (nan); the gold score leaves "
+            "them out") in capsys.readouterr().out
+    monitor.pending = [0.2]
+    monitor.gold_scores = lambda policy, autocast: (float("nan"), {"test-monitor-blind": float("nan")}, 2)
+    fields = monitor.evaluate(1, 1, parts.unet, nullcontext, final=False)
+    assert fields["gold"] != fields["gold"] and fields["gold_unscored"] == 2  # NaN: neither best nor evidence
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["round"] == 0

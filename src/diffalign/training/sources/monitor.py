@@ -103,6 +103,7 @@ class RewardMonitor:
         self.evaluations: list[Evaluation] = []
         self.pending: list[float] = []  # the training reward of each round sampled since the last evaluation
         self.stopping = False  # an evaluation warned and rollout.monitor.stop is set
+        self.failures: list[str] = []  # why this process's held-out images of the last evaluation went unscored
 
     def describe(self) -> str:
         """The monitor's line (and its held-out warning) for the start of the run."""
@@ -151,6 +152,11 @@ class RewardMonitor:
                         "monitor_reward": reward, "gold_unscored": unscored}
         if final:
             fields = {"round": round_, "step": step, **fields}
+        if unscored and self.rank == 0:
+            example = f", e.g. {self.failures[0]}" if self.failures else ""
+            drawn = len(self.prompts) * self.cfg.rollout.monitor.seeds
+            print(f"reward-hacking monitor, round {round_}: {unscored} of {drawn} held-out images could not be scored"
+                  f"{example}; the gold score leaves them out", flush=True)
         m = self.cfg.rollout.monitor
         if m.keep_best and best_evaluation(self.evaluations) == len(self.evaluations) - 1:
             self.keep_best(evaluation, policy)
@@ -165,8 +171,8 @@ class RewardMonitor:
         return fields
 
     @torch.no_grad()
-    def gold_scores(self, policy: torch.nn.Module,
-                    autocast: Callable[[], AbstractContextManager] = nullcontext) -> tuple[float, dict[str, float], int]:
+    def gold_scores(self, policy: torch.nn.Module, autocast: Callable[[], AbstractContextManager] = nullcontext
+                    ) -> tuple[float, dict[str, float], int]:
         """The gold score of `policy` (the mean over the held-out images of the scorers' weighted sum), each
         gold scorer's mean score, and how many images could not be scored (left out of the means)."""
         m, r = self.cfg.rollout.monitor, self.cfg.rollout
@@ -182,6 +188,7 @@ class RewardMonitor:
         finally:
             policy.train(was_training)
         scores = self.scorers.score(images, prompts, batch_size=r.sample_batch_size)
+        self.failures = [f"image {f.index} ({prompts[f.index]!r}): {f.reason}" for f in scores.failures]
         table = torch.stack([scores.total, *scores.parts.values()], dim=1).to(self.device, torch.float64)
         if self.world > 1 and self.gather is not None:
             table = self.gather(table)
