@@ -324,3 +324,33 @@ def test_held_out_images_the_gold_scorer_cannot_score_are_left_out_and_named(tin
     fields = monitor.evaluate(1, 1, parts.unet, nullcontext, final=False)
     assert fields["gold"] != fields["gold"] and fields["gold_unscored"] == 2  # NaN: neither best nor evidence
     assert json.loads((tmp_path / "best" / "best.json").read_text())["round"] == 0
+
+
+def test_best_of_a_full_fine_tuning_run_is_a_unet_folder_as_its_final_save(tiny_models, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    from diffalign.config.schema import ModelConfig
+    from diffalign.models.loading import load_parts
+    from diffalign.training.sources.hacking import Evaluation
+
+    cfg = load_config(RunConfig, None, [f"model.pretrained={tiny_models['sd15']}", "lora.enabled=false",
+                                        "rollout.monitor.scorers={shapes: 1.0}"])
+    parts = load_parts(ModelConfig(pretrained=str(tiny_models["sd15"])))
+    parts.unet.requires_grad_(True)
+    monitor = RewardMonitor(cfg, parts, torch.device("cpu"), 0, 1, None, tmp_path, [])
+    best = monitor.keep_best(Evaluation(5, 7, 0.4, 0.6, {"shapes": 0.6}), parts.unet)
+    assert best == tmp_path / "best" and sorted(p.name for p in best.iterdir()) == ["best.json", "config.yaml", "unet"]
+    loaded = UNet2DConditionModel.from_pretrained(best / "unet")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), parts.unet.state_dict().values()))
+    assert json.loads((best / "best.json").read_text())["step"] == 7
+    assert not list(tmp_path.glob(".saving-*"))  # written into a temporary folder, then moved into place
+
+    def crash(folder, *args):  # a crash halfway through the next best/
+        (folder / "unet").mkdir()
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr("diffalign.training.sources.monitor.write_weights", crash)
+    with pytest.raises(OSError, match="killed while writing"):
+        monitor.keep_best(Evaluation(10, 12, 0.5, 0.7, {"shapes": 0.7}), parts.unet)
+    assert json.loads((best / "best.json").read_text())["step"] == 7 and (best / "unet" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # the whole old best/, nothing half written
