@@ -354,3 +354,11 @@ def test_best_of_a_full_fine_tuning_run_is_a_unet_folder_as_its_final_save(tiny_
         monitor.keep_best(Evaluation(10, 12, 0.5, 0.7, {"shapes": 0.7}), parts.unet)
     assert json.loads((best / "best.json").read_text())["step"] == 7 and (best / "unet" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # the whole old best/, nothing half written
+
+
+def test_train_overwrite_deletes_the_previous_runs_best_weights(tmp_path):
+    from diffalign.training.run_folder import OUTPUTS, _clear
+
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "best.json").write_text("{}")
+    assert "best" in OUTPUTS and "best" in _clear(tmp_path) and not (tmp_path / "best").exists()
