@@ -205,6 +205,13 @@ def test_settings_the_monitor_cannot_run_with_are_refused_before_loading(tiny_mo
         assert not (tmp_path / f"run{n}").exists(), setting  # refused before the run folder and the models
     with pytest.raises(ConfigError, match=r"invalid value for 'rollout.monitor.every': expected a value >= 1, got 0"):
         _cfg(model, tmp_path / "x", "rollout.monitor.every=0")
+    for n, setting in enumerate(["rollout.monitor.scorers={shapes: 1.0}", "rollout.rewards={shapes: 1.0}"]):
+        key = setting.split("=")[0]
+        with pytest.raises(ValueError, match=rf"{key} is read by the methods that sample and judge their own images "
+                                             r"each round \(online rollouts\); objective dpo does not"):
+            train(load_config(RunConfig, None, [f"model.pretrained={model}", "objective.name=dpo", setting,
+                                                f"train.output_dir={tmp_path / f'offline{n}'}"]))
+        assert not (tmp_path / f"offline{n}").exists()
 
 
 def test_monitor_prompts_that_are_training_prompts_are_named_in_a_warning(tmp_path):

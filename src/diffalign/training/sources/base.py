@@ -61,8 +61,13 @@ class BatchSource:
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
-        """Refuse settings this source cannot serve, before any model is loaded (nothing to refuse by default)."""
-        del cfg
+        """Refuse settings this source cannot serve, before any model is loaded; by default the rewards and the
+        reward-hacking monitor of online rounds, which a source that samples no rounds would silently ignore."""
+        for key, value in (("rollout.rewards", cfg.rollout.rewards),
+                           ("rollout.monitor.scorers", cfg.rollout.monitor.scorers)):
+            if value:
+                raise ValueError(f"{key} is read by the methods that sample and judge their own images each round "
+                                 f"(online rollouts); objective {cfg.objective.name} does not: remove {key}")
 
     @classmethod
     def reads_latent_cache(cls, cfg: RunConfig) -> bool:

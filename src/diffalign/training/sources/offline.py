@@ -114,7 +114,9 @@ class OfflinePairs(BatchSource):
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
-        """Refuse data.cache=require with a stream (the cache is indexed by the rows of a downloaded table)."""
+        """Refuse data.cache=require with a stream (the cache is indexed by the rows of a downloaded table), and
+        the online rounds' settings (`BatchSource.check`)."""
+        super().check(cfg)
         if cfg.data.streaming and cfg.data.cache == "require":
             raise ValueError(
                 "data.cache=require cannot apply to data.streaming=true (the latent cache is indexed by the rows of a "
