@@ -36,7 +36,7 @@ from diffalign.training.sources.round_log import reward_part_curves, write_round
 from diffalign.training.sources.round_scores import read_round_scores, round_score_lines, write_round_scores
 
 NAN = float("nan")
-BRIGHTNESS = "test-brightness"
+BRIGHTNESS = "test-mixture-brightness"  # its own name: tests/feedback registers another "test-brightness"
 
 
 class Brightness:
