@@ -10,7 +10,7 @@ doubled), the shape each process runs, rather than as one of 2B. The UNet does n
 batches of 8 (6.6e-7 apart on outputs of ~4.6), and Adam's first step, lr·g/(|g| + eps), turns that rounding
 into differences of up to a whole learning rate on the weights whose gradient is about eps: one process with
 batch 2B against one with B accumulated twice, no second process involved, ends 2.1e-4 of the weights' scale
-apart on the GRPO case below, and 7e-3 on D3PO with rounds of 8 prompts and B = 2 (49 weights already up to
+apart on a GRPO run like DDPO's case below, and 7e-3 on D3PO with rounds of 8 prompts and B = 2 (49 weights already up to
 1.3e-3 apart after its first step, where the policy still equals its reference and many gradients cancel to
 ~1e-9). With the same micro-batch shape the only difference left is where the two halves of the gradient are
 summed, and halves add exactly: the weights come out bitwise equal in all three cases.
@@ -42,14 +42,15 @@ ONE_STEP = ["objective.timestep_fraction=0.3", "objective.clip_range=1e-4"]
 
 # (config, units per process per micro-step, overrides): 2 optimizer steps per pass, 2 rounds in each run.
 # DDPO: images, per-prompt statistics kept across rounds, reshuffled, 2 passes per round.
-# GRPO: images, one initial noise per group, group advantages, reshuffled.
+# DGPO: whole prompt groups sampled deterministically, group advantages, one noised timestep per batch (its
+# group draws), reshuffled. (GRPO is DDPO's path with group advantages: DDPO's case and DGPO's advantages cover it.)
 # D3PO: whole prompt groups (pairs of trajectories), reshuffled, 2 passes per round.
 CASES = {
     "ddpo": ("configs/demo/ddpo.yaml", 2, ["rollout.inner_epochs=2", "train.max_steps=8", *ONE_STEP]),
-    "grpo": ("configs/demo/grpo.yaml", 2, ["rollout.inner_epochs=1", "train.max_steps=4", *ONE_STEP]),
+    "dgpo": ("configs/demo/dgpo.yaml", 1, ["rollout.inner_epochs=1", "train.max_steps=4", "objective.timesteps=1"]),
     "d3po": ("configs/demo/d3po.yaml", 1, ["rollout.shuffle=true", "rollout.inner_epochs=2", "train.max_steps=8"]),
 }
-PORTS = {"ddpo": 29541, "grpo": 29543, "d3po": 29545}
+PORTS = {"ddpo": 29541, "dgpo": 29543, "d3po": 29545}
 ROUND_STATS = ("reward_mean", "reward_std", "advantage_std", "advantage_abs")
 
 
@@ -77,7 +78,7 @@ def test_two_processes_train_the_online_methods_as_one(tmp_path, name):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
               "--master_port", str(PORTS[name])]
     result = _run([*launch, *_train(config, two, batch, 1, overrides)])
-    unit = "prompts" if name == "d3po" else "images"
+    unit = "images" if name == "ddpo" else "prompts"
     assert f"{batch} {unit}/device x 1 accumulation x 2 process(es) = {2 * batch} {unit} per optimizer step" \
         in result.stdout
 
