@@ -59,10 +59,18 @@ def _train(config: str, out: Path, batch: int, grad_accum: int, overrides: list[
             f"train.batch_size={batch}", f"train.grad_accum={grad_accum}"]
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def _run_together(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """Run the commands at the same time (each single-threaded; their results do not depend on timing) and
+    return their results once all have ended, each checked to have succeeded."""
+    running = [subprocess.Popen(c, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c in commands]
+    results = []
+    for command, process in zip(commands, running):
+        out, err = process.communicate()
+        results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return results
 
 
 def _lines(path: Path) -> list[dict]:
@@ -74,10 +82,10 @@ def _lines(path: Path) -> list[dict]:
 def test_two_processes_train_the_online_methods_as_one(tmp_path, name):
     config, batch, overrides = CASES[name]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, *_train(config, one, batch, 2, overrides)])
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
               "--master_port", str(PORTS[name])]
-    result = _run([*launch, *_train(config, two, batch, 1, overrides)])
+    _, result = _run_together([sys.executable, *_train(config, one, batch, 2, overrides)],
+                              [*launch, *_train(config, two, batch, 1, overrides)])
     unit = "images" if name == "ddpo" else "prompts"
     assert f"{batch} {unit}/device x 1 accumulation x 2 process(es) = {2 * batch} {unit} per optimizer step" \
         in result.stdout
