@@ -11,14 +11,14 @@ always next to the scorer's `scale` so that reports never mix units.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..config.values import parse_option_value
-from ..rewards import available_scorers, build_scorer, scorer_factory
+from ..rewards import available_scorers, scorer_factory
+from ..rewards.base import construct_scorer
 from ..rewards.base import Scorer
 from ..rewards.batch import DEFAULT_BATCH_SIZE, score_in_batches
 from ..data.image_inputs import ImageItem
@@ -85,19 +85,9 @@ def build_scorers(
     scorers = []
     for name in names:
         kwargs = {**shared, **(options or {}).get(name, {})}
-        try:
-            scorers.append(build_scorer(name, **kwargs))
-        except TypeError as error:
-            unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-            if unexpected:
-                raise ValueError(f"scorer {name!r} has no option {unexpected.group(1)!r} ({error})") from error
-            raise ValueError(f"cannot build scorer {name!r} with {kwargs}: TypeError: {error}") from error
-        except Exception as error:
-            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no options"
-            raise ValueError(
-                f"cannot build scorer {name!r} ({shown}): {type(error).__name__}: {error}\n"
-                f"(constructor options are passed with --scorer-option {name}.KEY=VALUE, e.g. a local weights path)"
-            ) from error
+        hint = (f"\n(constructor options are passed with --scorer-option {name}.KEY=VALUE, e.g. a local weights "
+                "path)")
+        scorers.append(construct_scorer(name, scorer_factory(name), kwargs, hint))
     return scorers
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, Union, runtime_checkable
 
 import numpy as np
@@ -94,6 +95,28 @@ def scorer_factory(name: str) -> Callable[..., Scorer]:
         _REGISTRY[name] = factory
         return factory
     return entry
+
+
+def construct_scorer(name: str, factory: Callable[..., Scorer], kwargs: Mapping[str, object], hint: str = "") -> Scorer:
+    """`factory(**kwargs)`, the scorer `name`; a constructor that fails (an option it does not take, missing weights,
+    a bad option value...) becomes one ValueError naming the scorer, its options and the cause, with `hint` after
+    the general case."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no options"
+    try:
+        return factory(**kwargs)
+    except TypeError as error:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if unexpected:
+            raise ValueError(f"scorer {name!r} has no option {unexpected.group(1)!r} ({error})") from error
+        raise ValueError(f"cannot build scorer {name!r} ({shown}): TypeError: {one_line(error)}{hint}") from error
+    except Exception as error:  # noqa: BLE001  (the user's to fix: missing weights, a bad option value...)
+        raise ValueError(f"cannot build scorer {name!r} ({shown}): {type(error).__name__}: {one_line(error)}{hint}"
+                         ) from error
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def build_scorer(name: str, **kwargs: object) -> Scorer:

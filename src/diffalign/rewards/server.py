@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import signal
 import socket
 import sys
@@ -30,7 +29,7 @@ from urllib.parse import urlsplit
 
 import torch
 
-from .base import Scorer, build_scorer
+from .base import Scorer, construct_scorer, scorer_factory
 from .batch import describe_error
 from .remote import INFO_PATH, PROTOCOL, SCORE_PATH, decode_png
 
@@ -56,19 +55,7 @@ def build_served_scorer(
     """The scorer `name` built with the device, dtype and batch size given (the others left to the scorer) and its
     own options; a failure to build is a one-line ValueError naming the scorer and the options."""
     shared = {k: v for k, v in (("device", device), ("dtype", dtype), ("batch_size", batch_size)) if v is not None}
-    kwargs = {**shared, **(options or {})}
-    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no options"
-    try:
-        return build_scorer(name, **kwargs)
-    except TypeError as error:
-        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-        if unexpected:
-            raise ValueError(f"scorer {name!r} has no option {unexpected.group(1)!r} ({error})") from error
-        raise ValueError(f"cannot build scorer {name!r} ({shown}): TypeError: {error}") from error
-    except (KeyError, ValueError, FileNotFoundError):
-        raise  # already the user's message (an unknown name, a bad reference, a missing file)
-    except Exception as error:  # noqa: BLE001  (missing weights, a bad option value...: the user's to fix)
-        raise ValueError(f"cannot build scorer {name!r} ({shown}): {type(error).__name__}: {error}") from error
+    return construct_scorer(name, scorer_factory(name), {**shared, **(options or {})})
 
 
 class ScorerServer(ThreadingHTTPServer):

@@ -11,14 +11,13 @@ gives each image's weighted sum and every scorer's part. An image any scorer cou
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .base import ImageBatch, Scorer, scorer_factory
+from .base import ImageBatch, Scorer, construct_scorer, one_line, scorer_factory
 from .batch import DEFAULT_BATCH_SIZE, ScoreFailure, score_in_batches
 
 WEIGHT = "weight"
@@ -98,19 +97,10 @@ class WeightedScorers:
         scorers = []
         for entry in entries:
             factory = _resolve(entry)
-            kwargs = {"device": device, **entry.options}
             try:
-                scorers.append(factory(**kwargs))
-            except TypeError as error:
-                unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-                if unexpected:
-                    raise ValueError(f"{entry.key}: scorer {entry.name!r} has no option "
-                                     f"{unexpected.group(1)!r} ({error})") from error
-                raise ValueError(f"{entry.key}: cannot build scorer {entry.name!r} with {_shown(kwargs)}: "
-                                 f"TypeError: {error}") from error
-            except Exception as error:  # noqa: BLE001  (missing weights, a bad option value...: the user's to fix)
-                raise ValueError(f"{entry.key}: cannot build scorer {entry.name!r} ({_shown(kwargs)}): "
-                                 f"{type(error).__name__}: {_one_line(error)}") from error
+                scorers.append(construct_scorer(entry.name, factory, {"device": device, **entry.options}))
+            except ValueError as error:
+                raise ValueError(f"{entry.key}: {error}") from error.__cause__
         return cls(list(entries), scorers)
 
     @property
@@ -140,19 +130,11 @@ def _resolve(entry: WeightedScorer) -> Callable[..., Scorer]:
     except KeyError as error:
         raise KeyError(f"{entry.key}: {error.args[0] if error.args else error}") from error
     except (ValueError, OSError, ImportError) as error:
-        raise ValueError(f"{entry.key}: {_one_line(error)}") from error
+        raise ValueError(f"{entry.key}: {one_line(error)}") from error
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _shown(kwargs: Mapping[str, object]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 __all__ = ["WeightedScorer", "WeightedScorers", "WeightedScores", "check_weighted", "parse_weighted"]
