@@ -6,7 +6,8 @@ absolute or relative, runs down the layers below (or stays within its own layer)
     objectives, sampling                 losses; pipelines and generation
     models, data, rewards                model parts; pair tables; scorers and batch scoring
     config                               the typed run schema
-    files, paths, synthetic, threads,    utilities, the shapes world, CPU threads,
+    files, paths, processes, synthetic,  utilities, jobs on many processes, the shapes world,
+    threads                              CPU threads,
     diffalign                            the version
 
 Lazy references by name ("module:Class" strings resolved by a registry) are not imports and are
@@ -21,7 +22,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffalign"
 
 LAYERS: list[set[str]] = [
-    {"__init__", "files", "paths", "synthetic", "threads"},
+    {"__init__", "files", "paths", "processes", "synthetic", "threads"},
     {"config"},
     {"models", "data", "rewards"},
     {"objectives", "sampling"},
