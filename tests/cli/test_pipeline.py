@@ -118,3 +118,25 @@ def test_bad_loops_are_refused(tmp_path, bad, match):
     text = f"vars: {{out: OUT}}\nsteps:\n  - run: config keys\n    {bad}\n"
     with pytest.raises(ValueError, match=match):
         load_recipe(write(tmp_path, text), [])
+
+
+def test_a_step_with_several_processes_runs_under_accelerate_launch(tmp_path, capsys):
+    path = write(tmp_path, """
+vars: {gpus: 1}
+steps:
+  - name: evaluate
+    run: eval assets/tiny-sd --out OUT/eval
+    processes: "{gpus}"
+""")
+    import sys
+
+    (one,) = load_recipe(path, [])[1]
+    assert one.processes == 1 and one.command() == [sys.executable, "-m", "diffalign.cli.main", *one.args]
+    (many,) = load_recipe(path, ["gpus=4"])[1]
+    assert many.command() == [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "-m",
+                              "diffalign.cli.main", "eval", "assets/tiny-sd", "--out", f"{tmp_path}/out/eval"]
+    assert run_recipe([many], dry_run=True) == 0
+    assert f"accelerate launch --num_processes 4 -m diffalign.cli.main eval assets/tiny-sd --out {tmp_path}/out/eval" \
+        in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"step 1: processes 'two' is not a whole number of processes \(1 or more\)"):
+        load_recipe(path, ["gpus=two"])

@@ -28,6 +28,10 @@ combination, joined by spaces (every run of the loop above as `NAME=FOLDER` argu
         for: {method: "{methods}", seed: "0,1,2"}
         join: {runs: "{method}-seed{seed}={out}/{method}-seed{seed}"}
         run: eval {runs} --out {out}/eval
+
+A step with `processes: N` (after substitution; e.g. `processes: "{gpus}"` with a `gpus` variable) runs under
+`accelerate launch --num_processes N` when N > 1: one process per GPU, for the commands that split their work
+over processes (train, generate, eval, score, relabel, captions, pairs, cache).
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ class Step:
     name: str
     args: list[str]
     creates: Path | None
+    processes: int = 1
+
+    def command(self) -> list[str]:
+        """The command line that runs the step: `python -m diffalign.cli.main ARGS`, under `accelerate launch
+        --num_processes N` when the step asks for several processes."""
+        launch = ["-m", "accelerate.commands.launch", "--num_processes", str(self.processes)] if self.processes > 1 else []
+        return [sys.executable, *launch, "-m", "diffalign.cli.main", *self.args]
 
 
 def _substitute(text: str, values: dict[str, str], where: str) -> str:
@@ -87,6 +98,13 @@ def _joined(spec: object, loops: list[dict[str, str]], values: dict[str, str], w
             for name, template in spec.items()}
 
 
+def _processes(value: object, values: dict[str, str], where: str) -> int:
+    text = _substitute(str(value), values, where).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{where}: processes {text!r} is not a whole number of processes (1 or more)")
+    return int(text)
+
+
 def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]]:
     """The description and the steps of a recipe file, with `vars` and the `key=value` overrides substituted."""
     path = Path(path)
@@ -109,9 +127,10 @@ def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]
         where = f"{path} step {i}"
         if not isinstance(raw, dict) or "run" not in raw:
             raise ValueError(f"{where}: each step needs `run: <diffalign command line>`")
-        extra = set(raw) - {"name", "run", "creates", "for", "join"}
+        extra = set(raw) - {"name", "run", "creates", "for", "join", "processes"}
         if extra:
-            raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; a step has name, run, creates, for, join")
+            raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; a step has name, run, creates, for, join, "
+                             "processes")
         loops = _loop(raw.get("for"), values, where)
         if "join" in raw:
             loops = [_joined(raw["join"], loops, values, where)]
@@ -120,18 +139,21 @@ def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]
             args = shlex.split(_substitute(str(raw["run"]), scope, where))
             creates = raw.get("creates")
             name = _substitute(str(raw["name"]), scope, where) if "name" in raw else (args[0] if args else f"step {i}")
-            steps.append(Step(name, args, Path(_substitute(str(creates), scope, where)) if creates else None))
+            processes = _processes(raw.get("processes", 1), scope, where)
+            steps.append(Step(name, args, Path(_substitute(str(creates), scope, where)) if creates else None, processes))
     if not steps:
         raise ValueError(f"{path}: no steps")
     return str(recipe.get("description", "")).strip(), steps
 
 
 def run_recipe(steps: list[Step], dry_run: bool = False, in_process: bool = False) -> int:
-    """Run the steps not yet done, in order, each as `python -m diffalign.cli.main ARGS` (with `in_process`,
+    """Run the steps not yet done, in order, each as `Step.command()` (with `in_process`, a one-process step
     as `diffalign.cli.main.main(ARGS)` in this process: no interpreter start-up per step, for tests);
     the first failure stops."""
     for i, step in enumerate(steps, start=1):
         line = "diffalign " + shlex.join(step.args)
+        if step.processes > 1:
+            line = f"accelerate launch --num_processes {step.processes} -m diffalign.cli.main " + shlex.join(step.args)
         if step.creates is not None and step.creates.exists():
             print(f"[{i}/{len(steps)}] {step.name}: done already ({step.creates} exists), skipped", flush=True)
             continue
@@ -139,12 +161,12 @@ def run_recipe(steps: list[Step], dry_run: bool = False, in_process: bool = Fals
         if dry_run:
             continue
         start = time.time()
-        if in_process:
+        if in_process and step.processes == 1:
             from .main import main
 
             code = main(list(step.args))
         else:
-            code = subprocess.call([sys.executable, "-m", "diffalign.cli.main", *step.args])
+            code = subprocess.call(step.command())
         if code != 0:
             print(f"step {i} ({step.name}) failed with exit status {code}; fix it and run the recipe again: "
                   "finished steps are skipped", file=sys.stderr)
