@@ -39,6 +39,11 @@
 #                      default) and float32, timed, and each rerun (images reused); reports copied to $OUT
 #   generate           `diffalign generate` on the SD1.5 architecture, 512 px, float16: images/s at batch 16, a
 #                      resuming rerun, batch 1 vs batch 16 pixels
+#   data-jobs          `diffalign generate` and `score` on 1 process against one process per GPU (accelerate
+#                      launch; scripts/benchmark_processes.py): SD1.5 architecture at 512 px, 20 steps, fp16,
+#                      32 images per GPU, PickScore on a ViT-H/14 replica; images/s of each, the ratio, identical
+#                      files. With one GPU, only the one-process figures. $OUT/data-jobs.json
+#                      Issue 32: GPUCHK_ONLY="env data-jobs" GPUCHK_BUILD=sd15 (~3 min on one GPU: an estimate)
 #   sampling           the sampling primitives on that model in float16: trajectory vs pipeline images at eta 0,
 #                      a 20-step trajectory of 8 images, a re-scored step with gradient, DDIM inversion of 4 latents
 #   seppo              SePPO on that model, 512 px, 2 pairs, fp16: step time with its reference samples (DDIM 10
@@ -173,6 +178,7 @@ run_check perf              600 $CHECKS perf
 # ---- evaluation: the tiny demo first (while the full-size model builds), then generation at full size ----
 run_check eval-demo         200 $CHECKS eval-demo
 run_check generate          150 $CHECKS generate
+run_check data-jobs         200 $CHECKS data-jobs  # issue 32; an estimate: nothing measured on a GPU yet
 run_check sampling           90 $CHECKS sampling
 run_check seppo             200 $CHECKS seppo
 run_check inversion         250 $CHECKS inversion

@@ -796,6 +796,33 @@ def check_generate(fig: Figures) -> None:
         raise CheckFailed("the rerun drew images again instead of resuming")
 
 
+def check_data_jobs(fig: Figures) -> None:
+    """`diffalign generate` and `score` on one process against one process per GPU (`accelerate launch`), through
+    scripts/benchmark_processes.py: SD1.5 architecture (random weights) at 512 px, 20 steps, float16, 32 images
+    per GPU; PickScore on a random-weight ViT-H/14 replica scoring them 4 times over. Figures: images/s of each
+    layout, the ratio, whether both wrote the same files. On a machine with one GPU only the one-process figures
+    (the multi-process code path on a GPU, nothing to scale over)."""
+    import torch
+
+    gpus = 2 if CPU else torch.cuda.device_count()
+    fig["gpus"] = gpus
+    model = build_model("sd15")
+    figures = WORK / "data-jobs.json"
+    command = [sys.executable, str(ROOT / "scripts" / "benchmark_processes.py"), "--model", str(model),
+               "--processes", str(max(gpus, 1)), "--repeats", "1", "--out", str(figures)]
+    if CPU:
+        command += ["--device", "cpu", "--images", "8", "--steps", "2", "--score-copies", "2"]
+    else:
+        command += ["--device", "cuda", "--images", str(32 * gpus), "--steps", "20", "--size", "512",
+                    "--batch-size", "8", "--score-copies", "4", "--scorer-size", "vit-h-14"]
+    must(run(command, 400), "scripts/benchmark_processes.py")
+    results = json.loads(figures.read_text())
+    for key in ("generate", "score"):
+        fig[key] = results[key]
+    if not all(results[key]["outputs_identical"] for key in ("generate", "score")):
+        raise CheckFailed("the processes wrote other files than one process: " + json.dumps(results))
+
+
 def check_sampling(fig: Figures) -> None:
     """The sampling primitives on the SD1.5 architecture (random weights), 512 px, float16 on the GPU: trajectory
     images vs diffusers' pipeline at eta 0 (same seeds), time of a 20-step trajectory of 8 images at eta 1, a
@@ -1251,6 +1278,7 @@ CHECKS = {
     "xformers": check_xformers,
     "eval-demo": check_eval_demo,
     "generate": check_generate,
+    "data-jobs": check_data_jobs,
     "sampling": check_sampling,
     "seppo": check_seppo,
     "inversion": check_inversion,
