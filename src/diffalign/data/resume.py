@@ -4,18 +4,28 @@ The progress file (`progress.json` in the output folder, written atomically) hol
 data is made with and the shards finished so far. A shard is written (atomically) before the progress
 file names it, so after a crash a shard the progress file does not name is a leftover: `open_progress`
 deletes it and its work is redone. A rerun with other settings is refused rather than mixing data.
+
+On several processes (`diffalign relabel` and `captions` under `accelerate launch`, see `diffalign.processes`),
+shard n is chunk n of the job: the process that owns it writes the shard file, then a chunk record holding
+what the progress file keeps of it (`sharded_job_state` / `write_shard_file` / `ChunkRecords.write`); a shard
+with a record is done and survives `open_progress`. Once every process is done, the main process appends the
+recorded shards to the progress file in shard order (`merge_recorded_shards`), so it reads as one process
+writes it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write, atomic_write_text
+from ..processes import ChunkRecords, Processes, fingerprint, prepare_status
 
 PROGRESS_FILE = "progress.json"
 SHARD_GLOB = "data/train-*.parquet"
+RECORDS_DIR = ".chunks"  # the chunk records of shards not yet named in the progress file
 
 
 def shard_name(index: int) -> str:
@@ -23,12 +33,13 @@ def shard_name(index: int) -> str:
     return f"data/train-{index:05d}.parquet"
 
 
-def open_progress(out: Path, settings: dict, overwrite: bool = False) -> dict:
+def open_progress(out: Path, settings: dict, overwrite: bool = False, records: ChunkRecords | None = None) -> dict:
     """The progress of the dataset in `out` made with `settings` (a fresh one when there is none).
 
     Raises a ValueError naming the setting that differs when `out` was made with other settings
-    (unless `overwrite`, which starts over: every shard and the progress file are removed).
-    Leftover shards that the progress file does not name are deleted.
+    (unless `overwrite`, which starts over: every shard, chunk record and the progress file are removed).
+    Leftover shards that neither the progress file names nor `records` hold a record of are deleted; a
+    record of another job raises a ValueError naming it.
     """
     path = out / PROGRESS_FILE
     state = None
@@ -51,6 +62,10 @@ def open_progress(out: Path, settings: dict, overwrite: bool = False) -> dict:
     if state is None:
         state = {"settings": settings, "shards": []}
     named = {s["file"] for s in state["shards"]}
+    if records is not None:
+        if overwrite:
+            records.clear()
+        named |= {shard_name(chunk) for chunk in records.done()}
     for leftover in out.glob(SHARD_GLOB):
         if leftover.relative_to(out).as_posix() not in named:
             leftover.unlink()
@@ -68,17 +83,92 @@ def write_shard(out: Path, state: dict, table: Any, **record: Any) -> None:
 
     A table without rows is recorded with `"file": None` and no file is written: readers such as
     `datasets.load_dataset(folder)` fail on a parquet file without a row group."""
+    state["shards"].append({"file": write_shard_file(out, len(state["shards"]), table), **record})
+    save_progress(out, state)
+
+
+def write_shard_file(out: Path, index: int, table: Any) -> str | None:
+    """Write `table` (a `datasets.Dataset`) atomically as shard `index`; its relative path, or None for a table
+    without rows, of which no file is written."""
     if len(table) == 0:
-        state["shards"].append({"file": None, **record})
-        save_progress(out, state)
-        return
+        return None
     import pyarrow.parquet as pq
 
-    name = shard_name(len(state["shards"]))
+    name = shard_name(index)
     arrow = table.with_format("arrow")[:]  # keeps the features (image columns) in the schema metadata
     atomic_write(out / name, lambda file: pq.write_table(arrow, file))  # a failed write (a full disk) leaves nothing
-    state["shards"].append({"file": name, **record})
+    return name
+
+
+def read_progress(out: Path) -> dict:
+    """The progress file of `out`, as the main process wrote it; a missing one is a FileNotFoundError saying why
+    (another node that does not share the folder)."""
+    path = out / PROGRESS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: the main process writes it before the others start, so this process does not see "
+            "the main process's output folder (on several nodes --out must be on a filesystem every node shares)"
+        ) from None
+
+
+def shard_records(out: Path, settings: dict, rows: int, shard_size: int) -> ChunkRecords:
+    """The chunk records of a dataset of `rows` source rows written `shard_size` rows a shard: shard n, source rows
+    [n x shard_size, (n+1) x shard_size), is chunk n; the records carry the fingerprint of `settings`."""
+
+    def describe(chunk: int) -> str:
+        return f"shard {chunk} (source rows {chunk * shard_size}-{min((chunk + 1) * shard_size, rows) - 1})"
+
+    return ChunkRecords(out / RECORDS_DIR, fingerprint(settings), math.ceil(rows / shard_size), describe)
+
+
+def sharded_job_state(processes: Processes, out: Path, settings: dict, overwrite: bool,
+                      records: ChunkRecords) -> tuple[dict, set[int]]:
+    """Start a sharded dataset job on every process: the main process checks `settings` against the progress file
+    (refusing a change, naming it), deletes leftovers and writes the progress file; then every process waits for
+    it and returns the progress and the shards already done (named by the progress file or recorded)."""
+    if processes.is_main:
+        state = open_progress(out, settings, overwrite, records)
+        save_progress(out, state)
+        done = set(range(len(state["shards"]))) | records.done()  # before the others add any
+    prepare_status(processes, out)
+    if not processes.is_main:
+        state = read_progress(out)
+        done = set(range(len(state["shards"]))) | records.done()
+    return state, done
+
+
+def recorded_shards(out: Path, state: dict, records: ChunkRecords, processes: Processes | None = None) -> list[dict]:
+    """The entries of the shards after those the progress `state` names, from their chunk records, in shard order.
+
+    A shard without a record (not computed, or written where this process cannot see it) or whose record names a
+    file that is not there is a ValueError naming it; so is a record of another job."""
+    present = records.done()
+    entries = []
+    for chunk in range(len(state["shards"]), records.chunks):
+        if chunk not in present:
+            owner = f", the share of process {processes.owner(chunk)} of {processes.count}" if processes and processes.many else ""
+            raise ValueError(
+                f"{records.folder}: no record of {records.describe(chunk)}{owner}: it was not computed (rerun the "
+                "same command to compute it), or was written where this process cannot see it (on several nodes "
+                "--out must be on a filesystem every node shares)"
+            )
+        entry = json.loads(records.path(chunk).read_text())
+        del entry["fingerprint"], entry["chunk"]
+        if entry["file"] is not None and not (out / entry["file"]).is_file():
+            raise ValueError(f"{records.path(chunk)} records {records.describe(chunk)} in {out / entry['file']}, which "
+                             "is missing: delete the record and rerun the same command to compute the shard again")
+        entries.append(entry)
+    return entries
+
+
+def merge_recorded_shards(out: Path, state: dict, entries: list[dict], records: ChunkRecords) -> None:
+    """Name the recorded shards' `entries` (from `recorded_shards`) in the progress file after those it names,
+    save it, and remove the records it now holds."""
+    state["shards"].extend(entries)
     save_progress(out, state)
+    records.clear()
 
 
 def to_ranges(indices: list[int]) -> list[list[int]]:
