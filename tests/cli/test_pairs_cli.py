@@ -28,7 +28,8 @@ def _pairs(tmp_path: Path, out: Path, *extra: str) -> int:
 def test_pairs_resume_without_redoing_prompts_then_train_on_them(tmp_path, capsys):
     out = tmp_path / "pairs"
     assert _pairs(tmp_path, out, "--max-prompts", "2") == 0
-    assert "2 prompt(s) done (2 in this run)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 prompt(s) done (2 in this run)" in printed and "2 prompt(s) left: rerun without --max-prompts" in printed
     first = {p.name: p.read_bytes() for p in (out / "data").iterdir()}
     assert _pairs(tmp_path, out) == 0
     assert "4 prompt(s) done (2 in this run)" in capsys.readouterr().out
@@ -54,6 +55,7 @@ def test_pairs_resume_without_redoing_prompts_then_train_on_them(tmp_path, capsy
     assert "diffalign pairs" in card and '"k": 3' in card and "mean attribute score" in card
     with pytest.raises(SystemExit):
         main(["pairs", "--help"])
+    assert "accelerate launch --num_processes N -m\ndiffalign.cli.main pairs ..." in capsys.readouterr().out
     assert _pairs(tmp_path, out, "--k", "2") == 2
     assert "k: 3 there, 2 now" in capsys.readouterr().err
 
@@ -65,3 +67,19 @@ def test_pairs_resume_without_redoing_prompts_then_train_on_them(tmp_path, capsy
 
 def from_done(progress: dict) -> set[int]:
     return {i for a, b in progress["done"] for i in range(a, b + 1)}
+
+
+def test_a_pending_part_drawn_with_other_settings_is_refused(tmp_path, capsys):
+    from diffalign.feedback.pending_parts import write_part
+
+    out = tmp_path / "pairs"
+    assert _pairs(tmp_path, out, "--max-prompts", "1") == 0
+    settings = json.loads((out / "progress.json").read_text())["settings"]
+    rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": []}
+    write_part(out, 1, rows, {"prompts": 1}, {**settings, "k": 2})  # from a run with --k 2 into the same folder
+    capsys.readouterr()
+    assert _pairs(tmp_path, out) == 2  # refused before any model loads
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"diffalign pairs: error: {out}/.pending/prompt-00000001.part: a pending part drawn with other settings (k: 2 "
+        "there, 3 now): use the same settings to resume, another output folder, or --overwrite to start over"
+    )

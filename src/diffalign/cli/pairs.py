@@ -101,6 +101,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: finished prompts are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
         return 130
+    if result is None:  # not the main process: it reports for every process
+        return 0
     t = result.totals
     print(
         f"{t.get('prompts', 0)} prompt(s) done ({result.prompts_done_now} in this run): {t.get('pairs', 0)} pairs, "
@@ -139,11 +141,18 @@ def add_pairs_parser(sub: argparse._SubParsersAction) -> None:
         "  --strategy margin       every pair of the K images\n"
         "Either way a pair needs a combined-score margin of at least --min-margin (and above 0).\n\n"
         "Resumable: each prompt's pairs are saved as soon as they are made; rerunning the same command\n"
-        "skips the prompts already done (--max-prompts N stops after the first N prompts).",
+        "skips the prompts already done (--max-prompts N stops after the first N prompts).\n\n"
+        "Several processes (GPUs, nodes): run it under `accelerate launch --num_processes N -m\n"
+        "diffalign.cli.main pairs ...`; each process draws its share of the prompts (batch-size // k\n"
+        "prompts a call, on its own GPU with --device cuda or no --device) and the main process writes\n"
+        "the same shards as one process would. OUT must be on a filesystem every process sees; a stopped\n"
+        "job resumes with the same command on any number of processes.",
         epilog="examples:\n"
         "  diffalign pairs --prompts demo --model assets/tiny-sd --scorer shapes --k 4 --out data/demo-pairs\n"
         "  diffalign pairs --prompts prompts.txt --model stabilityai/stable-diffusion-xl-base-1.0 --k 4 \\\n"
         "      --scorer pickscore,hpsv2.1 --weights 1,1 --strategy margin --min-margin 0.5 --out data/sdxl-ai\n"
+        "  accelerate launch --num_processes 8 -m diffalign.cli.main pairs --prompts prompts.txt \\\n"
+        "      --model stabilityai/stable-diffusion-xl-base-1.0 --scorer pickscore --out data/sdxl-ai\n"
         "  diffalign train data.path=data/demo-pairs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

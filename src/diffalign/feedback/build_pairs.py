@@ -14,27 +14,36 @@ batch stops the run.
 
 Resumable per prompt: each prompt's pairs are saved as a pending part as soon as they exist and
 gathered into shards (`feedback.pending_parts`). A rerun with the same settings skips every prompt
-already done.
+already done; a rerun with other settings is refused, naming what changed.
+
+On several processes (`accelerate launch --num_processes N -m diffalign.cli.main pairs ...`, see
+`diffalign.processes`): the prompts are drawn `batch_size // k` at a time, and chunk c is the c-th such
+group of prompt indices (fixed by the prompt list and the batch size, never by N); process r draws chunks
+r, r + N, ... of the prompts not done yet, writing their parts and a chunk record each. Only the main
+process gathers parts into shards, in prompt order and never past a prompt not drawn yet, so the shards,
+`progress.json` and the card are those one process writes. Seeds are per (prompt, image) and the winners'
+sides per (prompt, pair), so nothing depends on which process drew a prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.cards import write_dataset_card
 from ..data.order import derive_seed
-from ..data.resume import from_ranges, open_progress
+from ..data.resume import PROGRESS_FILE, SHARD_GLOB, from_ranges, open_progress, read_progress, save_progress, to_ranges
 from ..evaluation.scoring import build_scorers
+from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
 from ..rewards.batch import score_in_batches
 from ..synthetic.domain import split_specs
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
@@ -42,6 +51,7 @@ from .pending_parts import PENDING_DIR, flush_parts, pending_prompts, write_part
 
 STRATEGIES = ("best-worst", "margin")
 DEMO_GROUPS = 2400
+RECORDS_DIR = "chunks"
 _IMAGE_KEY, _SIDE_KEY = 0, 1
 
 
@@ -213,77 +223,142 @@ class PairsResult:
     complete: bool
 
 
-def build_pairs(job: PairsJob) -> PairsResult:
+def build_pairs(job: PairsJob, processes: Processes | None = None) -> PairsResult | None:
     """Generate, score and pair the images of every prompt not done yet (up to `max_prompts`), write
-    shards and the dataset card; see the module docstring for the layout and the resumption rules."""
+    shards and the dataset card; see the module docstring for the layout, the resumption rules and the
+    split over `processes` (default: this launch's). The main process returns the result, the others None."""
     job.check()
+    processes = processes or current_processes()
+    job = replace(job, device=processes.device(job.device))
     out = Path(job.out)
-    if job.overwrite:
-        shutil.rmtree(out / PENDING_DIR, ignore_errors=True)
-    state = open_progress(out, job.settings(), job.overwrite)
-    flush_parts(out, state, job.shard_size, final=False)  # parts a crashed run left
+    settings = job.settings()
     target = min(len(job.prompts), job.max_prompts or len(job.prompts))
-    done = from_ranges(state.get("done", [])) | pending_prompts(out)
-    todo = [i for i in range(target) if i not in done]
+    per_call = max(1, job.batch_size // job.k)
+    records = _chunk_records(out, settings, target, per_call)
+    if processes.is_main:
+        state = _open(job, out, settings, target, records)
+    prepare_status(processes, out)
+    pending = pending_prompts(out)  # before the progress file: a prompt leaves the parts only once it names it
+    if not processes.is_main:
+        state = read_progress(out)
+    done = from_ranges(state.get("done", [])) | pending
+    chunks = [[i for i in range(c * per_call, min((c + 1) * per_call, target)) if i not in done]
+              for c in range(records.chunks)]
+    todo = sum(len(prompts) for prompts in chunks)
+    mine = [c for c in processes.share(records.chunks) if chunks[c]]
 
     start = time.time()
-    if todo:
-        scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.scorer_dtype, job.batch_size)
-        weights, logit_scale = record_scorers(state, scorers, job.weights)
-        pipe = load_generator(job)
-        _run(job, out, state, todo, pipe, scorers, weights, logit_scale)
-    complete = _finish(job, out, state, target)
-    _write_card(job, out, state, complete, target, time.time() - start)
-    return PairsResult(out, len(todo), state.get("totals", {}), state["shards"], complete)
+    with job_progress(processes, out, "pairs", todo, desc=f"pairs ({', '.join(job.scorers)})", unit="prompt",
+                      enabled=job.progress) as progress:
+        if mine or (todo and processes.is_main):  # the main process notes the scorers in the progress file
+            scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.scorer_dtype, job.batch_size)
+            weights, logit_scale = record_scorers(state, scorers, job.weights)
+        if mine:
+            pipe = load_generator(job)
+        for n, chunk in enumerate(mine):
+            _draw(job, out, settings, chunks[chunk], pipe, scorers, weights, logit_scale, first=n == 0)
+            records.write(chunk, {"prompts": to_ranges(chunks[chunk])})
+            if processes.is_main:
+                flush_parts(out, state, job.shard_size, final=False, limit=target, settings=settings)
+            progress.update(len(chunks[chunk]))
+    if not processes.is_main:
+        return None
+    _finish(job, out, state, target, per_call, processes)
+    records.clear()
+    complete = target == len(job.prompts)
+    _write_card(job, out, state, complete, time.time() - start)
+    return PairsResult(out, todo, state.get("totals", {}), state["shards"], complete)
 
 
-def _run(job: PairsJob, out: Path, state: dict, todo: list[int], pipe, scorers, weights: dict, logit_scale: float) -> None:
+def _chunk_records(out: Path, settings: dict, target: int, per_call: int) -> ChunkRecords:
+    """This run's chunks: chunk c is the prompts [c x per_call, (c+1) x per_call) below `target`, drawn in one
+    call; its record lists those it drew (the parts are what a rerun resumes from)."""
+
+    def describe(chunk: int) -> str:
+        return f"prompts {chunk * per_call}-{min((chunk + 1) * per_call, target) - 1}"
+
+    job = fingerprint({**settings, "target": target, "per_call": per_call})
+    return ChunkRecords(out / PENDING_DIR / RECORDS_DIR, job, math.ceil(target / per_call), describe)
+
+
+def _open(job: PairsJob, out: Path, settings: dict, target: int, records: ChunkRecords) -> dict:
+    """The main process's start: check the settings against the progress file (refusing a change, naming it),
+    refuse pending parts drawn with other settings, gather the parts a stopped run left and write the progress
+    file the other processes read."""
+    if job.overwrite:
+        shutil.rmtree(out / PENDING_DIR, ignore_errors=True)
+    state = open_progress(out, settings, job.overwrite or not _holds_work(out))
+    pending_prompts(out, settings)
+    records.clear()  # an earlier run's log (its batch size or --max-prompts may differ); the parts are the work
+    flush_parts(out, state, job.shard_size, final=False, limit=target, settings=settings)
+    save_progress(out, state)
+    return state
+
+
+def _holds_work(out: Path) -> bool:
+    """Whether `out` holds work that other settings would lose: shards, prompts recorded done, pending parts (a
+    progress file without any, as a run that failed while loading its models leaves, is no reason to refuse)."""
+    if any(out.glob(SHARD_GLOB)) or pending_prompts(out):
+        return True
+    try:
+        state = json.loads((out / PROGRESS_FILE).read_text())
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True  # open_progress names the broken file
+    return bool(state.get("done") or state.get("shards"))
+
+
+def _draw(job: PairsJob, out: Path, settings: dict, prompts: list[int], pipe, scorers, weights: dict,
+          logit_scale: float, first: bool) -> None:
+    """Draw, score and pair the images of `prompts` in one call and write each prompt's pending part."""
     from ..sampling.generate import generate
 
-    per_call = max(1, job.batch_size // job.k)
     label = model_label(job.model, job.loras)
-    bar = tqdm(total=len(todo), desc=f"pairs ({', '.join(job.scorers)})", unit="prompt", disable=not job.progress)
-    with bar:
-        for chunk_start in range(0, len(todo), per_call):
-            chunk = todo[chunk_start : chunk_start + per_call]
-            texts = [job.prompts[i] for i in chunk for _ in range(job.k)]
-            seeds = [image_seed(job.seed, i, j) for i in chunk for j in range(job.k)]
-            arrays = generate(pipe, texts, seeds, job.steps, job.guidance, job.size, batch_size=job.batch_size)
-            result = score_in_batches(scorers, arrays, texts, batch_size=job.batch_size,
-                                      stop_if_first_batch_fails=chunk_start == 0)
-            scores = {name: values.numpy() for name, values in result.scores.items()}
-            combined = combine_scores(scores, weights)
-            for c, i in enumerate(chunk):
-                group = slice(c * job.k, (c + 1) * job.k)
-                pairs = choose_pairs(combined[group], job.strategy, job.min_margin)
-                sides = [winner_first(job.seed, i, p) for p in range(len(pairs))]
-                rows = group_rows(
-                    job.prompts[i], arrays[group], {n: v[group] for n, v in scores.items()}, combined[group],
-                    logit_scale, seeds[group], label, pairs, sides,
-                )
-                finite = combined[group][np.isfinite(combined[group])]
-                margins = [combined[group][w] - combined[group][l_] for w, l_ in pairs]
-                stats = {
-                    "prompts": 1, "pairs": len(pairs), "prompts_without_pairs": int(not pairs), "images": job.k,
-                    "images_failed": int(job.k - len(finite)), "score_sum": float(finite.sum()),
-                    "margin_sum": float(np.sum(margins)),
-                }
-                write_part(out, i, rows, stats)
-            flush_parts(out, state, job.shard_size, final=False)
-            bar.update(len(chunk))
+    texts = [job.prompts[i] for i in prompts for _ in range(job.k)]
+    seeds = [image_seed(job.seed, i, j) for i in prompts for j in range(job.k)]
+    arrays = generate(pipe, texts, seeds, job.steps, job.guidance, job.size, batch_size=job.batch_size)
+    result = score_in_batches(scorers, arrays, texts, batch_size=job.batch_size, stop_if_first_batch_fails=first)
+    scores = {name: values.numpy() for name, values in result.scores.items()}
+    combined = combine_scores(scores, weights)
+    for c, i in enumerate(prompts):
+        group = slice(c * job.k, (c + 1) * job.k)
+        pairs = choose_pairs(combined[group], job.strategy, job.min_margin)
+        sides = [winner_first(job.seed, i, p) for p in range(len(pairs))]
+        rows = group_rows(
+            job.prompts[i], arrays[group], {n: v[group] for n, v in scores.items()}, combined[group],
+            logit_scale, seeds[group], label, pairs, sides,
+        )
+        finite = combined[group][np.isfinite(combined[group])]
+        margins = [combined[group][w] - combined[group][l_] for w, l_ in pairs]
+        stats = {
+            "prompts": 1, "pairs": len(pairs), "prompts_without_pairs": int(not pairs), "images": job.k,
+            "images_failed": int(job.k - len(finite)), "score_sum": float(finite.sum()),
+            "margin_sum": float(np.sum(margins)),
+        }
+        write_part(out, i, rows, stats, settings)
 
 
-def _finish(job: PairsJob, out: Path, state: dict, target: int) -> bool:
-    """Gather the last parts into a final shard once every prompt up to `target` has its part."""
-    pending = pending_prompts(out)
-    if not all(i in pending or i in from_ranges(state.get("done", [])) for i in range(target)):
-        return False
-    flush_parts(out, state, job.shard_size, final=True)
-    shutil.rmtree(out / PENDING_DIR, ignore_errors=True)
-    return True
+def _finish(job: PairsJob, out: Path, state: dict, target: int, per_call: int, processes: Processes) -> None:
+    """Gather the last parts into a final shard once every prompt up to `target` has its part; a missing one
+    (not drawn, or written where this process cannot see it) raises a ValueError naming it."""
+    done = from_ranges(state.get("done", [])) | pending_prompts(out)
+    missing = next((i for i in range(target) if i not in done), None)
+    if missing is not None:
+        chunk = missing // per_call
+        owner = f", the share of process {processes.owner(chunk)} of {processes.count}" if processes.many else ""
+        raise ValueError(
+            f"{out / PENDING_DIR}: no part of prompt {missing} (drawn with prompts {chunk * per_call}-"
+            f"{min((chunk + 1) * per_call, target) - 1}{owner}): it was not drawn (rerun the same command to draw "
+            "it), or was written where this process cannot see it (on several nodes --out must be on a filesystem "
+            "every node shares)"
+        )
+    flush_parts(out, state, job.shard_size, final=True, limit=target, settings=job.settings())
+    if not pending_prompts(out):
+        shutil.rmtree(out / PENDING_DIR, ignore_errors=True)
 
 
-def _write_card(job: PairsJob, out: Path, state: dict, complete: bool, target: int, seconds: float) -> None:
+def _write_card(job: PairsJob, out: Path, state: dict, complete: bool, seconds: float) -> None:
     totals = state.get("totals", {})
     pairs, images = totals.get("pairs", 0), totals.get("images", 0)
     scored = images - totals.get("images_failed", 0)
@@ -293,7 +368,7 @@ def _write_card(job: PairsJob, out: Path, state: dict, complete: bool, target: i
         "prompts": job.prompts_source,
         "prompts_total": len(job.prompts),
         "prompts_done": totals.get("prompts", 0),
-        "complete": complete and target == len(job.prompts),
+        "complete": complete,
         "k": job.k, "steps": job.steps, "guidance": job.guidance, "size": job.size, "seed": job.seed,
         "seeds": "image j of prompt i starts from the noise of derive_seed(seed, 0, i, j) "
                  "(diffalign.feedback.build_pairs.image_seed), recorded in seed_0/seed_1",
