@@ -64,7 +64,9 @@ def launch(jobs: list[Job], folder: Path, processes: int = 2, timeout: float = 6
     process killed by a fault) is returned, not raised."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "jobs.json").write_text(json.dumps([asdict(j) for j in jobs], indent=1))
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+    # --cpu would start one process (accelerate's CPU launcher needs MPI for more); --multi_gpu runs torchrun, which
+    # starts them all without a GPU
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), str(DRIVER), str(folder / "jobs.json"), str(folder)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
