@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _launch(processes: int, threads: int | None, cpu: bool) -> tuple[list[str], dict]:
+def _launch(processes: int, threads: int | None) -> tuple[list[str], dict]:
     """The command prefix that runs `diffalign` on `processes` processes, and its environment."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if threads is not None:
@@ -40,10 +40,9 @@ def _launch(processes: int, threads: int | None, cpu: bool) -> tuple[list[str], 
     port = 29000 + os.getpid() % 1000
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines",
               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-    if cpu:
-        launch.append("--cpu")
-    else:
-        launch.append("--multi_gpu")
+    # --multi_gpu is torchrun, which starts every process, with or without GPUs (accelerate's --cpu launcher
+    # starts one process unless MPI is installed); on the CPU the processes meet over gloo
+    launch.append("--multi_gpu")
     return [*launch, "-m", "diffalign.cli.main"], env
 
 
@@ -105,7 +104,7 @@ def main() -> None:
     times: dict[str, dict[int, list[float]]] = {"generate": {}, "score": {}}
     for repeat in range(args.repeats):
         for p, t in layouts if repeat % 2 == 0 else layouts[::-1]:
-            prefix, env = _launch(p, t, cpu)
+            prefix, env = _launch(p, t)
             out = work / f"gen-{p}-{repeat}"
             times["generate"].setdefault(p, []).append(_timed([*prefix, *generate, "--out", str(out)], env))
             outputs.setdefault(p, []).append(out)
@@ -115,7 +114,7 @@ def main() -> None:
     scored = images * args.score_copies
     for repeat in range(args.repeats):
         for p, t in layouts if repeat % 2 == 0 else layouts[::-1]:
-            prefix, env = _launch(p, t, cpu)
+            prefix, env = _launch(p, t)
             out = work / f"scores-{p}-{repeat}.csv"
             command = [*prefix, "score", *inputs, "--scorer", "pickscore", "--scorer-option",
                        f"pickscore.model={scorer}", "--scorer-option", f"pickscore.processor={scorer}", "--out", str(out),
