@@ -13,6 +13,7 @@ from diffalign.cli.main import main
 from diffalign.data.pairs import write_pair_table
 from diffalign.evaluation.score_files import read_scorer_summaries, read_scores
 from diffalign.evaluation.winrate import wilson_interval
+from diffalign.processes import ChunkRecords
 from diffalign.synthetic.domain import COLOURS, SHAPES, random_spec
 from diffalign.synthetic.render import render
 
@@ -187,3 +188,94 @@ def test_score_help_lists_scorers_and_exit_codes():
     ).stdout
     assert "usage: diffalign score" in out and "shapes" in out.split("scorers:")[1]
     assert "exit status: 0" in out and "--scorer-option NAME.KEY=VALUE" in out
+    assert "accelerate launch --num_processes N -m diffalign.cli.main score" in out
+
+
+RECORD_WRITE = ChunkRecords.write
+
+
+def count_records(monkeypatch, fail_at: int | None = None) -> list[int]:
+    """The chunks whose records are written from now on; with `fail_at`, writing the fail_at-th one raises."""
+    written: list[int] = []
+    original = RECORD_WRITE
+
+    def write(self, chunk: int, record: dict) -> None:
+        if fail_at is not None and len(written) + 1 == fail_at:
+            raise RuntimeError("killed")
+        original(self, chunk, record)
+        written.append(chunk)
+
+    monkeypatch.setattr(ChunkRecords, "write", write)
+    return written
+
+
+def test_a_failed_run_resumes_with_the_same_command_and_refuses_other_settings(image_folder, tmp_path, monkeypatch,
+                                                                             capsys):
+    from diffalign.evaluation.score_job import parts_folder
+
+    command = ["score", str(image_folder), "--scorer", "shapes", "--batch-size", "1", "--no-progress"]
+    assert main([*command, "--out", str(tmp_path / "reference.csv")]) == 0
+    out = tmp_path / "scores.csv"
+    parts = parts_folder(out)
+    count_records(monkeypatch, fail_at=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        main([*command, "--out", str(out)])
+    assert not out.exists() and sorted(p.name for p in parts.glob("chunk-*")) == ["chunk-000000.json"]
+    capsys.readouterr()
+    assert main([*command[:-3], "--batch-size", "2", "--no-progress", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"diffalign score: error: --out {out}: {parts} holds the scores of an unfinished job with other settings "
+        f"(batch size: 1 there, 2 now): rerun it with the same settings to resume it, or delete {parts} to start over\n"
+    )
+    render_scene(5)[0].save(image_folder / "new.png")
+    (image_folder / "new.txt").write_text("a red circle on a blue background")
+    assert main([*command, "--dtype", "fp32", "--out", str(out)]) == 2
+    assert "other settings (images: 3 there, 4 now; also dtype): rerun it" in capsys.readouterr().err
+    (image_folder / "new.png").unlink()
+    written = count_records(monkeypatch)
+    assert main([*command, "--out", str(out)]) == 0
+    assert written == [1, 2]  # the batches without a record
+    assert out.read_bytes() == (tmp_path / "reference.csv").read_bytes() and not parts.exists()
+
+
+def test_a_stale_record_of_another_job_is_refused(image_folder, tmp_path, capsys):
+    from diffalign.evaluation.score_job import parts_folder
+
+    out = tmp_path / "scores.csv"
+    foreign = ChunkRecords(parts_folder(out), "0123456789abcdef", 3)
+    foreign.write(0, {"count": 1, "scores": {"shapes": [0.5]}, "errors": [[]]})
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffalign score: error: {foreign.path(0)}: a foreign chunk record, written by a job with "
+                          "other settings (fingerprint 0123456789abcdef, this job's ")
+    assert f"this folder holds another job's work: use another output, or delete {parts_folder(out)} to start over" in err
+    assert not out.exists()
+
+
+def test_several_processes_need_out_and_the_others_print_nothing(image_folder, tmp_path, monkeypatch, capsys):
+    import diffalign.evaluation.score_job as score_job
+    from diffalign.processes import STATUS_DIR, Processes
+
+    command = ["score", str(image_folder), "--scorer", "shapes", "--batch-size", "1", "--no-progress"]
+    monkeypatch.setattr(score_job, "launched_processes", lambda: Processes(0, 2))
+    assert main(command) == 2
+    assert capsys.readouterr().err.startswith(
+        "diffalign score: error: with 2 processes give --out FILE: the processes meet through files (each records its "
+        "batches beside FILE, the main process merges them into it)\n")
+    table = tmp_path / "pairs.parquet"
+    pick_a_pic_table(table)
+    assert main(["score", "--pairs", str(table), "--scorer", "shapes"]) == 2
+    assert "with 2 processes give --out FILE" in capsys.readouterr().err
+    out = tmp_path / "scores.csv"
+    status = score_job.parts_folder(out) / STATUS_DIR / "score-00000.json"
+    status.parent.mkdir(parents=True)
+    status.write_text(json.dumps({"done": 0, "state": "finished", "error": None}))  # the main process, done
+    monkeypatch.setattr(score_job, "launched_processes", lambda: Processes(1, 2))
+    written = count_records(monkeypatch)
+    assert main([*command, "--out", str(out)]) == 0 and written == [1]
+    assert capsys.readouterr() == ("", "") and not out.exists()
+    monkeypatch.undo()
+    written = count_records(monkeypatch)
+    assert main([*command, "--out", str(out)]) == 0 and written == [0, 2]  # one process takes over the rest
+    assert main([*command, "--out", str(tmp_path / "one.csv")]) == 0
+    assert out.read_bytes() == (tmp_path / "one.csv").read_bytes()

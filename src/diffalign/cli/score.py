@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from ..files import check_output_file
 
 if TYPE_CHECKING:
+    from ..data.image_inputs import ImageItem
+    from ..evaluation.score_job import ScoreJob
     from ..evaluation.scoring import ScoreRun
 
 MAX_LISTED_ERRORS = 20
@@ -65,14 +67,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _score_images(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
     from ..data.image_inputs import check_prompts, collect_items
     from ..evaluation.score_files import output_format, write_scores
-    from ..evaluation.scoring import (
-        DEFAULT_CHUNK,
-        build_scorers,
-        format_summary,
-        format_table,
-        score_items,
-        summarize,
-    )
+    from ..evaluation.scoring import format_summary, format_table, summarize
 
     if not args.inputs:
         raise ValueError("give the images to score: image files, folders or metadata files (or --pairs DATASET)")
@@ -81,8 +76,9 @@ def _score_images(args: argparse.Namespace, names: list[str], options: dict[str,
         check_output_file(args.out)
     items = collect_items(args.inputs, args.prompt, exclude=[Path(args.out)] if args.out else [])
     check_prompts(items)
-    scorers = build_scorers(names, options, args.device, args.dtype, args.batch_size)
-    run = score_items(items, scorers, args.batch_size or DEFAULT_CHUNK, progress=not args.no_progress)
+    job, run = _score_job(args, names, options, items)
+    if run is None:
+        return 0  # another process: the main process writes and prints the merged scores
     summaries = summarize(run)
     columns, rows = run.rows()
     if args.out:
@@ -97,17 +93,41 @@ def _score_images(args: argparse.Namespace, names: list[str], options: dict[str,
     print(format_summary(summaries))
     if args.out:
         print(f"scores of {len(items)} image(s) in {args.out}")
-    return _exit_code(run)
+    return _finish(job, run)
+
+
+def _score_job(
+    args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]], items: list[ImageItem]
+) -> tuple[ScoreJob, ScoreRun | None]:
+    """Score `items` on this process's share of the batches (see evaluation/score_job.py): the merged run on
+    the main process, None on the others."""
+    from ..evaluation.score_job import ScoreJob, launched_processes, score_settings
+    from ..evaluation.scoring import DEFAULT_CHUNK, build_scorers
+
+    processes = launched_processes()
+    device = processes.device(args.device)
+    batch_size = args.batch_size or DEFAULT_CHUNK
+    settings = score_settings(items, names, options, args.device, args.dtype, batch_size)
+    job = ScoreJob(items, batch_size, args.out, settings, processes)
+    job.open()
+    run = job.run(lambda: build_scorers(names, options, device, args.dtype, args.batch_size),
+                  progress=not args.no_progress)
+    return job, run
+
+
+def _finish(job: ScoreJob, run: ScoreRun) -> int:
+    """Remove the chunk records of a finished job (an interrupted one keeps them) and give the exit status."""
+    code = _exit_code(run)
+    if not run.interrupted:
+        job.close()
+    elif job.parts is not None and job.parts.is_dir():
+        print(f"the scored batches are kept in {job.parts}: rerun the same command to score the rest", file=sys.stderr)
+    return code
 
 
 def _score_pairs(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
-    from ..evaluation.agreement import (
-        evaluate_pairs,
-        format_agreement,
-        parse_thresholds,
-    )
+    from ..evaluation.agreement import format_agreement, pair_items, pairs_report, parse_thresholds
     from ..evaluation.score_files import output_format, write_atomically
-    from ..evaluation.scoring import DEFAULT_CHUNK, build_scorers
 
     if args.inputs or args.prompt is not None:
         raise ValueError("--pairs DATASET scores each row's jpg_0/jpg_1 against its caption: give no other inputs or --prompt")
@@ -115,22 +135,18 @@ def _score_pairs(args: argparse.Namespace, names: list[str], options: dict[str, 
         output_format(args.out, (".json",))
         check_output_file(args.out)
     thresholds = parse_thresholds(args.tie_aware) if args.tie_aware is not None else []
-    scorers = build_scorers(names, options, args.device, args.dtype, args.batch_size)
-    report, run = evaluate_pairs(
-        args.pairs,
-        scorers,
-        args.batch_size or DEFAULT_CHUNK,
-        args.tie_tolerance or 0.0,
-        thresholds,
-        progress=not args.no_progress,
-    )
+    labels, items = pair_items(args.pairs, tie_aware=bool(thresholds))
+    job, run = _score_job(args, names, options, items)
+    if run is None:
+        return 0  # another process: the main process writes and prints the report
+    report = pairs_report(args.pairs, labels, run, args.tie_tolerance or 0.0, thresholds)
     if args.out:
         write_atomically(args.out, (json.dumps(report, indent=2) + "\n").encode())
     _report_errors(run, args.out)
     print(format_agreement(report))
     if args.out:
         print(f"report in {args.out}")
-    return _exit_code(run)
+    return _finish(job, run)
 
 
 def add_score_parser(sub: argparse._SubParsersAction, scorer_names: str) -> None:
@@ -163,6 +179,11 @@ def add_score_parser(sub: argparse._SubParsersAction, scorer_names: str) -> None
         "  diffalign score --pairs /data/pickapic/test_unique --scorer pickscore --tie-aware sweep --out acc.json\n"
         f"scorers: {scorer_names}\n"
         "All chosen scorers are loaded together; each batch of images is decoded once and scored by each.\n"
+        "On several processes (GPUs, nodes), each scoring its share of the batches:\n"
+        "  accelerate launch --num_processes N -m diffalign.cli.main score samples/ --scorer pickscore --out s.csv\n"
+        "With --out (required on several processes) the scored batches wait in the hidden .s.csv.parts/ beside\n"
+        "it until the main process merges them (the file one process writes): a killed or interrupted job resumes\n"
+        "with the same command, on any number of processes; one with other images, scorers or options is refused.\n"
         "exit status: 0 every image scored; 1 some images could not be scored (listed, the rest scored and\n"
         "written); 2 usage error, or a scorer that failed on every image of the first batch (nothing\n"
         "written); 130 interrupted (what was scored is written).",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..rewards.base import Scorer, preference_probabilities
-from ..data.image_inputs import pair_table_items
+from ..data.image_inputs import ImageItem, pair_table_items
 from .scoring import DEFAULT_CHUNK, ScoreRun, format_table, score_items
 from .winrate import wilson_interval
 
@@ -171,6 +171,49 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
+def pair_items(path: str, tie_aware: bool = False) -> tuple[list[float | None], list[ImageItem]]:
+    """The `label_0` of every row of the Pick-a-Pic-schema table at `path`, and the images to score: both images
+    of each row with a decided label, and of the human ties when `tie_aware` (the tie-aware protocol uses them)."""
+    table, items = pair_table_items(path)
+    labels = [None if v is None else float(v) for v in table["label_0"]]
+    wanted = {0.0, 1.0, 0.5} if tie_aware else {0.0, 1.0}
+    return labels, [item for item in items if labels[item.row] in wanted]  # type: ignore[index]
+
+
+def pairs_report(
+    path: str, labels: Sequence[float | None], run: ScoreRun, tie_tolerance: float = 0.0, thresholds: Sequence[float] = ()
+) -> dict:
+    """The agreement report of a `ScoreRun` over a pair table's images (`pair_items`) against its `labels`: a
+    JSON-ready dict with the dataset, row counts, per scorer its scale, `Agreement` and the `TieAwareAgreement`
+    at each threshold, the images that failed, and whether the scoring was interrupted."""
+    report: dict = {
+        "dataset": path,
+        "rows": len(labels),
+        "decided": sum(label in (0.0, 1.0) for label in labels),
+        "label_ties": sum(label == 0.5 for label in labels),
+        "scored_rows": len({item.row for item in run.items}),
+        "tie_tolerance": tie_tolerance,
+        "scorers": {},
+        "errors": [
+            {"file": run.items[i].file, "row": run.items[i].row, "image": run.items[i].image, "error": run.error_of(i)}
+            for i in run.failed
+        ],
+        "interrupted": run.interrupted,
+    }
+    for name in run.scorer_names:
+        pair_scores = np.full((2, len(labels)), np.nan)
+        for item, value in zip(run.items, run.scores[name]):
+            pair_scores[int(item.image == "jpg_1"), item.row] = value
+        result = {"logit_scale": 1.0, **run.tags[name]}
+        result.update(agreement(*pair_scores, labels, tie_tolerance).as_dict())
+        if thresholds:
+            result["tie_aware"] = [
+                tie_aware_agreement(*pair_scores, labels, result["logit_scale"], t).as_dict() for t in thresholds
+            ]
+        report["scorers"][name] = result
+    return report
+
+
 def evaluate_pairs(
     path: str,
     scorers: Sequence[Scorer],
@@ -182,41 +225,11 @@ def evaluate_pairs(
     """Score both images of every pair of a Pick-a-Pic-schema table and compare with the human labels.
 
     Only rows with a decided label are scored, plus the human ties when `thresholds` ask for the
-    tie-aware protocol. Returns the report (a JSON-ready dict: dataset, row counts, per scorer its
-    scale, `Agreement` and the `TieAwareAgreement` at each threshold, and the images that failed)
-    and the `ScoreRun` behind it.
+    tie-aware protocol. Returns the report (`pairs_report`) and the `ScoreRun` behind it.
     """
-    table, items = pair_table_items(path)
-    labels = [None if v is None else float(v) for v in table["label_0"]]
-    wanted = {0.0, 1.0, 0.5} if thresholds else {0.0, 1.0}
-    keep = {row for row, label in enumerate(labels) if label in wanted}
-    run = score_items([item for item in items if item.row in keep], scorers, batch_size, progress)
-    report: dict = {
-        "dataset": path,
-        "rows": len(labels),
-        "decided": sum(label in (0.0, 1.0) for label in labels),
-        "label_ties": sum(label == 0.5 for label in labels),
-        "scored_rows": len(keep),
-        "tie_tolerance": tie_tolerance,
-        "scorers": {},
-        "errors": [
-            {"file": run.items[i].file, "row": run.items[i].row, "image": run.items[i].image, "error": run.error_of(i)}
-            for i in run.failed
-        ],
-        "interrupted": run.interrupted,
-    }
-    for scorer in scorers:
-        pair_scores = np.full((2, len(labels)), np.nan)
-        for item, value in zip(run.items, run.scores[scorer.name]):
-            pair_scores[int(item.image == "jpg_1"), item.row] = value
-        result = {"logit_scale": 1.0, **run.tags[scorer.name]}
-        result.update(agreement(*pair_scores, labels, tie_tolerance).as_dict())
-        if thresholds:
-            result["tie_aware"] = [
-                tie_aware_agreement(*pair_scores, labels, result["logit_scale"], t).as_dict() for t in thresholds
-            ]
-        report["scorers"][scorer.name] = result
-    return report, run
+    labels, items = pair_items(path, bool(thresholds))
+    run = score_items(items, scorers, batch_size, progress)
+    return pairs_report(path, labels, run, tie_tolerance, thresholds), run
 
 
 def _percent(value: float | None) -> str:

@@ -141,14 +141,21 @@ def scorer_tags(scorer: Scorer) -> dict:
 
 
 def score_items(
-    items: Sequence[ImageItem], scorers: Sequence[Scorer], batch_size: int = DEFAULT_CHUNK, progress: bool = True
+    items: Sequence[ImageItem],
+    scorers: Sequence[Scorer],
+    batch_size: int = DEFAULT_CHUNK,
+    progress: bool = True,
+    stop_if_first_batch_fails: bool | None = None,
+    stop_on_interrupt: bool = True,
 ) -> ScoreRun:
     """Score every item with every scorer, `batch_size` images per call (`rewards.batch.score_in_batches`);
     each failure becomes an item error.
 
     Raises `ScorerFailure` when a scorer fails on all images of the first batch and more remain (a
-    wrong scorer for these prompts, missing weights...). Ctrl-C stops the run: the returned
-    `ScoreRun` has `interrupted` set and the unscored items say so, so the caller can still save it.
+    wrong scorer for these prompts, missing weights...); `stop_if_first_batch_fails` True or False decides
+    it instead (a caller scoring a long list a batch at a time). Ctrl-C stops the run: the returned
+    `ScoreRun` has `interrupted` set and the unscored items say so, so the caller can still save it
+    (with `stop_on_interrupt` False, KeyboardInterrupt propagates instead).
     """
     items = list(items)
     names = [s.name for s in scorers]
@@ -167,8 +174,8 @@ def score_items(
         batch_size=batch_size,
         progress=progress,
         desc=f"scoring ({', '.join(names)})",
-        stop_if_first_batch_fails=len(todo) > batch_size,
-        stop_on_interrupt=True,
+        stop_if_first_batch_fails=len(todo) > batch_size if stop_if_first_batch_fails is None else stop_if_first_batch_fails,
+        stop_on_interrupt=stop_on_interrupt,
         where=lambda k: items[todo[k]].where,
     )
     for name, values in result.scores.items():
