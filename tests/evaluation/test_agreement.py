@@ -86,3 +86,34 @@ def test_parse_thresholds():
     for bad in ("abc", "1.5", ""):
         with pytest.raises(ValueError, match="--tie-aware"):
             parse_thresholds(bad)
+
+
+def test_a_report_from_scores_merged_by_chunks_is_the_report_of_one_scoring(tmp_path):
+    import random
+
+    from diffalign.data.pairs import write_pair_table
+    from diffalign.evaluation.agreement import evaluate_pairs, pair_items, pairs_report
+    from diffalign.evaluation.score_job import ScoreJob, score_settings
+    from diffalign.rewards import build_scorer
+    from diffalign.synthetic.domain import random_spec
+    from diffalign.synthetic.render import render
+
+    rng = random.Random(0)
+    rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [1.0, 0.5, 0.0, None, 1.0], "label_1": [0.0] * 5}
+    for _ in range(5):
+        spec = random_spec(rng)
+        rows["caption"].append(spec.caption)
+        rows["jpg_0"].append(render(spec, rng)[0])
+        rows["jpg_1"].append(render(random_spec(rng), rng)[0])
+    table = str(write_pair_table(tmp_path / "pairs.parquet", rows))
+    labels, items = pair_items(table)
+    assert [(item.row, item.image) for item in items][::2] == [(0, "jpg_0"), (2, "jpg_0"), (4, "jpg_0")]  # decided
+    labels, items = pair_items(table, tie_aware=True)
+    assert sorted({item.row for item in items}) == [0, 1, 2, 4]  # and the human tie
+    shapes = build_scorer("shapes")
+    job = ScoreJob(items, 3, tmp_path / "report.json", score_settings(items, ["shapes"], {}, None, None, 3))
+    job.open()
+    run = job.run(lambda: [shapes], progress=False)
+    expected, _ = evaluate_pairs(table, [shapes], 8, 0.01, [0.0, 0.5], progress=False)
+    assert pairs_report(table, labels, run, 0.01, [0.0, 0.5]) == expected
+    assert expected["scored_rows"] == 4 and expected["scorers"]["shapes"]["other_labels"] == 1
