@@ -250,6 +250,12 @@ def test_a_stale_record_of_another_job_is_refused(image_folder, tmp_path, capsys
                           "other settings (fingerprint 0123456789abcdef, this job's ")
     assert f"this folder holds another job's work: use another output, or delete {parts_folder(out)} to start over" in err
     assert not out.exists()
+    settings = parts_folder(out) / "settings.json"
+    settings.write_text("{broken")
+    assert main(["score", str(image_folder), "--scorer", "shapes", "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"diffalign score: error: {settings}: not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+        f"column 2 (char 1)); delete {parts_folder(out)} to start over\n")
 
 
 def test_several_processes_need_out_and_the_others_print_nothing(image_folder, tmp_path, monkeypatch, capsys):
