@@ -100,9 +100,12 @@ def current_processes() -> Processes:
     it), read through accelerate's `PartialState`; otherwise the only process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Processes()
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # without CUDA, accelerate joins the processes (gloo) only when told the job runs on the CPU; otherwise each
+    # process would see itself as the only one and do the whole job
+    state = PartialState(cpu=not torch.cuda.is_available())
     return Processes(state.process_index, state.num_processes, state.local_process_index, state.wait_for_everyone)
 
 
@@ -205,6 +208,9 @@ class JobProgress:
                 if all(s["state"] == "finished" for s in statuses):
                     break
                 time.sleep(POLL_SECONDS)
+            # no process goes on (the main one to clear these files for its next job) before every one has seen
+            # all finish
+            self.processes.wait()
         self._refresh()
         self.bar.close()
 

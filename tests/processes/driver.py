@@ -1,6 +1,6 @@
 """Run `diffalign` commands one after another in each process of a distributed launch (the tests' launcher).
 
-    accelerate launch --cpu --num_processes N tests/processes/driver.py JOBS.json FOLDER
+    accelerate launch --multi_gpu --num_processes N tests/processes/driver.py JOBS.json FOLDER
 
 JOBS.json lists {"name", "argv", "fault"}; each process runs every job's `diffalign.cli.main.main(argv)` in
 turn (an exception or exit ends only that job), its stdout and stderr going to FOLDER/NAME.RANK.out/.err,

@@ -1,4 +1,4 @@
-"""Launching `diffalign` commands on several processes for the tests: `accelerate launch --cpu` (gloo), each
+"""Launching `diffalign` commands on several processes for the tests: `accelerate launch --multi_gpu` (torchrun; gloo without GPUs), each
 process single-threaded, every job of a list run in turn by `driver.py` (one launch pays the start-up once)."""
 
 from __future__ import annotations
