@@ -132,3 +132,25 @@ def test_status_files_of_an_earlier_launch_are_cleared_before_a_job_starts(tmp_p
     (tmp_path / STATUS_DIR / "draw-00001.json").write_text(json.dumps({"done": 9, "state": "finished", "error": None}))
     prepare_status(Processes(0, 2), tmp_path)
     assert not (tmp_path / STATUS_DIR).exists()
+
+
+def test_under_a_launcher_without_cuda_accelerate_is_told_the_processes_run_on_the_cpu(monkeypatch):
+    import accelerate
+
+    seen = {}
+
+    class State:
+        process_index, num_processes, local_process_index = 1, 2, 1
+
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def wait_for_everyone(self):
+            pass
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    processes = current_processes()
+    assert seen == {"cpu": True}  # without it accelerate leaves each CPU process alone: 0 of 1, the whole job each
+    assert (processes.index, processes.count, processes.local_index) == (1, 2, 1)
