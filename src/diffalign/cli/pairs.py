@@ -174,7 +174,8 @@ def add_pairs_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=1000,
                    help="rows per parquet shard (whole prompts: a shard closes once it has this many)")
     p.add_argument("--max-prompts", type=int, default=None, help="stop after the first N prompts (resume later)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; under a launcher, "
+                   "cuda is each process's own GPU)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="generator precision")
     p.add_argument("--scorer-dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"],
                    help="scorer precision (default: each scorer's own)")
