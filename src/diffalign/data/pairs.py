@@ -165,6 +165,8 @@ def decode_image(data: bytes | dict, where: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))  # type: ignore[arg-type]
         image.load()
         return image
+    except Image.UnidentifiedImageError as error:  # its message names the buffer's address: not the same twice
+        raise ValueError(f"{where}: cannot decode image bytes (not an image format PIL can identify)") from error
     except Exception as error:  # PIL raises several types for corrupt data
         raise ValueError(f"{where}: cannot decode image bytes ({error})") from error
 
