@@ -130,7 +130,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_shard(noise_pairs, capsys
         err = capsys.readouterr().err
         assert "diffalign relabel: error: no space left on device" in err and "Traceback" not in err
         left = sorted(p.relative_to(full).as_posix() for p in full.rglob("*") if p.is_file())
-        assert left == [], left  # no temporary or half-written shard
+        assert left in ([], ["out/progress.json"]), left  # no temporary or half-written shard (the settings may be)
 
 
 def test_a_read_only_output_folder_is_one_line(noise_pairs, tmp_path, capsys):

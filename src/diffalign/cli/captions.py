@@ -21,6 +21,8 @@ def cmd_captions(args: argparse.Namespace) -> int:
         result = caption_dataset(job)
     except KeyboardInterrupt:
         return report_interrupted(args.out)
+    if result is None:  # another process of a launch: the main process merges and reports
+        return 0
     report_left_out(args.source, result.errors, result.out, "an image could not be decoded or captioned")
     print(f"{result.rows} pairs written with caption_0/caption_1 ({args.strategy}) in {len(result.shards)} shard(s) "
           f"and a dataset card in {result.out}\ntrain DCPO on them: diffalign train CONFIG objective.name=dcpo "
@@ -46,7 +48,12 @@ def add_captions_parser(sub: argparse._SubParsersAction) -> None:
         "shapes world, 'shapes' names a rule-based captioner (what each image shows) and perturber.\n\n"
         "Perturbation and hybrid depend on the winner: relabel first, then caption. Rows whose images\n"
         "cannot be decoded or captioned are left out and listed (exit status 1). Resumable: shards are\n"
-        "written one by one; rerunning the same command continues.",
+        "written one by one; rerunning the same command continues.\n\n"
+        "Runs unchanged on many processes (GPUs, nodes):\n"
+        "  accelerate launch --num_processes N -m diffalign.cli.main captions SOURCE --out OUT ...\n"
+        "process r captions shards r, r+N, ... on its own GPU (--device cuda or none); the main process merges\n"
+        "them into what one process writes (a shard's captions depend only on its rows and --seed). A killed\n"
+        "launch resumes with the same command, on any N.",
         epilog="examples:\n"
         "  diffalign captions assets/demo/pairs_train.parquet --captioner shapes --out runs/demo-captions\n"
         "  diffalign captions yuvalkirstain/pickapic_v2 --captioner llava-hf/llava-v1.6-34b-hf --device cuda \\\n"

@@ -33,6 +33,8 @@ def cmd_relabel(args: argparse.Namespace) -> int:
         result = relabel_dataset(job)
     except KeyboardInterrupt:
         return report_interrupted(args.out)
+    if result is None:  # another process of a launch: the main process merges and reports
+        return 0
     report_left_out(args.source, result.errors, result.out, "an image could not be decoded or scored")
     print(format_totals(result.totals, labels))
     print(f"{len(result.shards)} shard(s) and a dataset card in {result.out}")
@@ -54,11 +56,17 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
         "                    --tie-tolerance are ties (0.5/0.5): Diffusion-DPO's AI-feedback variant;\n"
         "                    the original label_0 is kept as original_label_0\n\n"
         "Rows with an image that cannot be decoded or scored are left out and listed (exit status 1).\n"
-        "Resumable: shards are written one by one; rerunning the same command continues.",
+        "Resumable: shards are written one by one; rerunning the same command continues.\n\n"
+        "Runs unchanged on many processes (GPUs, nodes):\n"
+        "  accelerate launch --num_processes N -m diffalign.cli.main relabel SOURCE --out OUT ...\n"
+        "process r scores shards r, r+N, ... on its own GPU (--device cuda or none); the main process merges\n"
+        "them into what one process writes. A killed launch resumes with the same command, on any N.",
         epilog="examples:\n"
         "  diffalign relabel assets/demo/pairs_train.parquet --scorer shapes --flip --out data/demo-relabelled\n"
         "  diffalign relabel yuvalkirstain/pickapic_v2 --scorer pickscore --labels scorer --tie-tolerance 0.001 \\\n"
         "      --out /data/pickapic-ai --device cuda --batch-size 128\n"
+        "  accelerate launch --num_processes 8 -m diffalign.cli.main relabel yuvalkirstain/pickapic_v2 \\\n"
+        "      --scorer pickscore --flip --out /data/pickapic-ai --batch-size 128\n"
         "exit status: 0 every row written; 1 some rows left out (listed); 2 usage error; 130 interrupted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write, atomic_write_text
-from ..processes import ChunkRecords, Processes, fingerprint, prepare_status
+from ..processes import ChunkRecords, Processes, current_processes, fingerprint, prepare_status
 
 PROGRESS_FILE = "progress.json"
 SHARD_GLOB = "data/train-*.parquet"
@@ -111,6 +114,35 @@ def read_progress(out: Path) -> dict:
             f"{path} is missing: the main process writes it before the others start, so this process does not see "
             "the main process's output folder (on several nodes --out must be on a filesystem every node shares)"
         ) from None
+
+
+def launched_processes() -> Processes:
+    """`current_processes()`, with the processes of a launch on a machine without CUDA joined over gloo: accelerate's
+    `PartialState()` joins CPU processes only when told `cpu=True` (otherwise each counts itself the only one, and
+    every process would write every shard)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            from accelerate import PartialState
+
+            PartialState(cpu=True)  # the shared state current_processes() then reads
+    return current_processes()
+
+
+@contextmanager
+def quiet_unless_main(processes: Processes) -> Iterator[None]:
+    """Within the `with`, the progress bars of `datasets` (preparing a source) show on the main process only."""
+    import datasets
+
+    if processes.is_main or datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def shard_records(out: Path, settings: dict, rows: int, shard_size: int) -> ChunkRecords:

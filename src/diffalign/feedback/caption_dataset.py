@@ -16,7 +16,11 @@ generated caption).
 The new dataset keeps every column of the source, with `caption_0`/`caption_1` added (or replaced). Rows
 whose image cannot be decoded, or whose caption comes back empty or fails, are left out and listed, not
 fatal. Resumable by shard: shard n holds the rows [n x shard_size, (n+1) x shard_size) of the source that
-could be captioned, written atomically before `progress.json` names it.
+could be captioned, written atomically, then recorded (`data.resume`); `progress.json` names the recorded shards
+once every shard is done. Under `accelerate launch --num_processes N` process r captions shards r, r+N, ... on
+its own device and the main process merges them in shard order. A shard's captions depend only on its rows, the
+batch size and the seed (batches never cross a shard; a sampling perturber reseeds each call from the seed and
+its first row), so N processes write what one writes.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..data.cards import write_dataset_card
 from ..data.pairs import decode_image, load_pair_table, source_key
-from ..data.resume import open_progress, write_shard
+from ..data.resume import (launched_processes, merge_recorded_shards, quiet_unless_main, recorded_shards,
+                           shard_records, sharded_job_state, write_shard_file)
+from ..processes import JobProgress, Processes, job_progress
 from .captioners import Captioner, Perturber, build_captioner, build_perturber, diversity_value
 
 STRATEGIES = ("captioning", "perturbation", "hybrid")
@@ -154,37 +158,47 @@ def _captioned(job: CaptionJob, rows: list[_Row], captioner, perturber) -> tuple
     return results, errors
 
 
-def caption_dataset(job: CaptionJob) -> CaptionResult:
-    """Write the second captions of every row of `job.source` not yet in a shard, then the dataset card."""
+def caption_dataset(job: CaptionJob, processes: Processes | None = None) -> CaptionResult | None:
+    """Write the second captions of every row of `job.source` not yet in a shard, then the dataset card; on several
+    `processes` this process captions its share of the shards, and only the main process merges them, writes the
+    card and returns the result (the others return None)."""
+    processes = processes or launched_processes()
     job.check()
     out = Path(job.out)
-    table = load_pair_table(job.source)
-    state = open_progress(out, job.settings(len(table)), job.overwrite)
-    starts = range(len(state["shards"]) * job.shard_size, len(table), job.shard_size)
+    with quiet_unless_main(processes):
+        table = load_pair_table(job.source)
+    settings = job.settings(len(table))
+    records = shard_records(out, settings, len(table), job.shard_size)
+    state, done = sharded_job_state(processes, out, settings, job.overwrite, records)
+    todo = [shard for shard in processes.share(records.chunks) if shard not in done]
     start_time = time.time()
-    if len(starts):
-        options = {"device": job.device, "dtype": job.dtype, "batch_size": job.batch_size}
-        captioner = perturber = None
+    captioner = perturber = None
+    if todo:
+        options = {"device": processes.device(job.device), "dtype": job.dtype, "batch_size": job.batch_size}
         if job.strategy != "perturbation":
             captioner = build_captioner(job.captioner, **({} if job.captioner == "shapes" else
                                                            {**options, "instruction": job.instruction}))  # type: ignore[arg-type]
         if job.strategy != "captioning":
             extra = {} if job.perturber == "shapes" else {**options, **({"template": job.template} if job.template else {})}
             perturber = build_perturber(job.perturber, job.diversity, job.seed, **extra)  # type: ignore[arg-type]
-        bar = tqdm(total=len(table), initial=starts[0], desc=f"captions ({job.strategy})", unit="pair",
-                   disable=not job.progress)
-        with bar:
-            for start in starts:
-                stop = min(start + job.shard_size, len(table))
-                _caption_shard(job, out, state, table, captioner, perturber, start, stop, bar)
+    rows_done = sum(len(range(s * job.shard_size, min((s + 1) * job.shard_size, len(table)))) for s in done)
+    with job_progress(processes, out, "captions", len(table), rows_done, f"captions ({job.strategy})", "pair",
+                      job.progress and rows_done < len(table)) as progress:
+        for shard in todo:
+            start, stop = shard * job.shard_size, min((shard + 1) * job.shard_size, len(table))
+            records.write(shard, _caption_shard(job, out, shard, table, captioner, perturber, start, stop, progress))
+    if not processes.is_main:
+        return None
+    merge_recorded_shards(out, state, recorded_shards(out, state, records, processes), records)
     errors = [e for s in state["shards"] for e in s["errors"]]
     rows = sum(s["rows"] for s in state["shards"])
     _write_card(job, out, state, rows, errors, time.time() - start_time)
     return CaptionResult(out, rows, errors, state["shards"])
 
 
-def _caption_shard(job: CaptionJob, out: Path, state: dict, table, captioner, perturber, start: int, stop: int,
-                   bar) -> None:
+def _caption_shard(job: CaptionJob, out: Path, shard: int, table, captioner, perturber, start: int, stop: int,
+                   progress: JobProgress) -> dict:
+    """Caption source rows [start, stop), write them as shard `shard`; what the progress file keeps of it."""
     errors: list[dict] = []
     captions: dict[int, tuple[str, str]] = {}
     for chunk in range(start, stop, job.batch_size):
@@ -203,14 +217,14 @@ def _caption_shard(job: CaptionJob, out: Path, state: dict, table, captioner, pe
             done, failed = _captioned(job, rows, captioner, perturber)
             captions.update(done)
             errors.extend(failed)
-        bar.update(min(chunk + job.batch_size, stop) - chunk)
+        progress.update(min(chunk + job.batch_size, stop) - chunk)
     keep = sorted(captions)
-    shard = table.select(keep)
-    shard = shard.remove_columns([c for c in ("caption_0", "caption_1") if c in shard.column_names])
-    shard = shard.add_column("caption_0", [captions[i][0] for i in keep])
-    shard = shard.add_column("caption_1", [captions[i][1] for i in keep])
+    rows_out = table.select(keep)
+    rows_out = rows_out.remove_columns([c for c in ("caption_0", "caption_1") if c in rows_out.column_names])
+    rows_out = rows_out.add_column("caption_0", [captions[i][0] for i in keep])
+    rows_out = rows_out.add_column("caption_1", [captions[i][1] for i in keep])
     errors.sort(key=lambda e: e["row"])
-    write_shard(out, state, shard, rows=len(keep), source_rows=[start, stop], errors=errors)
+    return {"file": write_shard_file(out, shard, rows_out), "rows": len(keep), "source_rows": [start, stop], "errors": errors}
 
 
 def _write_card(job: CaptionJob, out: Path, state: dict, rows: int, errors: list[dict], seconds: float) -> None:

@@ -12,7 +12,9 @@ ties within the tolerance become 0.5/0.5): the AI-feedback variant of Diffusion-
 labels is counted (`data.relabel.label_stats`).
 
 Resumable by shard: shard n holds the rows [n x shard_size, (n+1) x shard_size) of the source that
-could be scored; each shard is written atomically before `progress.json` names it.
+could be scored; each shard is written atomically, then recorded (`data.resume`), and `progress.json` names the
+recorded shards once every shard is done. Under `accelerate launch --num_processes N` process r scores shards
+r, r+N, ... on its own device and the main process merges them in shard order: the output is one process's.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.cards import write_dataset_card
 from ..data.pairs import parquet_files, source_key
 from ..data.relabel import decide_labels, label_stats
-from ..data.resume import open_progress, write_shard
+from ..data.resume import (launched_processes, merge_recorded_shards, quiet_unless_main, recorded_shards,
+                           shard_records, sharded_job_state, write_shard_file)
 from ..data.image_inputs import pair_table_items
 from ..evaluation.scoring import build_scorers, score_items
+from ..processes import Processes, job_progress
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
 
 LABEL_MODES = ("keep", "scorer")
@@ -96,37 +99,50 @@ def totals_of(shards: list[dict]) -> dict:
     return totals
 
 
-def relabel_dataset(job: RelabelJob) -> RelabelResult:
-    """Score every row of `job.source` not yet in a shard, write the shards and the dataset card."""
+def relabel_dataset(job: RelabelJob, processes: Processes | None = None) -> RelabelResult | None:
+    """Score every row of `job.source` not yet in a shard, write the shards and the dataset card; on several
+    `processes` this process scores its share of the shards, and only the main process merges them, writes the
+    card and returns the result (the others return None)."""
+    processes = processes or launched_processes()
     job.check()
     out = Path(job.out)
-    table, items = pair_table_items(job.source)
+    with quiet_unless_main(processes):
+        table, items = pair_table_items(job.source)
     settings = {
         "source": job.source, "source_key": source_key(job.source, "train", None), "source_rows": len(table),
         "scorers": job.scorers, "scorer_options": job.scorer_options, "weights": job.weights, "labels": job.labels,
         "tie_tolerance": job.tie_tolerance, "shard_size": job.shard_size,
     }
-    state = open_progress(out, settings, job.overwrite)
-    starts = range(len(state["shards"]) * job.shard_size, len(table), job.shard_size)
+    records = shard_records(out, settings, len(table), job.shard_size)
+    state, done = sharded_job_state(processes, out, settings, job.overwrite, records)
+    todo = [shard for shard in processes.share(records.chunks) if shard not in done]
     start_time = time.time()
-    if len(starts):
-        scorers = build_scorers(job.scorers, job.scorer_options, job.device, job.dtype, job.batch_size)
+    if todo:
+        scorers = build_scorers(job.scorers, job.scorer_options, processes.device(job.device), job.dtype, job.batch_size)
         weights, logit_scale = record_scorers(state, scorers, job.weights)
-        bar = tqdm(total=len(table), initial=starts[0], desc=f"relabel ({', '.join(job.scorers)})", unit="pair",
-                   disable=not job.progress)
-        with bar:
-            for start in starts:
-                stop = min(start + job.shard_size, len(table))
-                _relabel_shard(job, out, state, table, items, scorers, weights, logit_scale, start, stop)
-                bar.update(stop - start)
+    rows_done = sum(len(range(s * job.shard_size, min((s + 1) * job.shard_size, len(table)))) for s in done)
+    with job_progress(processes, out, "relabel", len(table), rows_done, f"relabel ({', '.join(job.scorers)})", "pair",
+                      job.progress and rows_done < len(table)) as progress:
+        for shard in todo:
+            start, stop = shard * job.shard_size, min((shard + 1) * job.shard_size, len(table))
+            entry = _relabel_shard(job, out, shard, table, items, scorers, weights, logit_scale, start, stop)
+            records.write(shard, {**entry, "scorers": state["scorers"], "combined_logit_scale": logit_scale})
+            progress.update(stop - start)
+    if not processes.is_main:
+        return None
+    entries = recorded_shards(out, state, records, processes)
+    for entry in entries:  # the scorers' scales, noted by whichever process scored the shard
+        state.update(scorers=entry.pop("scorers"), combined_logit_scale=entry.pop("combined_logit_scale"))
+    merge_recorded_shards(out, state, entries, records)
     totals = totals_of(state["shards"])
     errors = [e for s in state["shards"] for e in s["errors"]]
     _write_card(job, out, state, totals, time.time() - start_time)
     return RelabelResult(out, totals, errors, state["shards"])
 
 
-def _relabel_shard(job: RelabelJob, out: Path, state: dict, table, items, scorers, weights: dict, logit_scale: float,
-                   start: int, stop: int) -> None:
+def _relabel_shard(job: RelabelJob, out: Path, shard: int, table, items, scorers, weights: dict, logit_scale: float,
+                   start: int, stop: int) -> dict:
+    """Score source rows [start, stop), write them as shard `shard`; what the progress file keeps of it."""
     run = score_items(items[2 * start : 2 * stop], scorers, job.batch_size, progress=False)
     if run.interrupted:
         raise KeyboardInterrupt
@@ -158,7 +174,8 @@ def _relabel_shard(job: RelabelJob, out: Path, state: dict, table, items, scorer
     for name, values in columns.items():
         rows = rows.add_column(name, values)
 
-    write_shard(out, state, rows, rows=len(keep), source_rows=[start, stop], stats=stats, errors=errors)
+    file = write_shard_file(out, shard, rows)
+    return {"file": file, "rows": len(keep), "source_rows": [start, stop], "stats": stats, "errors": errors}
 
 
 def format_totals(totals: dict, labels: str) -> str:
