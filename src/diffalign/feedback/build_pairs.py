@@ -235,13 +235,14 @@ def build_pairs(job: PairsJob, processes: Processes | None = None) -> PairsResul
     target = min(len(job.prompts), job.max_prompts or len(job.prompts))
     per_call = max(1, job.batch_size // job.k)
     records = _chunk_records(out, settings, target, per_call)
-    if processes.is_main:
+    if processes.is_main:  # what it finds before the others start: they add parts of this run's chunks
         state = _open(job, out, settings, target, records)
+        done = from_ranges(state.get("done", [])) | pending_prompts(out)
     prepare_status(processes, out)
-    pending = pending_prompts(out)  # before the progress file: a prompt leaves the parts only once it names it
     if not processes.is_main:
+        pending = pending_prompts(out)  # before the progress file: a prompt leaves the parts once it names it
         state = read_progress(out)
-    done = from_ranges(state.get("done", [])) | pending
+        done = from_ranges(state.get("done", [])) | pending
     chunks = [[i for i in range(c * per_call, min((c + 1) * per_call, target)) if i not in done]
               for c in range(records.chunks)]
     todo = sum(len(prompts) for prompts in chunks)
