@@ -23,6 +23,8 @@ from diffalign.feedback.relabel_dataset import RelabelJob, relabel_dataset
 from diffalign.synthetic.domain import SIZES, parse_caption, random_spec
 from diffalign.synthetic.render import render
 
+from ..processes.sharded import assert_same_dataset, simulated
+
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"a red blue green circle square triangle on background small "
          "large of picture the".split()]
 
@@ -211,3 +213,27 @@ def test_transformers_models_run_end_to_end(pair_file, tmp_path, tiny_text_model
         assert all(r[f"caption_{0 if r['label_0'] == 1 else 1}"] == r["caption"] for r in decided)
     card = (tmp_path / "out" / "README.md").read_text()
     assert str(tiny_text_models["blip" if strategy != "perturbation" else perturber]) in card
+
+
+def test_a_sampling_perturber_writes_the_same_shards_on_two_processes(pair_file, tmp_path, tiny_text_models):
+    """Each call of a sampling perturber is seeded from --seed and its first row, so a process that captions shards
+    1 and 3 alone writes what one process writes after shards 0 and 2 (two processes simulated in turn)."""
+    def job(out):
+        return CaptionJob(source=str(pair_file), out=out, strategy="perturbation", perturber=str(tiny_text_models["gpt2"]),
+                          diversity="strong", seed=5, shard_size=4, batch_size=2, device="cpu", progress=False)
+
+    one = caption_dataset(job(tmp_path / "one"))
+    two = tmp_path / "two"
+    with pytest.raises(ValueError, match="no record of shard 1"):
+        caption_dataset(job(two), simulated(0, two, "captions"))  # shards 0 and 2, then the merge misses shard 1
+    assert caption_dataset(job(two), simulated(1, two, "captions")) is None  # shards 1 and 3 in a fresh process
+    merged = caption_dataset(job(two), simulated(0, two, "captions"))
+    assert_same_dataset(two, tmp_path / "one")
+    assert merged.rows == one.rows and merged.errors == one.errors
+    assert len({r["caption_0"] + r["caption_1"] for r in _read(two)}) > 5  # sampled captions, not all alike
+
+
+def test_the_help_says_how_to_run_on_many_processes(capsys):
+    with pytest.raises(SystemExit):
+        main(["captions", "--help"])
+    assert "accelerate launch --num_processes N -m diffalign.cli.main captions SOURCE --out OUT" in capsys.readouterr().out

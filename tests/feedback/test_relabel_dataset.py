@@ -94,3 +94,9 @@ def test_job_refuses_bad_choices_before_reading_anything(tmp_path):
         RelabelJob(source=str(source), out=tmp_path / "o", scorers=["test-brightness"], labels="flip").check()
     with pytest.raises(ValueError, match="--tie-tolerance must be >= 0"):
         RelabelJob(source=str(source), out=tmp_path / "o", scorers=["test-brightness"], tie_tolerance=-1).check()
+
+
+def test_the_help_says_how_to_run_on_many_processes(capsys):
+    with pytest.raises(SystemExit):
+        main(["relabel", "--help"])
+    assert "accelerate launch --num_processes N -m diffalign.cli.main relabel SOURCE --out OUT" in capsys.readouterr().out
