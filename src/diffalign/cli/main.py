@@ -59,15 +59,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     from ..data.cache import build_cache
     from ..models.loading import DTYPES, load_parts
+    from ..processes import current_processes
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    processes = current_processes()  # under a launcher, each process its share of the shards, on its own GPU
+    device = torch.device(processes.device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     parts = load_parts(cfg.model, unet=False)
     for module in (parts.vae, *parts.text_encoders):
         module.to(device, DTYPES[cfg.model.frozen_dtype])
     with cpu_threads(cfg.train.cpu_threads):  # the config's threads, as `train` runs with them
-        latent_dir, text_dir = build_cache(parts, cfg.model, cfg.data, args.shard_size, args.batch_size)
-    size = sum(f.stat().st_size for d in (latent_dir, text_dir) for f in d.iterdir()) / 2**20
-    print(f"cache ready ({size:.1f} MiB): {latent_dir}, {text_dir}\n`diffalign train` with this config now uses it")
+        latent_dir, text_dir = build_cache(parts, cfg.model, cfg.data, args.shard_size, args.batch_size, processes)
+    if processes.is_main:
+        size = sum(f.stat().st_size for d in (latent_dir, text_dir) for f in d.iterdir()) / 2**20
+        print(f"cache ready ({size:.1f} MiB): {latent_dir}, {text_dir}\n`diffalign train` with this config now uses it")
     return 0
 
 
@@ -110,14 +113,23 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     p = sub.add_parser(
         "cache",
         help="precompute VAE latents and text embeddings for a training config",
-        description="Encode every pair's images (and their mirror images with data.random_flip) with the VAE and "
-        "every caption with the text encoder(s), once, into data.cache_dir, in shards named by a hash of model, "
-        "data and resolution. Interrupted builds resume; `diffalign train` with the same config then uses the "
-        "cache and loads neither VAE nor text encoders.",
+        description="Encode every pair's images (and their mirror images with data.random_flip) with the VAE and\n"
+        "every caption with the text encoder(s), once, into data.cache_dir, in shards named by a hash of model,\n"
+        "data and resolution. An interrupted build resumes when rerun with the same --shard-size and\n"
+        "--batch-size; `diffalign train` with the same config then uses the cache and loads neither VAE nor\n"
+        "text encoders.\n\n"
+        "Runs unchanged on many processes (GPUs, nodes):\n"
+        "  accelerate launch --num_processes N -m diffalign.cli.main cache CONFIG.yaml [key=value ...]\n"
+        "process r encodes shards r, r+N, ... on its own GPU (--device cuda or none); the main process writes\n"
+        "each index once every shard is there, so the files are those one process writes (data.cache_dir on a\n"
+        "filesystem every process sees). A killed launch resumes with the same command, on any N.",
         epilog="example: diffalign cache configs/sdxl/dpo.yaml data.cache_dir=/scratch/cache",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file and overrides")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available; under a launcher, cuda is each "
+                   "process's own GPU)")
     p.add_argument("--batch-size", type=int, default=16, help="images per VAE / captions per text-encoder call")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard file")
     p.set_defaults(func=cmd_cache)

@@ -12,9 +12,17 @@
 - `text-<hash>/`: the text conditioning of every distinct caption (and of the empty caption used
   for caption dropout): SD's last hidden state, or SDXL's two penultimate states and pooled output.
 
-Both are written in shards of `shard_size` rows, each shard atomically; an interrupted build resumes
-at the first missing shard, and `index.json`, written last, marks a complete cache. A changed input
-gives another hash, hence another folder: a cache is never silently reused for other inputs.
+Both are written in shards of `shard_size` rows, each shard atomically, then a record of it (in the
+folder's `.chunks/`, with the build's settings: shard size and batch size); an interrupted build resumes
+at the shards without a record, and a resume with another shard or batch size is refused. `index.json`,
+written last by the main process once every shard is there and fits (rows and tensors), marks a complete
+cache. A changed input gives another hash, hence another folder: a cache is never silently reused for
+other inputs.
+
+Under `accelerate launch --num_processes N` (or torchrun, on one node or several) process r computes
+shards r, r + N, ... of the latents, then of the captions (`diffalign.processes`); a shard is computed
+exactly as one process computes it (batches from its first row), so the files of N processes are those
+of one, and a build killed on N processes may resume on any number.
 Tensors are read lazily from the shards (safetensors memory maps), so the cache may exceed RAM.
 """
 
@@ -23,19 +31,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ..config.schema import DataConfig, ModelConfig
 from ..files import atomic_write_text, give_usual_permissions
 from ..models.conditioning import TextConditioning, encode_prompts
 from ..models.loading import DiffusionParts, resolve_source
+from ..processes import (STATUS_DIR, ChunkRecords, Processes, current_processes, fingerprint, job_progress,
+                         prepare_status)
 from .order import derive_seed
 from .pairs import PreferencePairs, decode_image, has_rejected, load_pair_table, source_key
 from .record import DUAL_CAPTION_COLUMNS, WEIGHT_COLUMN, PairBatch, collate_items, pair_fields
@@ -43,6 +54,8 @@ from .transforms import prepare_image
 
 CACHE_VERSION = 1
 INDEX_FILE = "index.json"
+RECORDS_DIR = ".chunks"  # while a folder is built: a record per finished shard, and the build's settings
+SETTINGS_FILE = "settings.json"
 
 
 def _digest(inputs: dict) -> str:
@@ -200,21 +213,44 @@ def _chunks(n: int, size: int) -> Iterator[range]:
         yield range(start, min(start + size, n))
 
 
-@torch.no_grad()
-def _build_latents(parts: DiffusionParts, data: DataConfig, folder: Path, rows: int, shard_size: int,
-                   batch_size: int) -> None:
+@dataclass
+class _Phase:
+    """One folder of the cache to fill: its shards (row ranges), the tensors each holds, the settings a resumed
+    build must share, how one shard is computed and the index.json written once every shard is there."""
+
+    name: str  # the progress bar's and the status files' name
+    unit: str
+    folder: Path
+    shards: list[range]
+    names: list[str]
+    settings: dict
+    compute: Callable[[range, Callable[[int], None]], dict[str, torch.Tensor]]  # (rows, count done) -> tensors
+    index: Callable[[], str]
+
+    def records(self) -> ChunkRecords:
+        """The record of each shard written by this build (the settings and the folder make its fingerprint)."""
+        return ChunkRecords(self.folder / RECORDS_DIR, fingerprint({"folder": self.folder.name, **self.settings}),
+                            len(self.shards), lambda k: f"{self.name} {_shard_path(self.folder, k).name}")
+
+
+def _latent_names(sides: list[int], flip: bool) -> list[str]:
+    """The tensors of a latent shard: per side, sizes, crops and the posterior's moments (and their mirrors')."""
+    suffixes = ["", "_flip"] if flip else [""]
+    return [name for side in sides for name in (f"size_{side}", f"crop_{side}",
+                                                *(f"{m}_{side}{s}" for s in suffixes for m in ("mean", "std")))]
+
+
+def _latent_phase(parts: DiffusionParts, data: DataConfig, folder: Path, rows: int, settings: dict,
+                  index: dict) -> _Phase:
     table = load_pair_table(data.path, data.split, winners_only=True)
     sides = [0, 1] if has_rejected(table) else [0]  # an image folder or winners file: the preferred images only
     vae = parts.vae
-    shards = list(_chunks(rows, shard_size))
-    done = sum(_shard_path(folder, k).is_file() for k in range(len(shards)))
-    bar = tqdm(total=rows, initial=sum(len(shards[k]) for k in range(done)), desc="latents", unit="row")
-    for k, shard in enumerate(shards):
-        if _shard_path(folder, k).is_file():
-            continue
+
+    @torch.no_grad()
+    def compute(shard: range, done: Callable[[int], None]) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {}
-        for chunk in _chunks(len(shard), batch_size):
-            pixels: dict[str, list[torch.Tensor]] = {}
+        for chunk in _chunks(len(shard), settings["batch_size"]):  # batches from the shard's start: any process
+            pixels: dict[str, list[torch.Tensor]] = {}                 # computes a shard as one process does
             for r in chunk:
                 row = table[shard.start + r]
                 for side in sides:
@@ -230,56 +266,140 @@ def _build_latents(parts: DiffusionParts, data: DataConfig, folder: Path, rows: 
                     posterior = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
                     out.setdefault(f"mean_{side}{suffix}", []).append(posterior.mean.cpu())
                     out.setdefault(f"std_{side}{suffix}", []).append(posterior.std.cpu())
-            bar.update(len(chunk))
-        _save_shard(folder, k, {name: torch.cat(ts) if ts[0].dim() == 4 else torch.stack(ts) for name, ts in out.items()})
-    bar.close()
+            done(len(chunk))
+        return {name: torch.cat(ts) if ts[0].dim() == 4 else torch.stack(ts) for name, ts in out.items()}
+
+    return _Phase("latents", "row", folder, list(_chunks(rows, settings["shard_size"])),
+                  _latent_names(sides, data.random_flip), settings, compute,
+                  lambda: json.dumps({**index, "rows": rows, "shard_size": settings["shard_size"]}, indent=2))
 
 
-@torch.no_grad()
-def _build_text(parts: DiffusionParts, captions: list[str], folder: Path, shard_size: int, batch_size: int) -> None:
-    shards = list(_chunks(len(captions), shard_size))
-    bar = tqdm(total=len(captions), desc="captions", unit="caption")
-    for k, shard in enumerate(shards):
-        if _shard_path(folder, k).is_file():
-            bar.update(len(shard))
-            continue
+def _text_phase(parts: DiffusionParts, captions: list[str], folder: Path, settings: dict, index: dict) -> _Phase:
+    @torch.no_grad()
+    def compute(shard: range, done: Callable[[int], None]) -> dict[str, torch.Tensor]:
         hidden, pooled = [], []
-        for chunk in _chunks(len(shard), batch_size):
+        for chunk in _chunks(len(shard), settings["batch_size"]):
             cond = encode_prompts(parts, [captions[shard.start + i] for i in chunk])
             hidden.append(cond.hidden_states.cpu())
             if cond.pooled is not None:
                 pooled.append(cond.pooled.cpu())
-            bar.update(len(chunk))
-        tensors = {"hidden": torch.cat(hidden)}
-        if pooled:
-            tensors["pooled"] = torch.cat(pooled)
-        _save_shard(folder, k, tensors)
-    bar.close()
+            done(len(chunk))
+        return {"hidden": torch.cat(hidden), **({"pooled": torch.cat(pooled)} if pooled else {})}
+
+    sdxl = parts.family == "sdxl"
+    return _Phase("captions", "caption", folder, list(_chunks(len(captions), settings["shard_size"])),
+                  ["hidden", "pooled"] if sdxl else ["hidden"], settings, compute,
+                  lambda: json.dumps({**index, "captions": captions, "shard_size": settings["shard_size"],
+                                      "pooled": sdxl}))
+
+
+def _cached_captions(pairs: PreferencePairs, rows: int) -> list[str]:
+    """Every distinct caption of the first `rows` rows (prompts and per-image captions), after the empty one."""
+    seen = dict.fromkeys([""])
+    for column in [c for c in ("caption", "caption_0", "caption_1") if c in pairs.source.column_names]:
+        seen.update(dict.fromkeys(c or "" for c in pairs.source.select_columns([column])[column][:rows]))
+    return list(seen)
+
+
+def _check_settings(folder: Path, settings: dict) -> None:
+    """Refuse to resume the interrupted build of `folder` with other settings, naming what changed; otherwise
+    record `settings` as this build's (until its index is written)."""
+    path = folder / RECORDS_DIR / SETTINGS_FILE
+    if not path.is_file():
+        atomic_write_text(path, json.dumps(settings, indent=1))
+        return
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); delete {path.parent} to recompute the shards it "
+                         "records") from None
+    differing = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if differing:
+        key = differing[0]
+        also = f"; also {', '.join(differing[1:])}" if differing[1:] else ""
+        same = " ".join(f"--{k.replace('_', '-')} {old[k]}" for k in ("shard_size", "batch_size") if k in old)
+        raise ValueError(
+            f"{folder} holds part of a cache built with other settings ({key}: {old.get(key)!r} there, "
+            f"{settings.get(key)!r} now{also}): rerun with the same settings ({same}) to resume it, or delete "
+            f"{folder} to start over"
+        )
+
+
+def _check_shard(folder: Path, k: int, rows: int, names: list[str]) -> None:
+    """Raise a clear error unless shard `k` of `folder` holds `rows` rows of exactly the tensors `names`."""
+    path = _shard_path(folder, k)
+    redo = "delete it and rerun `diffalign cache` with the same config to recompute it"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing, though its chunk record says it was written (on several nodes data.cache_dir must be "
+            "on a filesystem every node shares); rerun `diffalign cache` with the same config to recompute it"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as shard:
+            shapes = {name: shard.get_slice(name).get_shape() for name in shard.keys()}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors shard ({error}); {redo}") from None
+    lengths = sorted({shape[0] if shape else 0 for shape in shapes.values()})
+    if sorted(shapes) != sorted(names) or lengths != [rows]:
+        held = f"{'/'.join(map(str, lengths)) or 0} rows of {', '.join(sorted(shapes)) or 'no tensor'}"
+        raise ValueError(f"{path} does not fit this cache: it holds {held}, where shard {k} of this cache holds "
+                         f"{rows} rows of {', '.join(names)} (another cache's shard?); {redo}")
+
+
+def _run_phase(phase: _Phase, processes: Processes, status: Path) -> None:
+    """Compute this process's share of the phase's missing shards (shard k on process k mod N), each written
+    atomically before its record; once every process is done, the main process checks every shard and writes
+    the folder's index.json."""
+    records = phase.records()
+    done = {k for k in records.done() if _shard_path(phase.folder, k).is_file()}
+    total = sum(map(len, phase.shards))
+    with job_progress(processes, status, phase.name, total, sum(len(phase.shards[k]) for k in done),
+                      desc=phase.name, unit=phase.unit) as progress:
+        for k in processes.share(len(phase.shards)):
+            if k not in done:
+                _save_shard(phase.folder, k, phase.compute(phase.shards[k], progress.update))
+                records.write(k, {"rows": len(phase.shards[k])})
+    if processes.is_main:
+        records.read_all(processes)
+        for k, shard in enumerate(phase.shards):
+            _check_shard(phase.folder, k, len(shard), phase.names)
+        atomic_write_text(phase.folder / INDEX_FILE, phase.index())
+        records.clear()
 
 
 def build_cache(parts: DiffusionParts, model: ModelConfig, data: DataConfig, shard_size: int = 1024,
-                batch_size: int = 16) -> tuple[Path, Path]:
-    """Compute (or finish computing) both caches for this model and data; return their folders."""
+                batch_size: int = 16, processes: Processes | None = None) -> tuple[Path, Path]:
+    """Compute (or finish computing) both caches for this model and data, this process taking its share of the
+    shards (`processes`: the launch's, by default); return their folders, complete on every process."""
+    for flag, value, what in (("--shard-size", shard_size, "rows per shard file"),
+                              ("--batch-size", batch_size, "images or captions per encoder call")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} {value}: give a whole number of at least 1 ({what})")
+    processes = processes or current_processes()
     latent_dir, text_dir = cache_folders(model, data)
     pairs = PreferencePairs(data.path, data.split, data.resolution, False, data.random_flip, data.max_pairs,
                             winners_only=True)  # any data a method reads; both images of a pair table are cached
     # every row, ties included (AI feedback may decide them); with max_pairs, up to the last pair used
     rows = len(pairs.source) if data.max_pairs is None else max(pairs.source_rows) + 1
-    for folder, inputs in ((latent_dir, latent_cache_inputs(model, data)), (text_dir, text_cache_inputs(model, data))):
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "inputs.json", json.dumps(inputs, indent=2))
+    captions = _cached_captions(pairs, rows) if not (text_dir / INDEX_FILE).is_file() else []
+    build = {"shard_size": shard_size, "batch_size": batch_size}
+    settings = {latent_dir: {**build, "rows": rows}, text_dir: {**build, "captions": len(captions)}}
+    inputs = {latent_dir: latent_cache_inputs(model, data), text_dir: text_cache_inputs(model, data)}
+    if processes.is_main:
+        for folder in (latent_dir, text_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / "inputs.json", json.dumps(inputs[folder], indent=2))
+            if (folder / INDEX_FILE).is_file():
+                shutil.rmtree(folder / RECORDS_DIR, ignore_errors=True)  # a build killed once its index was written
+            else:
+                _check_settings(folder, settings[folder])
+    prepare_status(processes, latent_dir)
     if not (latent_dir / INDEX_FILE).is_file():
-        _build_latents(parts, data, latent_dir, rows, shard_size, batch_size)
-        atomic_write_text(latent_dir / INDEX_FILE, json.dumps(
-            {**latent_cache_inputs(model, data), "rows": rows, "shard_size": shard_size}, indent=2))
+        _run_phase(_latent_phase(parts, data, latent_dir, rows, settings[latent_dir], inputs[latent_dir]),
+                   processes, latent_dir)
     if not (text_dir / INDEX_FILE).is_file():
-        columns = [c for c in ("caption", "caption_0", "caption_1") if c in pairs.source.column_names]
-        seen = dict.fromkeys([""])
-        for column in columns:
-            seen.update(dict.fromkeys(c or "" for c in pairs.source.select_columns([column])[column][:rows]))
-        captions = list(seen)
-        _build_text(parts, captions, text_dir, shard_size, batch_size)
-        atomic_write_text(text_dir / INDEX_FILE, json.dumps(
-            {**text_cache_inputs(model, data), "captions": captions, "shard_size": shard_size,
-             "pooled": parts.family == "sdxl"}))
+        _run_phase(_text_phase(parts, captions, text_dir, settings[text_dir], inputs[text_dir]), processes, latent_dir)
+    processes.wait()  # every process returns with both indexes written
+    if processes.is_main and processes.many:
+        shutil.rmtree(latent_dir / STATUS_DIR, ignore_errors=True)
     return latent_dir, text_dir
