@@ -10,7 +10,8 @@ import datasets
 import pytest
 
 from diffalign.data.resume import (PROGRESS_FILE, merge_recorded_shards, open_progress, read_progress,
-                                   recorded_shards, save_progress, shard_name, shard_records, write_shard_file)
+                                   recorded_shards, save_progress, shard_name, shard_records, sharded_job_state,
+                                   write_shard_file)
 from diffalign.processes import Processes
 
 SETTINGS = {"source": "test", "shard_size": 2}
@@ -82,12 +83,18 @@ def test_a_foreign_or_dangling_record_is_refused_naming_its_file(tmp_path):
     out = tmp_path / "dangling"
     records = shard_records(out, SETTINGS, rows=4, shard_size=2)
     state = open_progress(out, SETTINGS, records=records)
+    save_progress(out, state)
     _record(records, out, 0, 2)
     _record(records, out, 1, 2)
     (out / shard_name(1)).unlink()
-    with pytest.raises(ValueError, match=r"chunk-000001.json records shard 1 \(source rows 2-3\) in .*train-00001"
-                                         r".parquet, which is missing: delete the record and rerun"):
+    message = (r"chunk-000001.json records shard 1 \(source rows 2-3\) in .*train-00001.parquet, which is missing: "
+               r"delete the record and rerun the same command")
+    with pytest.raises(ValueError, match=message):
         recorded_shards(out, state, records)
+    with pytest.raises(ValueError, match=message):  # the next run refuses it before computing anything
+        sharded_job_state(Processes(), out, SETTINGS, False, records)
+    records.path(1).unlink()
+    assert sharded_job_state(Processes(), out, SETTINGS, False, records)[1] == {0}
 
 
 def test_a_process_that_cannot_see_the_progress_file_says_why(tmp_path):

@@ -158,12 +158,15 @@ def shard_records(out: Path, settings: dict, rows: int, shard_size: int) -> Chun
 def sharded_job_state(processes: Processes, out: Path, settings: dict, overwrite: bool,
                       records: ChunkRecords) -> tuple[dict, set[int]]:
     """Start a sharded dataset job on every process: the main process checks `settings` against the progress file
-    (refusing a change, naming it), deletes leftovers and writes the progress file; then every process waits for
-    it and returns the progress and the shards already done (named by the progress file or recorded)."""
+    (refusing a change, naming it) and the chunk records (refusing a foreign one or one whose shard file is
+    missing), deletes leftovers and writes the progress file; then every process waits for it and returns the
+    progress and the shards already done (named by the progress file or recorded)."""
     if processes.is_main:
         state = open_progress(out, settings, overwrite, records)
         save_progress(out, state)
         done = set(range(len(state["shards"]))) | records.done()  # before the others add any
+        for chunk in done - set(range(len(state["shards"]))):
+            _recorded_entry(out, records, chunk)  # refused now rather than at the merge
     prepare_status(processes, out)
     if not processes.is_main:
         state = read_progress(out)
@@ -186,13 +189,18 @@ def recorded_shards(out: Path, state: dict, records: ChunkRecords, processes: Pr
                 "same command to compute it), or was written where this process cannot see it (on several nodes "
                 "--out must be on a filesystem every node shares)"
             )
-        entry = json.loads(records.path(chunk).read_text())
-        del entry["fingerprint"], entry["chunk"]
-        if entry["file"] is not None and not (out / entry["file"]).is_file():
-            raise ValueError(f"{records.path(chunk)} records {records.describe(chunk)} in {out / entry['file']}, which "
-                             "is missing: delete the record and rerun the same command to compute the shard again")
-        entries.append(entry)
+        entries.append(_recorded_entry(out, records, chunk))
     return entries
+
+
+def _recorded_entry(out: Path, records: ChunkRecords, chunk: int) -> dict:
+    """The progress entry of `chunk` from its record; a ValueError when the shard file it names is not there."""
+    entry = json.loads(records.path(chunk).read_text())
+    del entry["fingerprint"], entry["chunk"]
+    if entry["file"] is not None and not (out / entry["file"]).is_file():
+        raise ValueError(f"{records.path(chunk)} records {records.describe(chunk)} in {out / entry['file']}, which "
+                         "is missing: delete the record and rerun the same command to compute the shard again")
+    return entry
 
 
 def merge_recorded_shards(out: Path, state: dict, entries: list[dict], records: ChunkRecords) -> None:
