@@ -10,6 +10,8 @@ from diffalign.cli.generate import parse_seeds
 from diffalign.cli.main import main
 from diffalign.models.lora_files import LORA_WEIGHTS
 
+from ..conftest import ROOT
+
 from ..models.lora_cases import MESSAGES, write_bad_loras
 
 
@@ -76,3 +78,18 @@ def test_a_lora_trained_further_at_the_same_path_is_refused(tiny_models, make_lo
     err = capsys.readouterr().err
     assert (f"{tmp_path / 'gen'} was drawn from other weights: {lora / LORA_WEIGHTS} changed since (sha256 " in err
             and "give another output folder (or delete this one)" in err)
+
+
+def test_help_says_how_to_run_on_many_processes(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Runs unchanged on many GPUs: `accelerate launch --num_processes N -m diffalign.cli.main generate ...`" in text
+    assert "one GPU per process; --out on a filesystem every process sees" in text
+
+
+def test_a_batch_size_below_one_is_refused(tmp_path, capsys):
+    argv = ["generate", str(ROOT / "assets" / "tiny-sd"), "--batch-size", "0", "--out", str(tmp_path / "gen")]
+    assert main([*argv, "--no-progress"]) == 2
+    assert ("diffalign generate: error: --batch-size 0: give at least 1 (the images drawn per pipeline call)"
+            in capsys.readouterr().err)

@@ -15,6 +15,9 @@ from diffalign.evaluation.generation import (
 )
 from diffalign.evaluation.model_specs import ModelSpec
 from diffalign.evaluation.prompt_sets import Prompt, PromptSet
+from diffalign.processes import Processes
+
+from .process_doubles import main_of_two
 
 FAST = SamplingSettings(steps=2, size=32, dtype="float32")
 
@@ -25,6 +28,10 @@ def prompt_set(*texts: str) -> PromptSet:
 
 def pixels(path):
     return np.asarray(Image.open(path))
+
+
+def metadata_keys(folder):
+    return [(r["prompt_index"], r["seed"]) for r in map(json.loads, (folder / "metadata.jsonl").read_text().splitlines())]
 
 
 def test_images_metadata_and_resume(tiny_models, tmp_path):
@@ -50,9 +57,16 @@ def test_images_metadata_and_resume(tiny_models, tmp_path):
     again = generate_folder(model, prompts, [0, 1], out, FAST, batch_size=4, device="cpu", progress=False)
     assert (again.written, again.skipped) == (1, 5)
     np.testing.assert_array_equal(pixels(out / image_name(2, 0)), before)  # independent of batch composition
+    assert metadata_keys(out) == [(i, s) for i in range(3) for s in (0, 1)]  # in image order, the redrawn one too
 
     more = generate_folder(model, prompts, [0, 1, 2], out, FAST, batch_size=4, device="cpu", progress=False)
     assert (more.written, more.skipped, more.total) == (3, 6, 9)  # a new seed adds its images only
+    fewer = generate_folder(model, prompts, [2], out, FAST, batch_size=4, device="cpu", progress=False)
+    assert (fewer.written, fewer.total) == (0, 3)
+    assert metadata_keys(out) == [(i, s) for i in range(3) for s in (0, 1, 2)]  # the other seeds' lines are kept
+    (out / image_name(0, 2)).unlink()
+    generate_folder(model, prompts, [2], out, FAST, batch_size=4, device="cpu", progress=False)
+    assert metadata_keys(out) == [(0, 2), (1, 2), (2, 2), *((i, s) for i in range(3) for s in (0, 1))]
 
 
 def test_mixed_settings_or_prompt_sets_are_refused(tiny_models, tmp_path):
@@ -97,3 +111,72 @@ def test_lora_scale_is_applied(tiny_models, make_lora, tmp_path):
     assert np.abs(images["on"] - images["base"]).max() > 5
     meta = json.loads((tmp_path / "on" / "metadata.jsonl").read_text().splitlines()[0])
     assert meta["loras"] == [{"path": str(tmp_path / "lora"), "scale": 1.0}]
+
+
+def visible_files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_job_stopped_with_a_process_missing_resumes_on_one_process(tiny_models, tmp_path):
+    model = ModelSpec("base", str(tiny_models["sd15"]))
+    prompts = prompt_set("a red circle", "a blue square", "a green triangle")
+    fresh = tmp_path / "fresh"
+    generate_folder(model, prompts, [0, 1], fresh, FAST, batch_size=2, device="cpu", progress=False)
+
+    out = tmp_path / "gen"
+    two = main_of_two([(out, "generate")])  # process 1 draws nothing: batch 1 (prompt 1) is missing at the merge
+    with pytest.raises(ValueError) as missing:
+        generate_folder(model, prompts, [0, 1], out, FAST, batch_size=2, device="cpu", progress=False, processes=two)
+    assert str(missing.value) == (
+        f"{out / '.batches'}: no record of batch 1 (p00001-s0.png to p00001-s1.png) (chunk 1 of 3, the share of process "
+        "1 of 2): it was not computed (rerun the same command to compute it), or was written where this process cannot "
+        "see it (on several nodes the output must be on a filesystem every node shares)"
+    )
+    assert not (out / "metadata.jsonl").exists()  # batches 0 and 2 are drawn and recorded, not merged
+
+    with pytest.raises(ValueError, match="was generated with steps=2, not 3"):  # the records bind the settings
+        generate_folder(model, prompts, [0, 1], out, SamplingSettings(steps=3, size=32, dtype="float32"),
+                        batch_size=2, device="cpu", progress=False)
+    again = generate_folder(model, prompts, [0, 1], out, FAST, batch_size=2, device="cpu", progress=False)
+    assert (again.written, again.skipped) == (2, 4)  # batch 1 only
+    assert visible_files(out) == visible_files(fresh)
+    assert not (out / ".batches").exists()
+
+
+def test_the_merge_refuses_a_record_of_another_job(tiny_models, tmp_path):
+    model = ModelSpec("base", str(tiny_models["sd15"]))
+    out = tmp_path / "gen"
+    foreign = out / ".batches" / "chunk-000001.json"
+
+    def other_job_records_batch_1():
+        foreign.parent.mkdir(parents=True, exist_ok=True)
+        foreign.write_text(json.dumps({"fingerprint": "0123456789abcdef", "chunk": 1, "rows": []}))
+
+    two = main_of_two([(out, "generate")], before=other_job_records_batch_1)
+    with pytest.raises(ValueError) as refused:
+        generate_folder(model, prompt_set("a red circle", "a blue square"), [0], out, FAST, batch_size=1,
+                        device="cpu", progress=False, processes=two)
+    assert str(refused.value).startswith(
+        f"{foreign}: a foreign chunk record, written by a job with other settings (fingerprint 0123456789abcdef, "
+        "this job's ")
+    assert str(refused.value).endswith(f"this folder holds another job's work: use another output, or delete "
+                                       f"{out / '.batches'} to start over")
+
+
+def test_a_numbered_gpu_is_refused_with_several_processes(tmp_path):
+    with pytest.raises(ValueError, match=r"--device cuda:1: with 2 processes each process takes its own GPU"):
+        generate_folder(ModelSpec("base", "unused"), prompt_set("a red circle"), [0], tmp_path / "gen", FAST,
+                        device="cuda:1", progress=False, processes=Processes(0, 2))
+    assert not (tmp_path / "gen").exists()
+
+
+def test_a_process_that_cannot_see_the_main_process_folder_says_so(tmp_path):
+    out = tmp_path / "gen"  # the main process (on another node) wrote generation.json where this one cannot see it
+    with pytest.raises(FileNotFoundError) as unseen:
+        generate_folder(ModelSpec("base", "unused"), prompt_set("a red circle"), [0], out, FAST, device="cpu",
+                        progress=False, processes=Processes(1, 2))
+    assert str(unseen.value) == (
+        f"{out / 'generation.json'} is missing: the main process writes it before the others start, so this process "
+        "does not see the main process's output folder (on several nodes the output must be on a filesystem every "
+        "node shares)"
+    )

@@ -45,8 +45,10 @@ def add_sampling_args(p: argparse.ArgumentParser, seeds: str) -> None:
     p.add_argument("--negative-prompt", default="", help="negative prompt for every image (default: none)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model precision (auto: float16 on CUDA, float32 on the CPU)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call (default: 16)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call, and per scorer call in "
+                   "eval (default: 16)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; under a "
+                   "distributed launcher each process takes its own GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -66,19 +68,22 @@ def sampling_from_args(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..evaluation.generation import generate_folder
+    from ..evaluation.generation import generate_folder, launched_processes
     from ..files import check_output_folder
 
     check_output_folder(args.out, "--out")
     model = resolve_model(args.model, base=args.base, loras=[parse_lora(t) for t in args.lora])
     prompts, seeds, sampling = sampling_from_args(args)
+    processes = launched_processes()
     try:
         result = generate_folder(model, prompts, seeds, args.out, sampling, args.batch_size, args.device,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, processes=processes)
     except KeyboardInterrupt:
         print(f"interrupted: the images written are kept in {args.out}; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    if not processes.is_main:
+        return 0
     print(f"{result.total} images in {result.folder} ({result.written} drawn now, {result.skipped} already there); "
           f"metadata in {result.folder / 'metadata.jsonl'}")
     return 0
@@ -94,7 +99,11 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         "seed and every setting (Hugging Face imagefolder layout: `diffalign score FOLDER` and `diffalign grid`\n"
         "read it). Images already in the folder are skipped, so an interrupted run resumes; a rerun with other\n"
         "settings, or with other weights at the same path (a run trained further), is refused. Image\n"
-        "(prompt, seed) starts from the noise of `seed`, whatever the batch or device.",
+        "(prompt, seed) starts from the noise of `seed`, whatever the batch or device.\n\n"
+        "Runs unchanged on many GPUs: `accelerate launch --num_processes N -m diffalign.cli.main generate ...`\n"
+        "(one GPU per process; --out on a filesystem every process sees). Each process draws its share of the\n"
+        "--batch-size batches; the main process writes metadata.jsonl in image order, so the folder is the one a\n"
+        "single process writes. A stopped job resumes with the same command, on any number of processes.",
         epilog="examples:\n"
         "  diffalign generate assets/tiny-sd --prompts demo --seeds 2 --out samples/base\n"
         "  diffalign generate out/demo --out samples/tuned            # a training run: its base + its LoRA\n"

@@ -6,6 +6,12 @@ seed and every setting. `generation.json` holds the settings that shape the imag
 the local weights files. A rerun skips the images already written, so a stopped run continues where
 it stopped; a rerun with other settings, or with weights changed at the same path (a run trained
 further), is refused (naming the setting or file) instead of mixing two models in one folder.
+
+The images, in prompt-then-seed order, make batches of `batch_size` (one pipeline call each). Under a
+distributed launcher process r of N draws batches r, r + N, ... (`processes.py`); each drawn batch gets a
+record in `.batches/` with its metadata lines, and the main process writes `metadata.jsonl` in image order
+once every batch is drawn. A job stopped before that (killed, or a process failed) leaves its records: the
+next run, on any number of processes, takes them in and draws only the batches without one.
 """
 
 from __future__ import annotations
@@ -13,22 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..files import atomic_write, atomic_write_text, check_output_folder
 from ..models.lora_files import lora_file
 from ..paths import resolve_local
+from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 
 METADATA = "metadata.jsonl"
 SETTINGS = "generation.json"
 WEIGHTS = "weights_sha256"  # the key of generation.json that records `weights_digests`
+RECORDS = ".batches"  # the records of batches drawn but not yet in metadata.jsonl (a job under way or stopped)
 
 
 @dataclass
@@ -53,22 +61,33 @@ class GenerationResult:
     total: int
 
 
+def launched_processes() -> Processes:
+    """`current_processes()`, with the processes of a launch on a machine without CUDA joined over gloo:
+    accelerate's `PartialState()` joins CPU processes only when told `cpu=True` (otherwise each counts itself
+    the only one, and every process would draw every image)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            from accelerate import PartialState
+
+            PartialState(cpu=True)  # the shared state that current_processes() then reads
+    return current_processes()
+
+
 def image_name(prompt_index: int, seed: int) -> str:
     """The file name of one image in a generation folder."""
     return f"p{prompt_index:05d}-s{seed}.png"
 
 
-def _done(folder: Path) -> dict[tuple[int, int], str]:
-    """(prompt_index, seed) -> prompt text of the images already written (their file and metadata line exist).
-
-    `metadata.jsonl` is rewritten without the lines that do not count (a line cut short by a crash, an
-    image that is gone), so that appending to it again leaves every line whole.
-    """
-    done: dict[tuple[int, int], str] = {}
+def _read_metadata(folder: Path) -> tuple[dict[tuple[int, int], dict], bool]:
+    """The metadata rows of the images already written, by (prompt_index, seed) in file order (a later line
+    wins), and whether the file also holds lines that do not count (a line cut short by a crash, an image that
+    is gone, an image listed twice), which the next rewrite drops."""
     path = folder / METADATA
     if not path.is_file():
-        return done
-    kept = []
+        return {}, False
+    rows: dict[tuple[int, int], dict] = {}
     text = path.read_text()
     lines = text.splitlines()
     for line in lines:
@@ -78,11 +97,35 @@ def _done(folder: Path) -> dict[tuple[int, int], str]:
         except (ValueError, KeyError, TypeError):
             continue  # its image is drawn again
         if (folder / str(row.get("file_name", ""))).is_file():
-            done[key] = row.get("prompt", "")
-            kept.append(line)
-    if len(kept) != len(lines) or (lines and not text.endswith("\n")):
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-    return done
+            rows.pop(key, None)
+            rows[key] = row
+    return rows, len(rows) != len(lines) or bool(lines and not text.endswith("\n"))
+
+
+def _salvage(folder: Path, rows: dict[tuple[int, int], dict]) -> int:
+    """Add to `rows` the images of batches recorded by a job that stopped before writing them into
+    `metadata.jsonl` (killed, or one of its processes failed); returns how many. A record that cannot be read
+    counts for nothing: its batch is drawn again."""
+    added = 0
+    for path in sorted((folder / RECORDS).glob("chunk-*.json")):
+        try:
+            drawn = json.loads(path.read_text())["rows"]
+            keyed = [((int(row["prompt_index"]), int(row["seed"])), row) for row in drawn]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for key, row in keyed:
+            if key not in rows and (folder / str(row.get("file_name", ""))).is_file():
+                rows[key] = row
+                added += 1
+    return added
+
+
+def _write_metadata(folder: Path, keys: Sequence[tuple[int, int]], rows: dict[tuple[int, int], dict]) -> None:
+    """Write `metadata.jsonl`: the rows of `keys` (this job's images) in that order, then the other images of
+    the folder (seeds or prompts of earlier runs) in their earlier order."""
+    wanted = set(keys)
+    ordered = [rows[key] for key in keys if key in rows] + [row for key, row in rows.items() if key not in wanted]
+    atomic_write_text(folder / METADATA, "".join(json.dumps(row) + "\n" for row in ordered))
 
 
 def _sha256(path: Path) -> str:
@@ -133,6 +176,47 @@ def _check_settings(folder: Path, settings: dict, weights: dict[str, str]) -> No
     _check_weights(folder, old, weights)
 
 
+def _start(folder: Path, model: ModelSpec, prompts: PromptSet, seeds: Sequence[int], recorded: dict,
+           keys: Sequence[tuple[int, int]]) -> None:
+    """The main process's part before any image is drawn: take in the batches a stopped job recorded, refuse
+    a folder of other settings, weights or prompts, write `generation.json`, and leave `metadata.jsonl` whole
+    (every image written so far, every line complete) with no records beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, untidy = _read_metadata(folder)
+    salvaged = _salvage(folder, rows)
+    weights = weights_digests(model)
+    if rows:  # settings bind a folder once it holds images: a run that failed before drawing any binds nothing
+        _check_settings(folder, recorded, weights)
+    for index, seed in keys:
+        row = rows.get((index, seed))
+        text = prompts.prompts[index].text
+        if row is not None and row.get("prompt") != text:
+            raise ValueError(
+                f"{folder}: image {image_name(index, seed)} was drawn for prompt {row.get('prompt')!r}, but prompt "
+                f"{index} of {prompts.name} is {text!r}: this folder belongs to another prompt set"
+            )
+    atomic_write_text(
+        folder / SETTINGS,
+        json.dumps({**recorded, "prompt_set": prompts.name, "prompt_source": prompts.source,
+                    "prompts": len(prompts.prompts), "seeds": [int(s) for s in seeds], WEIGHTS: weights}, indent=2),
+    )
+    if salvaged or untidy:
+        _write_metadata(folder, keys, rows)
+    shutil.rmtree(folder / RECORDS, ignore_errors=True)
+
+
+def _written_settings(folder: Path) -> dict:
+    """`generation.json` as the main process wrote it before any process started drawing."""
+    try:
+        return json.loads((folder / SETTINGS).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{folder / SETTINGS} is missing: the main process writes it before the others start, so this process "
+            "does not see the main process's output folder (on several nodes the output must be on a filesystem "
+            "every node shares)"
+        ) from None
+
+
 def generate_folder(
     model: ModelSpec,
     prompts: PromptSet,
@@ -142,70 +226,73 @@ def generate_folder(
     batch_size: int = 16,
     device: str | None = None,
     progress: bool = True,
+    processes: Processes | None = None,
 ) -> GenerationResult:
     """Draw every (prompt, seed) of `prompts` × `seeds` with `model` into `out`, skipping those already there.
 
     Image i of a batch starts from the noise of its own seed (a CPU generator), so an image depends
     only on (model, prompt, seed, settings), not on batching, order or device (up to float rounding).
+    The images in set order make batches of `batch_size`; under a distributed launcher process r of N draws
+    batches r, r + N, ... (their missing images, in one pipeline call each, as one process draws them), and
+    the main process writes `metadata.jsonl` in image order once every batch is drawn.
     """
-    from ..sampling.generate import (
-        default_device,
-        generate,
-        load_pipeline,
-        resolve_dtype,
-    )
+    from ..sampling.generate import default_device, generate, load_pipeline, resolve_dtype
 
+    processes = processes or launched_processes()
     sampling = sampling or SamplingSettings()
-    device = device or default_device()
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: give at least 1 (the images drawn per pipeline call)")
+    device = processes.device(device) or default_device()
     dtype = resolve_dtype(sampling.dtype, device)
     folder = check_output_folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
     recorded = {**model.as_dict(), **asdict(sampling), "dtype": dtype}
     recorded.pop("name")
-    weights = weights_digests(model)
-    done = _done(folder)
-    if done:  # settings bind a folder once it holds images: a run that failed before drawing any binds nothing
-        _check_settings(folder, recorded, weights)
-    todo = []
-    for index, prompt in enumerate(prompts.prompts):
-        for seed in seeds:
-            key = (index, int(seed))
-            if key in done:
-                if done[key] != prompt.text:
-                    raise ValueError(
-                        f"{folder}: image {image_name(*key)} was drawn for prompt {done[key]!r}, but prompt "
-                        f"{index} of {prompts.name} is {prompt.text!r}: this folder belongs to another prompt set"
-                    )
-                continue
-            todo.append((index, prompt, int(seed)))
-    total = len(prompts.prompts) * len(seeds)
-    atomic_write_text(
-        folder / SETTINGS,
-        json.dumps({**recorded, "prompt_set": prompts.name, "prompt_source": prompts.source,
-                    "prompts": len(prompts.prompts), "seeds": [int(s) for s in seeds], WEIGHTS: weights}, indent=2),
-    )
-    if not todo:
-        return GenerationResult(folder, 0, total - len(todo), total)
+    items = [(index, prompt, int(seed)) for index, prompt in enumerate(prompts.prompts) for seed in seeds]
+    keys = [(index, seed) for index, _, seed in items]
+    if processes.is_main:
+        _start(folder, model, prompts, seeds, recorded, keys)
+    prepare_status(processes, folder)
 
-    pipe = load_pipeline(model.pipeline, device=device, dtype=dtype, loras=model.loras, unet=model.unet,
-                         sampler=sampling.sampler)
-    size = sampling.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    bar = tqdm(total=len(todo), desc=f"generate {model.name}", unit="img", disable=not progress)
-    with (folder / METADATA).open("a") as metadata:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
+    done, _ = _read_metadata(folder)
+    batches = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    todo = [(number, missing) for number, batch in enumerate(batches)
+            if (missing := [item for item in batch if (item[0], item[2]) not in done])]
+    drawn = sum(len(batch) for _, batch in todo)
+    result = GenerationResult(folder, drawn, len(items) - drawn, len(items))
+    if not todo:
+        return result
+
+    def describe(position: int) -> str:
+        number, batch = todo[position]
+        (first, _, first_seed), (last, _, last_seed) = batch[0], batch[-1]
+        return f"batch {number} ({image_name(first, first_seed)} to {image_name(last, last_seed)})"
+
+    job = {"settings": _written_settings(folder), "batch_size": batch_size, "batches": [number for number, _ in todo]}
+    records = ChunkRecords(folder / RECORDS, fingerprint(job), len(todo), describe)
+    with job_progress(processes, folder, "generate", total=len(items), initial=len(items) - drawn,
+                      desc=f"generate {model.name}", unit="img", enabled=progress) as bar:
+        pipe = size = None
+        for position in processes.share(len(todo)):
+            if pipe is None:
+                pipe = load_pipeline(model.pipeline, device=device, dtype=dtype, loras=model.loras, unet=model.unet,
+                                     sampler=sampling.sampler)
+                size = sampling.size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+            _, batch = todo[position]
             images = generate(
                 pipe, [p.text for _, p, _ in batch], [s for _, _, s in batch], sampling.steps, sampling.guidance,
                 size, batch_size=len(batch), negative_prompt=sampling.negative_prompt,
             )
+            rows = []
             for (index, prompt, seed), image in zip(batch, images):
                 name = image_name(index, seed)
                 atomic_write(folder / name, lambda out, im=image: Image.fromarray(im).save(out, format="PNG"))
-                row = {"file_name": name, "prompt": prompt.text, "prompt_index": index, "category": prompt.category,
-                       "seed": seed, **recorded, "width": size, "height": size}
-                metadata.write(json.dumps(row) + "\n")
-            metadata.flush()
-            os.fsync(metadata.fileno())
+                rows.append({"file_name": name, "prompt": prompt.text, "prompt_index": index,
+                             "category": prompt.category, "seed": seed, **recorded, "width": size, "height": size})
+            records.write(position, {"rows": rows})
             bar.update(len(batch))
-    bar.close()
-    return GenerationResult(folder, len(todo), total - len(todo), total)
+    if processes.is_main:
+        for record in records.read_all(processes):
+            done.update({(row["prompt_index"], row["seed"]): row for row in record["rows"]})
+        _write_metadata(folder, keys, done)
+        records.clear()
+    return result
