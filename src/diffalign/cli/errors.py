@@ -7,6 +7,7 @@ import errno
 from pathlib import Path
 
 from ..config.core import ConfigError
+from ..processes import ProcessFailed
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 DENIED = (errno.EACCES, errno.EPERM)
@@ -18,7 +19,7 @@ def expected_failure(error: BaseException) -> str | None:
     traceback should show."""
     if isinstance(error, KeyError):
         return str(error.args[0]) if error.args else repr(error)
-    if isinstance(error, (ConfigError, FileNotFoundError, ValueError, FloatingPointError)):
+    if isinstance(error, (ConfigError, FileNotFoundError, ValueError, FloatingPointError, ProcessFailed)):
         return str(error)
     return file_system_failure(error)
 
