@@ -61,3 +61,27 @@ def test_a_rerun_says_it_replaced_the_results_and_files_get_the_umask_permission
     assert main(argv) == 0
     assert (f"(replaced the results of an earlier eval in {tmp_path / 'eval'}; images of the same models and settings "
             "were reused)") in capsys.readouterr().out
+
+
+def test_help_says_how_to_run_on_many_processes(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Runs unchanged on many GPUs: `accelerate launch --num_processes N -m diffalign.cli.main eval ...`" in text
+    assert "one GPU per process; --out on a filesystem every process sees" in text
+
+
+def test_another_process_failing_is_one_line(tiny_models, make_lora, tmp_path, monkeypatch, capsys):
+    import diffalign.evaluation.evaluate as evaluate
+    from diffalign.processes import ProcessFailed
+
+    def fails_elsewhere(job, processes=None):
+        raise ProcessFailed("process 1 of 2 failed: ValueError: p00000-s0.png: cannot score (the chunks written so "
+                            "far are kept: rerun the same command to resume)")
+
+    monkeypatch.setattr(evaluate, "run_eval", fails_elsewhere)
+    lora = make_lora(tiny_models["sd15"], tmp_path / "lora", 0.05)
+    assert main(["eval", str(lora), "--base", str(tiny_models["sd15"]), "--out", str(tmp_path / "eval"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert ("diffalign eval: error: process 1 of 2 failed: ValueError: p00000-s0.png: cannot score (the chunks written "
+            "so far are kept: rerun the same command to resume)") in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,8 @@ from diffalign.evaluation.evaluate import EvalJob, criterion_means, run_eval
 from diffalign.evaluation.generation import SamplingSettings
 from diffalign.evaluation.model_specs import ModelSpec
 from diffalign.evaluation.prompt_sets import Prompt, PromptSet
+
+from .process_doubles import main_of_two
 
 
 def test_criterion_means_cover_criteria_that_only_some_prompts_name():
@@ -83,3 +86,44 @@ def test_eval_refuses_duplicate_names_and_no_tuned_model(tiny_models, tmp_path):
         run_eval(EvalJob(base=base, tuned=[ModelSpec("base", "x")], prompts=prompts, out=tmp_path))
     with pytest.raises(ValueError, match="at least one tuned model"):
         run_eval(EvalJob(base=base, tuned=[], prompts=prompts, out=tmp_path))
+
+
+def test_an_eval_stopped_while_scoring_rescores_only_the_missing_chunks(tiny_models, lora_dir, tmp_path,
+                                                                           monkeypatch):
+    import diffalign.evaluation.evaluate as evaluate
+
+    base = str(tiny_models["sd15"])
+    prompts = PromptSet("test", "test", [Prompt("a red circle on a blue background"),
+                                         Prompt("a small green square on a white background"),
+                                         Prompt("a large blue circle on a yellow background")])
+    out = tmp_path / "eval"
+    job = EvalJob(base=ModelSpec("base", base), tuned=[ModelSpec("tuned", base, None, [(str(lora_dir), 1.0)])],
+                  prompts=prompts, seeds=[0, 1], sampling=SamplingSettings(steps=2, size=32, dtype="float32"),
+                  resamples=50, batch_size=2, device="cpu", grid_prompts=1, out=out, progress=False)
+    run_eval(job)
+    first = {name: (out / name).read_bytes() for name in ("results.json", "scores.csv", "summary.md", "report.html")}
+    assert not (out / ".scores").exists()  # the records go once results.json is written
+
+    # the main process of 2 scores chunks 0 and 2 (images 0-1 and 4-5 of each model); process 1's chunk is missing
+    two = main_of_two([(out / "images" / "base", "generate"), (out / "images" / "tuned", "generate"), (out, "score")])
+    with pytest.raises(ValueError) as missing:
+        run_eval(job, two)
+    assert str(missing.value).startswith(
+        f"{out / '.scores'}: no record of the shapes scores of images 2-3 (chunk 1 of 3, the share of process 1 of "
+        "2): it was not computed (rerun the same command to compute it)")
+
+    other = dataclasses.replace(job, scorer_options={"shapes": {"batch_size": 4}})
+    with pytest.raises(ValueError) as changed:
+        run_eval(other)
+    assert str(changed.value) == (
+        f"{out / '.scores'} holds the scores of an unfinished eval with scorer_options={{'shapes': {{}}}}, not "
+        f"{{'shapes': {{'batch_size': 4}}}}: rerun that eval to finish it, or delete {out / '.scores'} to score afresh"
+    )
+
+    scored = []
+    score_folder = evaluate.score_folder
+    monkeypatch.setattr(evaluate, "score_folder", lambda scorer, folder, keys, texts: (
+        scored.append((folder.name, list(keys))) or score_folder(scorer, folder, keys, texts)))
+    run_eval(job)
+    assert scored == [("base", [(1, 0), (1, 1)]), ("tuned", [(1, 0), (1, 1)])]  # chunk 1 only
+    assert {name: (out / name).read_bytes() for name in first} == first

@@ -65,6 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.report import render_markdown
     from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
     from ..files import check_output_folder
+    from ..evaluation.generation import launched_processes
 
     base, tuned = models_from_args(args)
     prompts, seeds, sampling = sampling_from_args(args)
@@ -81,11 +82,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         grid_seeds=args.grid_seeds, out=out, progress=not args.no_progress,
     )
     try:
-        results = run_eval(job)
+        results = run_eval(job, launched_processes())
     except KeyboardInterrupt:
         print(f"interrupted: the images drawn are kept in {out / 'images'}; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    if results is None:  # not the main process: it reports
+        return 0
     print(render_markdown(results))
     print(f"\nreport: {out / 'report.html'}   results: {out / 'results.json'}   scores: {out / 'scores.csv'}")
     if earlier:
@@ -107,7 +110,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "prompt set has categories. Writes OUT/results.json, scores.csv, summary.md, plots/, grids/ and\n"
         "report.html (one file that opens from disk; images by relative path). Images are kept in\n"
         "OUT/images/<model>/: a rerun resumes generation and rescores, replacing the earlier results; a model\n"
-        "whose settings or weights (a run trained further) changed since its images were drawn is refused.",
+        "whose settings or weights (a run trained further) changed since its images were drawn is refused.\n\n"
+        "Runs unchanged on many GPUs: `accelerate launch --num_processes N -m diffalign.cli.main eval ...` (one\n"
+        "GPU per process; --out on a filesystem every process sees). Each process draws its share of every\n"
+        "model's --batch-size batches, then scores its share of the images; the main process merges them and\n"
+        "writes the results, which are those of one process. A stopped eval resumes with the same command.",
         epilog="examples:\n"
         "  diffalign eval out/demo                       # the embedded demo: tuned LoRA vs tiny base, shapes scorer\n"
         "  diffalign eval out/sd15-dpo --prompts parti --seeds 1 --scorer pickscore,hpsv2.1 --out eval/parti\n"

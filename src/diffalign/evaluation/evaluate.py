@@ -2,18 +2,25 @@
 
 The steps, each reusing what a stopped run already wrote:
 1. generate every (prompt, seed) with every model into `OUT/images/<model>/` (resumable folders);
-2. score every image with every scorer (`scores.csv`: one row per prompt and seed);
+2. score every image with every scorer, in chunks of `batch_size` images whose scores are recorded in
+   `OUT/.scores/` until `results.json` is written (`scores.csv`: one row per prompt and seed);
 3. per scorer: each model's mean and median with a bootstrap CI over prompts; each tuned model's
    win/tie/loss against the base with bootstrap CIs; the same per category when the set has them;
 4. grids of the first prompts (`grids/`), plots, `summary.md`, `report.html` and `results.json`.
+
+Under a distributed launcher steps 1 and 2 are shared: process r of N draws generation batches r, r + N, ...
+of each model and scores scoring chunks r, r + N, ...; the main process merges them in order and alone does
+steps 3 and 4, so the outputs are those of one process.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +31,11 @@ from PIL import Image
 from .. import __version__
 from ..files import atomic_write_text
 from ..models.lora_files import check_lora_fits
+from ..processes import ChunkRecords, Processes, fingerprint, job_progress, prepare_status
 from ..rewards.base import Scorer
 from ..rewards.batch import score_in_batches
 from .generated import read_generated
-from .generation import SamplingSettings, generate_folder, image_name
+from .generation import SamplingSettings, generate_folder, image_name, launched_processes
 from .grid import grids_from_folders, save_png
 from ..data.image_inputs import open_image
 from .model_specs import ModelSpec
@@ -36,6 +44,8 @@ from .report import write_report
 from .stats import bootstrap_mean, compare_paired
 
 SCORE_CHUNK = 256  # images held in memory per scorer call
+SCORES = ".scores"  # under OUT: the records of scored chunks, until results.json is written
+SCORE_SETTINGS = "settings.json"  # beside them: the settings they were scored with
 
 
 @dataclass
@@ -173,40 +183,133 @@ def _statistics(job: EvalJob, models, scores, groups, categories) -> tuple[dict,
     return summary, comparisons, per_category
 
 
-def run_eval(job: EvalJob) -> dict:
-    """Generate, score, compare and report (see the module docstring); returns the results dict."""
+def _score_settings(job: EvalJob, models: Sequence[ModelSpec]) -> dict:
+    """What the scores of an eval depend on besides the images' own settings (which their folders check):
+    stamped on its scoring records, compared with an unfinished eval's to refuse mixing two."""
+    return json.loads(json.dumps({
+        "scorers": list(job.scorers),
+        "scorer_options": {name: job.scorer_options.get(name, {}) for name in job.scorers},
+        "models": {m.name: {k: v for k, v in m.as_dict().items() if k != "name"} for m in models},
+        "prompt_set": job.prompts.name,
+        "prompts_sha256": hashlib.sha256(json.dumps(job.prompts.texts).encode()).hexdigest(),
+        "seeds": [int(s) for s in job.seeds],
+        "batch_size": job.batch_size,
+    }, default=str))
+
+
+def check_unfinished_scores(folder: Path, settings: dict) -> None:
+    """Refuse to go on with the scoring records in `folder` (an eval stopped while scoring) when they were
+    written with other settings, naming the first that changed; then record `settings` there."""
+    path = folder / SCORE_SETTINGS
+    if any(folder.glob("chunk-*.json")) and path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+        except ValueError:
+            earlier = {}  # the records' fingerprints tell
+        for key, value in settings.items():
+            if key in earlier and earlier[key] != value:
+                raise ValueError(
+                    f"{folder} holds the scores of an unfinished eval with {key}={earlier[key]!r}, not {value!r}: "
+                    f"rerun that eval to finish it, or delete {folder} to score afresh"
+                )
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def _score_chunks(job: EvalJob, keys: Sequence[tuple[int, int]]) -> list[tuple[str, range]]:
+    """The scoring chunks: per scorer, the keys in runs of `batch_size` (the images of a generation batch)."""
+    spans = [range(start, min(start + job.batch_size, len(keys))) for start in range(0, len(keys), job.batch_size)]
+    return [(name, span) for name in job.scorers for span in spans]
+
+
+def score_all(job: EvalJob, models: Sequence[ModelSpec], folders: dict[str, Path], keys: Sequence[tuple[int, int]],
+              device: str, processes: Processes) -> tuple[dict, dict, dict] | None:
+    """Score every image of every model with every scorer, each process its share of the chunks (a chunk's
+    scores go to a record in OUT/.scores, so a stopped eval rescores only the chunks without one). On the main
+    process: (scores[scorer][model] in key order, criteria[scorer][model] means, scorer info); None elsewhere."""
     from ..rewards import build_scorer
+
+    folder = Path(job.out) / SCORES
+    settings = _score_settings(job, models)
+    if processes.is_main:
+        check_unfinished_scores(folder, settings)
+    prepare_status(processes, Path(job.out))
+    chunks = _score_chunks(job, keys)
+
+    def describe(chunk: int) -> str:
+        name, span = chunks[chunk]
+        return f"the {name} scores of images {span.start}-{span.stop - 1}"
+
+    records = ChunkRecords(folder, fingerprint(settings), len(chunks), describe)
+    done = records.done()
+    total = len(models) * len(job.scorers) * len(keys)
+    initial = len(models) * sum(len(chunks[chunk][1]) for chunk in done)
+    texts = job.prompts.texts
+    with job_progress(processes, Path(job.out), "score", total, initial, desc="score", unit="img",
+                      enabled=job.progress) as bar:
+        scorer: Scorer | None = None
+        scorer_name = None
+        for chunk in processes.share(len(chunks)):
+            if chunk in done:
+                continue
+            name, span = chunks[chunk]
+            if name != scorer_name:
+                scorer = None  # the previous scorer's memory is freed before the next one loads
+                scorer, scorer_name = build_scorer(name, device=device, **job.scorer_options.get(name, {})), name
+            record: dict = {"scale": getattr(scorer, "scale", None), "scores": {}, "details": {}}
+            for m in models:
+                values, details = score_folder(scorer, folders[m.name], keys[span.start : span.stop], texts)
+                record["scores"][m.name] = values.tolist()
+                if details is not None:
+                    record["details"][m.name] = [{k: float(v) for k, v in d.items()} for d in details]
+                bar.update(len(span))
+            records.write(chunk, record)
+        scorer = None
+    if not processes.is_main:
+        return None
+    scores: dict[str, dict[str, list[float]]] = {name: {m.name: [] for m in models} for name in job.scorers}
+    per_image: dict[str, dict[str, list[dict]]] = {}
+    info: dict[str, dict] = {}
+    for (name, _), record in zip(chunks, records.read_all(processes)):
+        info.setdefault(name, {"scale": record["scale"], "options": job.scorer_options.get(name, {})})
+        for m in models:
+            scores[name][m.name] += record["scores"][m.name]
+            if m.name in record["details"]:
+                per_image.setdefault(name, {}).setdefault(m.name, []).extend(record["details"][m.name])
+    arrays = {name: {m: np.asarray(values, dtype=np.float64) for m, values in by_model.items()}
+              for name, by_model in scores.items()}
+    criteria = {name: {m: criterion_means(d) for m, d in by_model.items()} for name, by_model in per_image.items()}
+    return arrays, criteria, info
+
+
+def run_eval(job: EvalJob, processes: Processes | None = None) -> dict | None:
+    """Generate, score, compare and report (see the module docstring); returns the results dict on the main
+    process and None on the others (each generates and scores its share; the main process reports)."""
     from ..sampling.generate import default_device, resolve_dtype
 
+    processes = processes or launched_processes()
     models = check_models(job)
     for model in models:  # a LoRA that does not fit fails now, not after the models before it are drawn
         if model.loras:
             check_lora_fits(model.pipeline, [path for path, _ in model.loras], model.unet)
     out = Path(job.out)
-    device = job.device or default_device()
+    device = job.device or default_device()  # recorded in results.json: the same on any number of processes
+    own_device = processes.device(job.device) or device
     folders = {}
     for model in models:
         folder = out / "images" / folder_name(model.name)
-        generate_folder(model, job.prompts, job.seeds, folder, job.sampling, job.batch_size, device, job.progress)
+        generate_folder(model, job.prompts, job.seeds, folder, job.sampling, job.batch_size, own_device,
+                        job.progress, processes)
         folders[model.name] = folder
 
     keys = [(i, int(s)) for i in range(len(job.prompts.prompts)) for s in job.seeds]
     texts = job.prompts.texts
     groups = np.array([i for i, _ in keys])
     categories = np.array([str(job.prompts.prompts[i].category) for i, _ in keys]) if job.prompts.has_categories else None
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    scorer_info: dict[str, dict] = {}
-    criteria: dict[str, dict[str, dict[str, float]]] = {}
-    for name in job.scorers:
-        options = job.scorer_options.get(name, {})
-        scorer = build_scorer(name, device=device, **options)
-        scorer_info[name] = {"scale": getattr(scorer, "scale", None), "options": options}
-        scores[name] = {}
-        for m in models:
-            scores[name][m.name], details = score_folder(scorer, folders[m.name], keys, texts)
-            if details is not None:
-                criteria.setdefault(name, {})[m.name] = criterion_means(details)
-        del scorer
+    scored = score_all(job, models, folders, keys, own_device, processes)
+    if scored is None:
+        return None
+    scores, criteria, scorer_info = scored
 
     columns = {f"{m}/{scorer}": s for scorer, by_model in scores.items() for m, s in by_model.items()}
     _write_scores_csv(out / "scores.csv", keys, job.prompts, columns)
@@ -248,4 +351,5 @@ def run_eval(job: EvalJob) -> dict:
     }
     write_report(results, out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    shutil.rmtree(out / SCORES, ignore_errors=True)  # the scores are in scores.csv now
     return results
