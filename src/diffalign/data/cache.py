@@ -346,15 +346,13 @@ def _check_shard(folder: Path, k: int, rows: int, names: list[str]) -> None:
                          f"{rows} rows of {', '.join(names)} (another cache's shard?); {redo}")
 
 
-def _run_phase(phase: _Phase, processes: Processes, status: Path) -> None:
-    """Compute this process's share of the phase's missing shards (shard k on process k mod N), each written
+def _run_phase(phase: _Phase, processes: Processes, status: Path, done: set[int]) -> None:
+    """Compute this process's share of the phase's shards not `done` (shard k on process k mod N), each written
     atomically before its record; once every process is done, the main process checks every shard and writes
     the folder's index.json."""
     records = phase.records()
-    done = {k for k in records.done() if _shard_path(phase.folder, k).is_file()}
-    total = sum(map(len, phase.shards))
-    with job_progress(processes, status, phase.name, total, sum(len(phase.shards[k]) for k in done),
-                      desc=phase.name, unit=phase.unit) as progress:
+    with job_progress(processes, status, phase.name, sum(map(len, phase.shards)),
+                      sum(len(phase.shards[k]) for k in done), desc=phase.name, unit=phase.unit) as progress:
         for k in processes.share(len(phase.shards)):
             if k not in done:
                 _save_shard(phase.folder, k, phase.compute(phase.shards[k], progress.update))
@@ -381,24 +379,27 @@ def build_cache(parts: DiffusionParts, model: ModelConfig, data: DataConfig, sha
                             winners_only=True)  # any data a method reads; both images of a pair table are cached
     # every row, ties included (AI feedback may decide them); with max_pairs, up to the last pair used
     rows = len(pairs.source) if data.max_pairs is None else max(pairs.source_rows) + 1
-    captions = _cached_captions(pairs, rows) if not (text_dir / INDEX_FILE).is_file() else []
-    build = {"shard_size": shard_size, "batch_size": batch_size}
-    settings = {latent_dir: {**build, "rows": rows}, text_dir: {**build, "captions": len(captions)}}
     inputs = {latent_dir: latent_cache_inputs(model, data), text_dir: text_cache_inputs(model, data)}
+    build = {"shard_size": shard_size, "batch_size": batch_size}
+    phases = []
+    if not (latent_dir / INDEX_FILE).is_file():
+        phases.append(_latent_phase(parts, data, latent_dir, rows, {**build, "rows": rows}, inputs[latent_dir]))
+    if not (text_dir / INDEX_FILE).is_file():
+        captions = _cached_captions(pairs, rows)
+        phases.append(_text_phase(parts, captions, text_dir, {**build, "captions": len(captions)}, inputs[text_dir]))
     if processes.is_main:
         for folder in (latent_dir, text_dir):
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(folder / "inputs.json", json.dumps(inputs[folder], indent=2))
             if (folder / INDEX_FILE).is_file():
                 shutil.rmtree(folder / RECORDS_DIR, ignore_errors=True)  # a build killed once its index was written
-            else:
-                _check_settings(folder, settings[folder])
+        for phase in phases:
+            _check_settings(phase.folder, phase.settings)
+    # the shards done, read before the others start: none is recorded meanwhile, so the bar counts each once
+    done = [{k for k in phase.records().done() if _shard_path(phase.folder, k).is_file()} for phase in phases]
     prepare_status(processes, latent_dir)
-    if not (latent_dir / INDEX_FILE).is_file():
-        _run_phase(_latent_phase(parts, data, latent_dir, rows, settings[latent_dir], inputs[latent_dir]),
-                   processes, latent_dir)
-    if not (text_dir / INDEX_FILE).is_file():
-        _run_phase(_text_phase(parts, captions, text_dir, settings[text_dir], inputs[text_dir]), processes, latent_dir)
+    for phase, finished in zip(phases, done):
+        _run_phase(phase, processes, latent_dir, finished)
     processes.wait()  # every process returns with both indexes written
     if processes.is_main and processes.many:
         shutil.rmtree(latent_dir / STATUS_DIR, ignore_errors=True)
