@@ -39,26 +39,25 @@ def argv(folder, out: str) -> list[str]:
 
 PICKY = """
 def picky(images, prompts):
-    if any("unscorable" in prompt for prompt in prompts):
-        raise ValueError("cannot judge an unscorable prompt")
+    if any(prompt == {text!r} for prompt in prompts):
+        raise ValueError("cannot judge this prompt")
     return [0.5 for _ in images]
 """
 
 
 def build(folder):
+    from diffalign.evaluation.prompt_sets import load_prompt_set
+
     write_lora(folder / "lora")
-    (folder / "picky.py").write_text(PICKY)
-    (folder / "prompts.txt").write_text("a red circle on a blue background\nan unscorable green square\n")
-    unscorable = ["eval", f"tuned={folder / 'lora'}", "--base", str(BASE), "--prompts", str(folder / "prompts.txt"),
-                  "--seeds", "2", "--steps", "2", "--batch-size", "2", "--resamples", "10", "--grid-prompts", "1",
-                  "--scorer", f"{folder / 'picky.py'}:picky", "--no-progress", "--out", str(folder / "unscorable")]
+    # a scorer that fails on the images of prompt 1: scoring chunk 1, process 1's
+    (folder / "picky.py").write_text(PICKY.format(text=load_prompt_set("demo", limit=4).prompts[1].text))
     return [
         Job("eval-two", argv(folder, "two")),
         # process 1 records its 4 generation batches and its first scoring chunk, then fails before its second
         Job("eval-raise", argv(folder, "raised"), {"process": 1, "after": 5, "how": "raise"}),
         Job("eval-rerun", argv(folder, "raised")),
-        # the images of prompt 1 (scoring chunk 1, process 1's) cannot be scored
-        Job("eval-unscorable", unscorable),
+        # the images of eval-rerun, scored by the picky scorer
+        Job("eval-unscorable", [*argv(folder, "raised"), "--scorer", f"{folder / 'picky.py'}:picky"]),
     ]
 
 
@@ -104,10 +103,9 @@ def test_a_process_failing_while_scoring_fails_the_eval_and_the_rerun_scores_onl
 def test_an_image_another_process_cannot_score_fails_the_eval_naming_it(launched):
     main = launched.main
     assert main.rc("eval-unscorable") == [2, 2], main.describe("eval-unscorable")
-    image = launched.folders["eval"] / "unscorable" / "images" / "base" / "p00001-s0.png"
-    scorer = launched.folders["eval"] / "picky.py"
-    why = f"{image}: {scorer}:picky: cannot judge an unscorable prompt (and 1 more image(s))"
+    image = launched.folders["eval"] / "raised" / "images" / "base" / "p00001-s0.png"
+    why = f"{image}: {launched.folders['eval'] / 'picky.py'}:picky: cannot judge this prompt (and 1 more image(s))"
     assert f"diffalign eval: error: {why}\n" in main.err("eval-unscorable", 1)
     main_err = main.err("eval-unscorable", 0)
     assert f"diffalign eval: error: process 1 of 2 failed: ValueError: {why} (the chunks" in main_err
-    assert not (launched.folders["eval"] / "unscorable" / "results.json").exists()
+    assert "report:" not in (main.folder / "eval-unscorable.0.out").read_text()
