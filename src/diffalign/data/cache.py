@@ -242,6 +242,7 @@ def _latent_names(sides: list[int], flip: bool) -> list[str]:
 
 def _latent_phase(parts: DiffusionParts, data: DataConfig, folder: Path, rows: int, settings: dict,
                   index: dict) -> _Phase:
+    """The latent folder's phase: VAE posteriors, sizes and crops of the first `rows` rows' images."""
     table = load_pair_table(data.path, data.split, winners_only=True)
     sides = [0, 1] if has_rejected(table) else [0]  # an image folder or winners file: the preferred images only
     vae = parts.vae
@@ -249,8 +250,9 @@ def _latent_phase(parts: DiffusionParts, data: DataConfig, folder: Path, rows: i
     @torch.no_grad()
     def compute(shard: range, done: Callable[[int], None]) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {}
-        for chunk in _chunks(len(shard), settings["batch_size"]):  # batches from the shard's start: any process
-            pixels: dict[str, list[torch.Tensor]] = {}                 # computes a shard as one process does
+        # batches counted from the shard's first row: any process computes a shard as one process does
+        for chunk in _chunks(len(shard), settings["batch_size"]):
+            pixels: dict[str, list[torch.Tensor]] = {}
             for r in chunk:
                 row = table[shard.start + r]
                 for side in sides:
@@ -275,6 +277,7 @@ def _latent_phase(parts: DiffusionParts, data: DataConfig, folder: Path, rows: i
 
 
 def _text_phase(parts: DiffusionParts, captions: list[str], folder: Path, settings: dict, index: dict) -> _Phase:
+    """The text folder's phase: the text encoders' conditioning of every caption, in `captions` order."""
     @torch.no_grad()
     def compute(shard: range, done: Callable[[int], None]) -> dict[str, torch.Tensor]:
         hidden, pooled = [], []
