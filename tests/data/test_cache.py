@@ -261,3 +261,25 @@ def test_every_process_takes_its_own_gpu(tiny_models, pair_file, tmp_path, monke
     assert capsys.readouterr().err.splitlines()[-2] == (
         "diffalign cache: error: --device cuda:1: with 2 processes each process takes its own GPU (cuda:LOCAL_RANK); "
         "give --device cuda, or leave --device out")
+
+
+def test_the_merge_refuses_a_recorded_shard_that_is_gone_or_unreadable(tiny_models, pair_file, tmp_path):
+    cfg = _cfg(tiny_models["sd15"], pair_file, tmp_path)
+    parts = load_parts(cfg.model, unet=False)
+    latent_dir, text_dir = cache_folders(cfg.model, cfg.data)
+    for folder in (latent_dir, text_dir):
+        folder.mkdir(parents=True)
+    build_cache(parts, cfg.model, cfg.data, shard_size=4, batch_size=3,
+                processes=Processes(1, 2, barrier=_finished_elsewhere(latent_dir, 0)))
+    shard = latent_dir / "shard-00001.safetensors"
+    shard.unlink()  # recorded by process 1, then gone before the merge (the main process never sees it)
+    main_of_two = Processes(0, 2, barrier=_finished_elsewhere(latent_dir, 1))
+    with pytest.raises(FileNotFoundError) as gone:
+        build_cache(parts, cfg.model, cfg.data, shard_size=4, batch_size=3, processes=main_of_two)
+    assert str(gone.value) == (
+        f"{shard}: missing, though its chunk record says it was written (on several nodes data.cache_dir must be on a "
+        "filesystem every node shares); rerun `diffalign cache` with the same config to recompute it")
+    shard.write_bytes(b"not a shard")
+    with pytest.raises(ValueError, match=r"shard-00001.safetensors: not a readable safetensors shard \(.+\); delete it "
+                                         r"and rerun `diffalign cache` with the same config to recompute it$"):
+        build_cache(parts, cfg.model, cfg.data, shard_size=4, batch_size=3, processes=main_of_two)
