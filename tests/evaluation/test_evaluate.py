@@ -127,3 +127,13 @@ def test_an_eval_stopped_while_scoring_rescores_only_the_missing_chunks(tiny_mod
     run_eval(job)
     assert scored == [("base", [(1, 0), (1, 1)]), ("tuned", [(1, 0), (1, 1)])]  # chunk 1 only
     assert {name: (out / name).read_bytes() for name in first} == first
+
+    foreign = out / ".scores" / "chunk-000000.json"  # another eval writing into the same folder
+    foreign.parent.mkdir()
+    foreign.write_text(json.dumps({"fingerprint": "0123456789abcdef", "chunk": 0, "scores": {}}))
+    with pytest.raises(ValueError) as refused:
+        run_eval(job)
+    assert str(refused.value).startswith(
+        f"{foreign}: a foreign chunk record, written by a job with other settings (fingerprint 0123456789abcdef, "
+        "this job's ")
+    assert str(refused.value).endswith(f"use another output, or delete {out / '.scores'} to start over")
