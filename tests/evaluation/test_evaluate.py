@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -112,12 +113,16 @@ def test_an_eval_stopped_while_scoring_rescores_only_the_missing_chunks(tiny_mod
         f"{out / '.scores'}: no record of the shapes scores of images 2-3 (chunk 1 of 3, the share of process 1 of "
         "2): it was not computed (rerun the same command to compute it)")
 
-    other = dataclasses.replace(job, scorer_options={"shapes": {"batch_size": 4}})
+    other = dataclasses.replace(job, scorer_options={"shapes": {"batch_size": 4}}, out=tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    shutil.copytree(out / ".scores", tmp_path / "other" / ".scores")  # before any image is drawn
     with pytest.raises(ValueError) as changed:
         run_eval(other)
+    assert not (tmp_path / "other" / "images").exists()
     assert str(changed.value) == (
-        f"{out / '.scores'} holds the scores of an unfinished eval with scorer_options={{'shapes': {{}}}}, not "
-        f"{{'shapes': {{'batch_size': 4}}}}: rerun that eval to finish it, or delete {out / '.scores'} to score afresh"
+        f"{other.out / '.scores'} holds the scores of an unfinished eval with scorer_options={{'shapes': {{}}}}, not "
+        f"{{'shapes': {{'batch_size': 4}}}}: rerun that eval to finish it, or delete {other.out / '.scores'} to score "
+        "afresh"
     )
 
     scored = []

@@ -230,17 +230,14 @@ def score_all(job: EvalJob, models: Sequence[ModelSpec], folders: dict[str, Path
     from ..rewards import build_scorer
 
     folder = Path(job.out) / SCORES
-    settings = _score_settings(job, models)
-    if processes.is_main:
-        check_unfinished_scores(folder, settings)
-    prepare_status(processes, Path(job.out))
+    prepare_status(processes, Path(job.out))  # the main process checked the records' settings before generating
     chunks = _score_chunks(job, keys)
 
     def describe(chunk: int) -> str:
         name, span = chunks[chunk]
         return f"the {name} scores of images {span.start}-{span.stop - 1}"
 
-    records = ChunkRecords(folder, fingerprint(settings), len(chunks), describe)
+    records = ChunkRecords(folder, fingerprint(_score_settings(job, models)), len(chunks), describe)
     done = records.done()
     total = len(models) * len(job.scorers) * len(keys)
     initial = len(models) * sum(len(chunks[chunk][1]) for chunk in done)
@@ -295,6 +292,8 @@ def run_eval(job: EvalJob, processes: Processes | None = None) -> dict | None:
     out = Path(job.out)
     device = job.device or default_device()  # recorded in results.json: the same on any number of processes
     own_device = processes.device(job.device) or device
+    if processes.is_main:  # an unfinished eval of other settings is refused before any image is drawn
+        check_unfinished_scores(out / SCORES, _score_settings(job, models))
     folders = {}
     for model in models:
         folder = out / "images" / folder_name(model.name)
