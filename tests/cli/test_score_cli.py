@@ -263,7 +263,7 @@ def test_several_processes_need_out_and_the_others_print_nothing(image_folder, t
     from diffalign.processes import STATUS_DIR, Processes
 
     command = ["score", str(image_folder), "--scorer", "shapes", "--batch-size", "1", "--no-progress"]
-    monkeypatch.setattr(score_job, "launched_processes", lambda: Processes(0, 2))
+    monkeypatch.setattr("diffalign.processes.current_processes", lambda: Processes(0, 2))
     assert main(command) == 2
     assert capsys.readouterr().err.startswith(
         "diffalign score: error: with 2 processes give --out FILE: the processes meet through files (each records its "
@@ -276,7 +276,7 @@ def test_several_processes_need_out_and_the_others_print_nothing(image_folder, t
     status = score_job.parts_folder(out) / STATUS_DIR / "score-00000.json"
     status.parent.mkdir(parents=True)
     status.write_text(json.dumps({"done": 0, "state": "finished", "error": None}))  # the main process, done
-    monkeypatch.setattr(score_job, "launched_processes", lambda: Processes(1, 2))
+    monkeypatch.setattr("diffalign.processes.current_processes", lambda: Processes(1, 2))
     written = count_records(monkeypatch)
     assert main([*command, "--out", str(out)]) == 0 and written == [1]
     assert capsys.readouterr() == ("", "") and not out.exists()

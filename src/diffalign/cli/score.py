@@ -101,10 +101,11 @@ def _score_job(
 ) -> tuple[ScoreJob, ScoreRun | None]:
     """Score `items` on this process's share of the batches (see evaluation/score_job.py): the merged run on
     the main process, None on the others."""
-    from ..evaluation.score_job import ScoreJob, launched_processes, score_settings
+    from ..evaluation.score_job import ScoreJob, score_settings
+    from ..processes import current_processes
     from ..evaluation.scoring import DEFAULT_CHUNK, build_scorers
 
-    processes = launched_processes()
+    processes = current_processes()
     device = processes.device(args.device)
     batch_size = args.batch_size or DEFAULT_CHUNK
     settings = score_settings(items, names, options, args.device, args.dtype, batch_size)

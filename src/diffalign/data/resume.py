@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write, atomic_write_text
-from ..processes import ChunkRecords, Processes, current_processes, fingerprint, prepare_status
+from ..processes import ChunkRecords, Processes, fingerprint, prepare_status
 
 PROGRESS_FILE = "progress.json"
 SHARD_GLOB = "data/train-*.parquet"
@@ -114,20 +113,6 @@ def read_progress(out: Path) -> dict:
             f"{path} is missing: the main process writes it before the others start, so this process does not see "
             "the main process's output folder (on several nodes --out must be on a filesystem every node shares)"
         ) from None
-
-
-def launched_processes() -> Processes:
-    """`current_processes()`, with the processes of a launch on a machine without CUDA joined over gloo: accelerate's
-    `PartialState()` joins CPU processes only when told `cpu=True` (otherwise each counts itself the only one, and
-    every process would write every shard)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        if not torch.cuda.is_available():
-            from accelerate import PartialState
-
-            PartialState(cpu=True)  # the shared state current_processes() then reads
-    return current_processes()
 
 
 @contextmanager

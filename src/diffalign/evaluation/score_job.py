@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,20 +31,6 @@ from .scoring import ScoreRun, score_items, scorer_tags
 
 SETTINGS_FILE = "settings.json"
 PHASE = "score"
-
-
-def launched_processes() -> Processes:
-    """`current_processes()`, with the processes of a launch on a machine without CUDA joined over gloo:
-    accelerate's `PartialState()` joins CPU processes only when told `cpu=True` (else each counts itself alone
-    and every process would score every image)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        if not torch.cuda.is_available():
-            from accelerate import PartialState
-
-            PartialState(cpu=True)  # the shared state that current_processes() then reads
-    return current_processes()
 
 
 def parts_folder(out: str | Path) -> Path:
@@ -119,7 +104,7 @@ class ScoreJob:
         self.batch_size = batch_size
         self.out = None if out is None else Path(out)
         self.settings = settings
-        self.processes = processes or launched_processes()
+        self.processes = processes or current_processes()
         self.todo = [i for i, item in enumerate(self.items) if item.load is not None and not item.error]
         self.chunks = math.ceil(len(self.todo) / batch_size)
         self.parts = None if self.out is None else parts_folder(self.out)

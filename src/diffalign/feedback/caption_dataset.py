@@ -32,9 +32,9 @@ from typing import Any
 
 from ..data.cards import write_dataset_card
 from ..data.pairs import decode_image, load_pair_table, source_key
-from ..data.resume import (launched_processes, merge_recorded_shards, quiet_unless_main, recorded_shards,
+from ..data.resume import (merge_recorded_shards, quiet_unless_main, recorded_shards,
                            shard_records, sharded_job_state, write_shard_file)
-from ..processes import JobProgress, Processes, job_progress
+from ..processes import JobProgress, Processes, current_processes, job_progress
 from .captioners import Captioner, Perturber, build_captioner, build_perturber, diversity_value
 
 STRATEGIES = ("captioning", "perturbation", "hybrid")
@@ -162,7 +162,7 @@ def caption_dataset(job: CaptionJob, processes: Processes | None = None) -> Capt
     """Write the second captions of every row of `job.source` not yet in a shard, then the dataset card; on several
     `processes` this process captions its share of the shards, and only the main process merges them, writes the
     card and returns the result (the others return None)."""
-    processes = processes or launched_processes()
+    processes = processes or current_processes()
     job.check()
     out = Path(job.out)
     with quiet_unless_main(processes):

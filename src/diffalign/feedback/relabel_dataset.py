@@ -28,11 +28,11 @@ import numpy as np
 from ..data.cards import write_dataset_card
 from ..data.pairs import parquet_files, source_key
 from ..data.relabel import decide_labels, label_stats
-from ..data.resume import (launched_processes, merge_recorded_shards, quiet_unless_main, recorded_shards,
+from ..data.resume import (merge_recorded_shards, quiet_unless_main, recorded_shards,
                            shard_records, sharded_job_state, write_shard_file)
 from ..data.image_inputs import pair_table_items
 from ..evaluation.scoring import build_scorers, score_items
-from ..processes import Processes, job_progress
+from ..processes import Processes, current_processes, job_progress
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
 
 LABEL_MODES = ("keep", "scorer")
@@ -103,7 +103,7 @@ def relabel_dataset(job: RelabelJob, processes: Processes | None = None) -> Rela
     """Score every row of `job.source` not yet in a shard, write the shards and the dataset card; on several
     `processes` this process scores its share of the shards, and only the main process merges them, writes the
     card and returns the result (the others return None)."""
-    processes = processes or launched_processes()
+    processes = processes or current_processes()
     job.check()
     out = Path(job.out)
     with quiet_unless_main(processes):
