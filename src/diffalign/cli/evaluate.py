@@ -65,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..evaluation.report import render_markdown
     from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
     from ..files import check_output_folder
-    from ..evaluation.generation import launched_processes
+    from ..processes import current_processes
 
     base, tuned = models_from_args(args)
     prompts, seeds, sampling = sampling_from_args(args)
@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         grid_seeds=args.grid_seeds, out=out, progress=not args.no_progress,
     )
     try:
-        results = run_eval(job, launched_processes())
+        results = run_eval(job, current_processes())
     except KeyboardInterrupt:
         print(f"interrupted: the images drawn are kept in {out / 'images'}; rerun the same command to resume",
               file=sys.stderr)

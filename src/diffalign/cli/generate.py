@@ -68,13 +68,14 @@ def sampling_from_args(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..evaluation.generation import generate_folder, launched_processes
+    from ..evaluation.generation import generate_folder
     from ..files import check_output_folder
+    from ..processes import current_processes
 
     check_output_folder(args.out, "--out")
     model = resolve_model(args.model, base=args.base, loras=[parse_lora(t) for t in args.lora])
     prompts, seeds, sampling = sampling_from_args(args)
-    processes = launched_processes()
+    processes = current_processes()
     try:
         result = generate_folder(model, prompts, seeds, args.out, sampling, args.batch_size, args.device,
                                  progress=not args.no_progress, processes=processes)

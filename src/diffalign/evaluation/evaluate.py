@@ -31,11 +31,11 @@ from PIL import Image
 from .. import __version__
 from ..files import atomic_write_text
 from ..models.lora_files import check_lora_fits
-from ..processes import ChunkRecords, Processes, fingerprint, job_progress, prepare_status
+from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
 from ..rewards.base import Scorer
 from ..rewards.batch import score_in_batches
 from .generated import read_generated
-from .generation import SamplingSettings, generate_folder, image_name, launched_processes
+from .generation import SamplingSettings, generate_folder, image_name
 from .grid import grids_from_folders, save_png
 from ..data.image_inputs import open_image
 from .model_specs import ModelSpec
@@ -284,7 +284,7 @@ def run_eval(job: EvalJob, processes: Processes | None = None) -> dict | None:
     process and None on the others (each generates and scores its share; the main process reports)."""
     from ..sampling.generate import default_device, resolve_dtype
 
-    processes = processes or launched_processes()
+    processes = processes or current_processes()
     models = check_models(job)
     for model in models:  # a LoRA that does not fit fails now, not after the models before it are drawn
         if model.loras:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -59,20 +58,6 @@ class GenerationResult:
     written: int  # images drawn in this call
     skipped: int  # images found from an earlier run
     total: int
-
-
-def launched_processes() -> Processes:
-    """`current_processes()`, with the processes of a launch on a machine without CUDA joined over gloo:
-    accelerate's `PartialState()` joins CPU processes only when told `cpu=True` (otherwise each counts itself
-    the only one, and every process would draw every image)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        if not torch.cuda.is_available():
-            from accelerate import PartialState
-
-            PartialState(cpu=True)  # the shared state that current_processes() then reads
-    return current_processes()
 
 
 def image_name(prompt_index: int, seed: int) -> str:
@@ -238,7 +223,7 @@ def generate_folder(
     """
     from ..sampling.generate import default_device, generate, load_pipeline, resolve_dtype
 
-    processes = processes or launched_processes()
+    processes = processes or current_processes()
     sampling = sampling or SamplingSettings()
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: give at least 1 (the images drawn per pipeline call)")
