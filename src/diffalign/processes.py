@@ -193,6 +193,7 @@ class JobProgress:
     def finish(self) -> None:
         """Report this process's share done and wait until every process has reported."""
         self._report("finished")
+        statuses = None
         if self.processes.many:
             while True:
                 statuses = self._statuses()
@@ -200,18 +201,24 @@ class JobProgress:
                     if status["state"] == "failed" and index != self.processes.index:
                         self.bar.close()
                         raise ProcessFailed(
-                            f"process {index} of {self.processes.count} failed: {status['error']} (the chunks "
-                            "written so far are kept: rerun the same command to resume)"
+                            f"process {index} of {self.processes.count} failed: {status['error']} (what the "
+                            "processes finished is kept: once the cause is fixed, the same command resumes)"
                         )
                 if self.processes.is_main:
                     self._refresh(statuses)
                 if all(s["state"] == "finished" for s in statuses):
                     break
                 time.sleep(POLL_SECONDS)
-            # no process goes on (the main one to clear these files for its next job) before every one has seen
-            # all finish
+            # no process goes on before every one has seen all finish; then none reads this phase's files again
             self.processes.wait()
-        self._refresh()
+            if self.processes.is_main:
+                for index in range(self.processes.count):
+                    self._path(index).unlink(missing_ok=True)
+                try:
+                    self.folder.rmdir()  # unless another phase's files are there
+                except OSError:
+                    pass
+        self._refresh(statuses)
         self.bar.close()
 
 

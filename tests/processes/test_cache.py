@@ -62,8 +62,9 @@ def test_two_processes_write_the_files_of_one(launched, one_process):
 def test_a_failed_process_is_resumed_by_the_same_command(launched, one_process):
     main = launched.main
     assert 0 not in main.rc("cache-fault"), main.describe("cache-fault")
-    assert ("process 1 of 2 failed: RuntimeError: injected fault: this process fails before recording its chunk (the "
-            "chunks written so far are kept: rerun the same command to resume)") in main.err("cache-fault", 0)
+    assert ("process 1 of 2 failed: RuntimeError: injected fault: this process fails before recording its chunk "
+            "(what the processes finished is kept: once the cause is fixed, the same command resumes)"
+            ) in main.err("cache-fault", 0)
     assert main.records("cache-fault") == [4, 1]  # main: latents 0, 2 and captions 0, 2; process 1: latents 1
     assert main.rc("cache-resume") == [0, 0], main.describe("cache-resume")
     assert main.records("cache-resume") == [0, 2]  # only captions 1 and 3 (process 1's) were redone

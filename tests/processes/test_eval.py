@@ -92,7 +92,8 @@ def test_a_process_failing_while_scoring_fails_the_eval_and_the_rerun_scores_onl
     assert main.rc("eval-raise") == [2, 1], main.describe("eval-raise")  # process 1: the traceback of a bug
     assert "RuntimeError: injected fault" in main.err("eval-raise", 1)
     assert ("diffalign eval: error: process 1 of 2 failed: RuntimeError: injected fault: this process fails before "
-            "recording its chunk (the chunks written so far are kept: rerun the same command to resume)"
+            "recording its chunk (what the processes finished is kept: once the cause is fixed, the same command "
+            "resumes)"
             in main.err("eval-raise", 0))
     assert main.records("eval-raise") == [6, 5]
     assert main.rc("eval-rerun") == [0, 0], main.describe("eval-rerun")
@@ -107,5 +108,5 @@ def test_an_image_another_process_cannot_score_fails_the_eval_naming_it(launched
     why = f"{image}: {launched.folders['eval'] / 'picky.py'}:picky: cannot judge this prompt (and 1 more image(s))"
     assert f"diffalign eval: error: {why}\n" in main.err("eval-unscorable", 1)
     main_err = main.err("eval-unscorable", 0)
-    assert f"diffalign eval: error: process 1 of 2 failed: ValueError: {why} (the chunks" in main_err
+    assert f"diffalign eval: error: process 1 of 2 failed: ValueError: {why} (what the processes" in main_err
     assert "report:" not in (main.folder / "eval-unscorable.0.out").read_text()
