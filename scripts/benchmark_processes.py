@@ -55,6 +55,11 @@ def _timed(command: list[str], env: dict) -> float:
     return seconds
 
 
+def many_threads(layouts: list[tuple[int, int | None]]) -> bool:
+    """Whether the layouts run with different thread counts per process."""
+    return len({threads for _, threads in layouts}) > 1
+
+
 def _same_files(a: Path, b: Path) -> bool:
     """Whether two outputs (folders or files) hold byte-identical files, ignoring hidden bookkeeping."""
     if a.is_file():
@@ -109,6 +114,13 @@ def main() -> None:
             times["generate"].setdefault(p, []).append(_timed([*prefix, *generate, "--out", str(out)], env))
             outputs.setdefault(p, []).append(out)
             print(f"generate, {p} process(es), run {repeat + 1}: {times['generate'][p][-1]:.1f} s", flush=True)
+    if cpu and many_threads(layouts):
+        # the thread count changes how float sums are split, hence some pixels: the files of N processes x T
+        # threads are compared with one process of T threads, drawn once more (untimed)
+        prefix, env = _launch(1, layouts[-1][1])
+        reference = work / "gen-reference"
+        _timed([*prefix, *generate, "--out", str(reference)], env)
+        outputs[0] = [reference]
     source = outputs[1][0]
     inputs = [str(source)] * args.score_copies
     scored = images * args.score_copies
@@ -129,6 +141,8 @@ def main() -> None:
         one = statistics.median(times[command][1])
         key = 1 if command == "generate" else -1
         runs = outputs[key] + (outputs[key * many] if many > 1 else [])
+        if command == "generate" and 0 in outputs:  # one process with the N-process layout's threads
+            runs = outputs[0] + (outputs[key * many] if many > 1 else [])
         same = all(_same_files(runs[0], other) for other in runs[1:])
         entry = {"items": count, "seconds_1": [round(s, 2) for s in times[command][1]],
                  "images_per_s_1": round(count / one, 3), "outputs_identical": same}
@@ -141,12 +155,14 @@ def main() -> None:
         figures[command] = entry
         rows.append((*row, "yes" if same else "NO"))
     header = ("command", "images", *(f"img/s {layout}" for layout in figures["layouts"]),
-              *(("ratio",) if many > 1 else ()), "same files")
+              *(("ratio",) if many > 1 else ()), "same files*")
     widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
     for row in (header, *rows):
         print("  ".join(str(v).rjust(w) if c else str(v).ljust(w) for c, (v, w) in enumerate(zip(row, widths))))
     print(f"(median of {args.repeats} runs each, alternating; wall time of the whole command, start-up included; "
           f"{figures['date']}, {figures['cpu_cores']} CPU cores)")
+    print("* every run's files against the first's; generate's many-process runs against one process with as many "
+          "threads per process (the thread count moves float sums, hence some pixels)")
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
