@@ -191,7 +191,8 @@ def test_the_shares_of_two_processes_merge_into_the_output_of_one(tmp_path):
     assert drawn == {"chunk-000000.json", "chunk-000002.json"}
     with pytest.raises(ValueError, match=r"k: 2 there, 3 now.*--overwrite"):
         build_pairs(_job(out, k=3))
-    assert build_pairs(_job(out), Processes(1, 2)) is None  # its share, chunk 1; process 0's status says finished
+    atomic_write_text(out / STATUS_DIR / "pairs-00000.json", json.dumps({"done": 0, "state": "finished", "error": None}))
+    assert build_pairs(_job(out), Processes(1, 2)) is None  # its share, chunk 1, once process 0 says it is done
     assert json.loads((out / PENDING_DIR / "chunks" / "chunk-000001.json").read_text())["prompts"] == [[2, 3]]
     merged = build_pairs(_job(out))  # one process gathers the rest, drawing nothing
     assert merged.prompts_done_now == 0 and merged.complete and not (out / PENDING_DIR).exists()
