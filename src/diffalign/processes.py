@@ -286,13 +286,17 @@ class ChunkRecords:
                 present[record["chunk"]] = record
         for chunk in range(self.chunks):
             if chunk not in present:
-                owner = f", the share of process {processes.owner(chunk)} of {processes.count}" if processes and processes.many else ""
-                raise ValueError(
-                    f"{self.folder}: no record of {self.describe(chunk)} (chunk {chunk} of {self.chunks}{owner}): it was "
-                    "not computed (rerun the same command to compute it), or was written where this process cannot "
-                    "see it (on several nodes the output must be on a filesystem every node shares)"
-                )
+                raise self.missing(chunk, processes)
         return [present[chunk] for chunk in range(self.chunks)]
+
+    def missing(self, chunk: int, processes: Processes | None = None) -> ValueError:
+        """The error for `chunk` having no record at the merge, naming it and the process that owed it."""
+        owner = f", the share of process {processes.owner(chunk)} of {processes.count}" if processes and processes.many else ""
+        return ValueError(
+            f"{self.folder}: no record of {self.describe(chunk)} (chunk {chunk} of {self.chunks}{owner}): it was "
+            "not computed (rerun the same command to compute it), or was written where this process cannot "
+            "see it (on several nodes the output must be on a filesystem every node shares)"
+        )
 
     def clear(self) -> None:
         """Remove the records (once merged)."""

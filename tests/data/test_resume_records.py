@@ -39,7 +39,8 @@ def test_a_recorded_shard_survives_open_progress_and_is_merged_in_shard_order(tm
     assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000.parquet", "train-00002.parquet"]
     assert state["shards"] == [] and records.done() == {0, 1, 2}
 
-    with pytest.raises(ValueError, match=r"no record of shard 3 \(source rows 6-6\), the share of process 1 of 2: "
+    with pytest.raises(ValueError, match=r"no record of shard 3 \(source rows 6-6\) "
+                                        r"\(chunk 3 of \d+, the share of process 1 of 2\): "
                                          "it was not computed"):
         recorded_shards(out, state, records, Processes(index=0, count=2))
     entries[3] = _record(records, out, 3, 1)

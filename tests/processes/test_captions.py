@@ -88,11 +88,13 @@ def test_the_merge_refuses_missing_and_foreign_records_and_changed_settings(tmp_
     source = _source(tmp_path)
     reference = caption_dataset(_job(source, tmp_path / "one"))
     out = tmp_path / "two"
-    with pytest.raises(ValueError, match=r"no record of shard 1 \(source rows 2-3\), the share of process 1 of 2"):
+    with pytest.raises(ValueError, match=r"no record of shard 1 \(source rows 2-3\) "
+                                        r"\(chunk 1 of \d+, the share of process 1 of 2\)"):
         caption_dataset(_job(source, out), simulated(0, out, "captions"))  # the other process did not do its share
     assert caption_dataset(_job(source, out), simulated(1, out, "captions")) is None  # shards 1 and 3, no merge
     (out / ".chunks" / "chunk-000003.json").unlink()  # as if process 1 had died before recording shard 3
-    with pytest.raises(ValueError, match=r"no record of shard 3 \(source rows 6-7\), the share of process 1 of 2: it "
+    with pytest.raises(ValueError, match=r"no record of shard 3 \(source rows 6-7\) "
+                                        r"\(chunk 3 of \d+, the share of process 1 of 2\): it "
                                          r"was not computed \(rerun the same command to compute it\)"):
         caption_dataset(_job(source, out), simulated(0, out, "captions"))
     with pytest.raises(ValueError, match=r"holds data made with other settings \(seed: 3 there, 4 now\)"):

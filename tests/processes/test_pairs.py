@@ -4,13 +4,12 @@ between its calls fails the job in both, and the same command then draws only th
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import pytest
-import torch
 
-from .launch import ROOT, Job, register, run_one
+from .launch import ROOT, Job, register
+from .single import one_process
 
 PROMPTS = ["a red circle on a blue background", "a small green square on a white background",
            "a large yellow triangle on a black background", "a blue circle on a white background",
@@ -50,17 +49,7 @@ def outputs(out) -> dict[str, object]:
 def one(launched, tmp_path_factory):
     """What one process writes, on one CPU thread as each launched process runs."""
     out = tmp_path_factory.mktemp("pairs-one")
-    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # `cpu_threads(auto)` then leaves torch's count alone
-    torch.set_num_threads(1)
-    try:
-        assert run_one(argv(launched.folders["pairs"], str(out / "one"))) == 0
-    finally:
-        torch.set_num_threads(threads)
-        if variable is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = variable
+    assert one_process(argv(launched.folders["pairs"], str(out / "one"))) == 0
     return outputs(out / "one")
 
 

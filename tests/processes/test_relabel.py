@@ -62,7 +62,7 @@ def test_two_processes_write_what_one_writes(launched, one_process):
     assert main.records("relabel-two") == [2, 2]  # shards 0, 2 and 1, 3
     assert_same_dataset(launched.folders["relabel"] / "two", one_process)
     err, out = main.err("relabel-two", 0), (main.folder / "relabel-two.0.out").read_text()
-    assert f"1 row(s) left out" in err and f"row {BAD_ROW} jpg_0" in err and "8/8" in err  # one bar, global count
+    assert "1 row(s) left out" in err and f"row {BAD_ROW} jpg_0" in err and "8/8" in err  # one bar, global count
     assert "7 pairs written, 1 left out" in out and "4 shard(s) and a dataset card" in out
     assert main.err("relabel-two", 1) == "" and (main.folder / "relabel-two.1.out").read_text() == ""
 
@@ -87,7 +87,8 @@ def test_the_merge_refuses_missing_and_foreign_records_and_changed_settings(tmp_
     source = _source(tmp_path)
     reference = relabel_dataset(_job(source, tmp_path / "one"))
     out = tmp_path / "two"
-    with pytest.raises(ValueError, match=r"no record of shard 1 \(source rows 2-3\), the share of process 1 of 2: it "
+    with pytest.raises(ValueError, match=r"no record of shard 1 \(source rows 2-3\) "
+                                        r"\(chunk 1 of \d+, the share of process 1 of 2\): it "
                                          r"was not computed \(rerun the same command to compute it\)"):
         relabel_dataset(_job(source, out), simulated(0, out, "relabel"))  # the other process did not do its share
     with pytest.raises(ValueError, match=r"holds data made with other settings \(shard_size: 2 there, 4 now\)"):

@@ -168,12 +168,7 @@ def recorded_shards(out: Path, state: dict, records: ChunkRecords, processes: Pr
     entries = []
     for chunk in range(len(state["shards"]), records.chunks):
         if chunk not in present:
-            owner = f", the share of process {processes.owner(chunk)} of {processes.count}" if processes and processes.many else ""
-            raise ValueError(
-                f"{records.folder}: no record of {records.describe(chunk)}{owner}: it was not computed (rerun the "
-                "same command to compute it), or was written where this process cannot see it (on several nodes "
-                "--out must be on a filesystem every node shares)"
-            )
+            raise records.missing(chunk, processes)
         entries.append(_recorded_entry(out, records, chunk))
     return entries
 
