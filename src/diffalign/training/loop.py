@@ -4,7 +4,8 @@
 the reference, the optimizer, a restored checkpoint), the **train** phase (micro-steps through the step runner
 (`steps`) for `train.max_steps` optimizer steps, with a progress bar, metrics (`step_log`), validation grids
 and resumable checkpoints) and the **save** phase (the LoRA in diffusers' format or the full UNet, the resolved
-config and the metrics log). It never asks what a method, source or reference is: it calls their hooks.
+config, the metrics log and the model card `README.md`: `run_card`). It never asks what a method, source or
+reference is: it calls their hooks.
 
 The output folder is the run's alone (`run_folder`: a lock, and no mixing with another run's outputs);
 weights are checked finite before any of them is saved (`steps`); Ctrl-C or SIGTERM saves a checkpoint
@@ -27,6 +28,7 @@ from .checkpoint import CONFIG_FILE
 from .interrupts import InterruptGuard, stopped
 from .randomness import BatchRandom
 from .run_folder import METRICS_FILE
+from .run_card import write_run_card
 from .run_setup import Run, set_up
 from .saved_weights import write_weights
 from .setup import uncompiled
@@ -170,6 +172,9 @@ def save_result(run: Run, last: dict[str, float]) -> TrainResult:
     state_dict, _ = full_trainable_state(run.unet)  # every process: gathers FSDP shards
     if acc.is_main_process:
         weights = _save_weights(run.cfg, acc.unwrap_model(run.unet), state_dict, run.parts.family, out_dir)
-        print(f"saved {weights}\nconfig {out_dir / CONFIG_FILE}")
+        data = run.source.describe() + (f"\n\n{summary}" if summary else "")
+        card = write_run_card(out_dir, run.cfg, run.parts.family, run.step, acc.num_processes, acc.device, data,
+                              run.source.unit, run.folder.resume_from)
+        print(f"saved {weights}\nconfig {out_dir / CONFIG_FILE}\nmodel card {card}")
     acc.end_training()
     return TrainResult(out_dir, weights, out_dir / CONFIG_FILE, last, acc.is_main_process)
