@@ -31,6 +31,7 @@ from PIL import Image
 from .. import __version__
 from ..files import atomic_write_text
 from ..models.lora_files import check_lora_fits
+from ..models.model_card import update_run_cards
 from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
 from ..rewards.base import Scorer
 from ..rewards.batch import score_in_batches
@@ -351,4 +352,5 @@ def run_eval(job: EvalJob, processes: Processes | None = None) -> dict | None:
     write_report(results, out)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     shutil.rmtree(out / SCORES, ignore_errors=True)  # the scores are in scores.csv now
+    update_run_cards(results, out)  # a tuned run folder's model card gains this evaluation
     return results
