@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from diffalign.evaluation import plots
+from diffalign.evaluation.generation import image_name
 from diffalign.evaluation.report import (
     read_scores_csv,
     render_html,
@@ -122,7 +123,8 @@ def test_html_is_self_contained_and_escapes_user_text():
     assert [img["src"] for img in parser.imgs] == ["plots/win-rates.png", "grids/grid-01.png"]
     assert all(img.get("alt") for img in parser.imgs)
     assert "#1: a blue square" in page and page.count("<figcaption>") == 2
-    assert 'class="num">66.7 % [56.7, 76.7] (8)</td>' in page
+    assert ('class="num"><span class="value">66.7 %</span> <span class="ci">[56.7, 76.7]</span> '
+            '<span class="count">(8)</span></td>') in page  # wraps between value, CI and count, not inside them
     assert "out/&lt;script&gt;alert(1)&lt;/script&gt; × 0.8" in page  # LoRAs listed with their scale
 
 
@@ -177,3 +179,126 @@ def test_plots_cope_with_missing_values(tmp_path):
     plots.plot_win_rates({"shapes": {"tuned": _comparison(0, 4, 0, 0.0)}}, tmp_path / "w.png")
     plots.plot_category_win_rates({"x": {"prompts": 1, "comparisons": {}}}, tmp_path / "c.png")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("d.png", "empty.png", "w.png", "c.png"))
+
+
+def _gallery_folder(root, results: dict, scores: dict[str, list[float]]) -> None:
+    """scores.csv (prompts 0-1 × seeds 0-2, `scores[model]` in that order) and every image of the sample gallery,
+    but for the image of model sharp, prompt 1, seed 2."""
+    results["settings"]["seeds"] = [0, 1, 2]
+    models = [m["name"] for m in results["models"]]
+    with open(root / "scores.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "prompt_index", "prompt", "category", "seed"] + [f"{m}/shapes" for m in models])
+        for i in range(6):
+            p, s = divmod(i, 3)
+            writer.writerow([i, p, ["a red circle", EVIL][p], "circle", s] + [scores[m][i] for m in models])
+    for m in results["models"]:
+        (root / m["images"]).mkdir(parents=True)
+        for p in range(2):
+            for s in range(3):
+                if (m["name"], p, s) != ("sharp", 1, 2):
+                    Image.new("RGB", (32, 32), "white").save(root / m["images"] / image_name(p, s))
+
+
+class _Gallery(html.parser.HTMLParser):
+    """The report's seed panels: {seed: [(model, verdict, winner, img src or None, caption text)]}, and the tabs."""
+
+    def __init__(self):
+        super().__init__()
+        self.panels, self.tabs, self.seed, self.figure, self.in_caption = {}, [], None, None, False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "input" and a.get("name") == "sample-seed":
+            self.tabs.append((a["id"], a["value"], "checked" in a))
+        elif tag == "div" and "seed-panel" in a.get("class", ""):
+            self.seed = int(a["data-seed"])
+            self.panels[self.seed] = []
+        elif tag == "figure" and "sample" in a.get("class", ""):
+            self.figure = [a["data-model"], a.get("data-verdict"), "winner" in a["class"], None, ""]
+            self.panels[self.seed].append(self.figure)
+        elif tag == "img" and self.figure is not None:
+            self.figure[3] = a["src"]
+        elif tag == "figcaption":
+            self.in_caption = True
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self.figure = None
+        elif tag == "figcaption":
+            self.in_caption = False
+
+    def handle_data(self, data):
+        if self.in_caption and self.figure is not None:
+            self.figure[4] += data
+
+
+def test_the_samples_show_every_seed_each_score_and_each_pairs_winner(tmp_path):
+    results = sample_results()
+    results["settings"]["tie_tolerance"] = 0.05
+    # per (prompt, seed): tuned beats base, ties within 0.05, loses; sharp loses everywhere but once
+    scores = {"base": [0.5, 0.5, 0.5, 0.2, 0.2, 0.2], "tuned": [0.6, 0.54, 0.3, 0.9, 0.2, 0.1],
+              "sharp": [0.1, 0.1, 0.1, 0.1, 0.1, 0.9]}
+    _gallery_folder(tmp_path, results, scores)
+    write_report(results, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    gallery = _Gallery()
+    gallery.feed(page)
+    assert gallery.tabs == [("seed-tab-0", "0", True), ("seed-tab-1", "1", False), ("seed-tab-2", "2", False)]
+    assert "#seed-tab-2:checked~#seed-panel-2{display:block}" in page and ".seed-panel{display:none}" in page
+    assert sorted(gallery.panels) == [0, 1, 2]
+    expected_verdicts = {"tuned": ["win", "tie", "loss", "win", "tie", "loss"], "sharp": ["loss"] * 5 + ["win"]}
+    for seed, figures in gallery.panels.items():
+        assert [f[0] for f in figures] == ["base", "tuned", "sharp"] * 2  # prompts 0 and 1, base first
+        for p in range(2):
+            row = figures[3 * p: 3 * p + 3]
+            for model, verdict, winner, src, caption in row:
+                score = scores[model][3 * p + seed]
+                assert f"shapes {score:.3f}" in caption
+                if model != "base":
+                    assert verdict == expected_verdicts[model][3 * p + seed]
+                    assert winner == (verdict == "win")
+                if (model, p, seed) == ("sharp", 1, 2):
+                    assert src is None and "missing" in page
+                else:
+                    assert src == f"images/{model}/{image_name(p, seed)}"
+            assert row[0][2] == all(v == "loss" for v in (row[1][1], row[2][1]))  # base framed when it beats both
+    tuned_caption = gallery.panels[0][1][4]
+    assert "▲ beats base +0.100" in tuned_caption
+    assert "= ties base +0.040" in gallery.panels[1][1][4] and "▼ base wins -0.200" in gallery.panels[2][1][4]
+    assert "#1: &lt;script&gt;" in page and "tie when |Δ| ≤ 0.05" in page
+    assert '<a href="grids/grid-01.png">' in page and 'src="grids/grid-01.png"' not in page  # the grids are linked
+
+
+def test_without_scores_csv_the_report_shows_the_grid_pngs(tmp_path):
+    results = sample_results()
+    write_report(results, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert 'src="grids/grid-01.png"' in page and "seed-panel" not in page
+
+
+def test_a_bad_seed_in_scores_csv_is_named(tmp_path):
+    results = sample_results()
+    _gallery_folder(tmp_path, results, {m["name"]: [0.5] * 6 for m in results["models"]})
+    text = (tmp_path / "scores.csv").read_text().splitlines()
+    text[2] = text[2].replace(",circle,1,", ",circle,one,")
+    (tmp_path / "scores.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(ValueError, match=r"scores.csv, line 3: column seed is not a whole number: 'one'"):
+        write_report(results, tmp_path)
+
+
+def test_plot_text_is_at_least_12_points(tmp_path, monkeypatch):
+    import numpy as np
+
+    sizes: dict[str, float] = {}
+
+    def capture(fig, path):
+        texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")) if t.get_text()]
+        sizes[path.name] = min(t.get_fontsize() for t in texts)
+        return path
+
+    monkeypatch.setattr(plots, "_save", capture)
+    plots.plot_score_distributions({"base": np.array([0.2, 0.5]), "tuned": np.array([0.4, 0.6])}, "shapes", tmp_path / "d.png")
+    plots.plot_win_rates({"shapes": {"tuned": _comparison(5, 2, 3, 0.1)}}, tmp_path / "w.png")
+    plots.plot_category_win_rates({"x": {"prompts": 1, "comparisons": {"tuned": _comparison(2, 0, 1, 0.1)}}}, tmp_path / "c.png")
+    assert sizes.keys() == {"d.png", "w.png", "c.png"} and min(sizes.values()) >= 12, sizes

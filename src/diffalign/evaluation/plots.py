@@ -9,12 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from ..files import atomic_write
 
 DPI = 100
 WIN, TIE, LOSS = "#3a923a", "#b8b8b8", "#c0392b"
+# Sizes in points (at DPI 100, 1 pt = 1.4 px): readable when the report shows a figure at about 2/3 of its width.
+FONTS = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12, "ytick.labelsize": 12,
+         "legend.fontsize": 12}
 
 
 def _save(fig: Figure, path) -> Path:
@@ -35,6 +39,7 @@ def _error(estimate: dict | None) -> tuple[float, float, float]:
     return value, max(0.0, value - low), max(0.0, high - value)
 
 
+@rc_context(FONTS)
 def plot_score_distributions(scores: dict[str, np.ndarray], scorer: str, path) -> Path:
     """Overlaid step histograms of each model's scores for one scorer, each model's mean as a dashed line."""
     fig = Figure(figsize=(7, 3.8), dpi=DPI)
@@ -56,7 +61,7 @@ def plot_score_distributions(scores: dict[str, np.ndarray], scorer: str, path) -
     ax.set_ylabel("images")
     ax.set_title(f"{scorer}: score distribution per model (dashed: mean)")
     if pooled.size:
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(frameon=False)
     return _save(fig, path)
 
 
@@ -84,6 +89,7 @@ def _stacked_rows(ax, labels: list[str], comparisons: list[dict]) -> None:
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
 
 
+@rc_context(FONTS)
 def plot_win_rates(comparisons: dict[str, dict[str, dict]], path) -> Path:
     """Stacked win/tie/loss share per scorer and tuned model (error bar: CI of the win rate; line at 50 %)."""
     labels, rows = [], []
@@ -95,13 +101,14 @@ def plot_win_rates(comparisons: dict[str, dict[str, dict]], path) -> Path:
     ax = fig.subplots()
     if rows:
         _stacked_rows(ax, labels, rows)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
     else:
         ax.text(0.5, 0.5, "no comparisons", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("Tuned vs base, pair by pair (share of pairs; black bar: 95 % CI of the win rate)", fontsize=10)
+    ax.set_title("Tuned vs base, pair by pair\n(share of pairs; black bar: 95 % CI of the win rate)")
     return _save(fig, path)
 
 
+@rc_context(FONTS)
 def plot_category_win_rates(categories: dict[str, dict], path, scorer: str | None = None) -> Path:
     """Win rate among decided pairs per category and tuned model, with 95 % CIs and a line at 50 %.
 
@@ -124,7 +131,7 @@ def plot_category_win_rates(categories: dict[str, dict], path, scorer: str | Non
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_xlabel("win rate among decided pairs (95 % CI)")
-    ax.set_title(f"Win rate per category{f' ({scorer})' if scorer else ''}", fontsize=10)
+    ax.set_title(f"Win rate per category{f' ({scorer})' if scorer else ''}")
     if tuned:
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(4, len(tuned)), frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(4, len(tuned)), frameon=False)
     return _save(fig, path)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..files import atomic_write_text
 from . import plots
+from .sample_gallery import Gallery, build_gallery, gallery_css, render_gallery
 
 
 @dataclass
@@ -179,10 +180,12 @@ CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d1f;margin:0;background:#f6f7f9}
 main{max-width:1200px;margin:0 auto;padding:24px 32px;background:#fff}
 h1{font-size:26px;margin:0 0 8px}h2{font-size:20px;margin:32px 0 8px;border-bottom:1px solid #ddd}h3{font-size:16px;margin:20px 0 6px}
-.scroll{overflow-x:auto}table{border-collapse:collapse;margin:6px 0 12px;font-size:14px}
-th,td{padding:4px 10px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top}
-th{background:#f0f2f5;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:20px}
+.scroll{overflow-x:auto}table{border-collapse:collapse;margin:6px 0 12px;font-size:14px;max-width:100%}
+th,td{padding:4px 8px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th{background:#f0f2f5;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
+td.num span{white-space:nowrap}td.num .ci,td.num .count{display:inline-block;color:#555;font-size:12px}
+p,dd,figcaption{overflow-wrap:anywhere}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:20px}
 figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #e3e3e3;image-rendering:auto}
 figcaption{font-size:13px;color:#555;margin-top:4px}figcaption ul{margin:4px 0;padding-left:20px}
 footer{margin-top:32px;font-size:13px;color:#555;border-top:1px solid #ddd;padding-top:8px}
@@ -190,12 +193,26 @@ footer dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px}footer
 """
 
 
+_NUMBER_PARTS = re.compile(r"^(?P<value>.*?)(?: (?P<ci>\[[^\]]*\]))?(?: (?P<count>\(\d+\)))?$")
+
+
+def _num_cell(text: str) -> str:
+    """A number cell as HTML: value, CI and count in spans that wrap as units, so a narrow column breaks
+    '66.7 % [56.7, 76.7] (8)' between them and not inside a number."""
+    parts = _NUMBER_PARTS.match(text)
+    return " ".join(f'<span class="{name}">{html.escape(parts[name])}</span>'
+                    for name in ("value", "ci", "count") if parts[name])
+
+
 def _html_table(table: Table) -> str:
     def cls(i: int) -> str:
         return ' class="num"' if table.numeric[i] else ""
 
+    def cell(i: int, text: str) -> str:
+        return _num_cell(text) if table.numeric[i] else html.escape(text)
+
     head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(table.header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in table.rows)
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{cell(i, c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in table.rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -213,10 +230,18 @@ def _grid_caption(grid: dict, prompts: dict[int, str] | None) -> str:
     return f"{head}<ul>{items}</ul>"
 
 
-def render_html(results: dict, prompts: dict[int, str] | None = None) -> str:
-    """report.html: one self-contained page (inline CSS, no scripts) with the tables, plots and image grids.
+def _grid_links(results: dict) -> str:
+    links = " · ".join(f'<a href="{html.escape(quote(g["file"]))}">{html.escape(g["file"])}</a>' for g in results["grids"])
+    seeds = sorted({int(s) for g in results["grids"] for s in g.get("seeds", [])})
+    return f"<p>The same prompts as image grids (seeds {', '.join(map(str, seeds))}): {links}</p>"
 
-    `prompts` maps prompt_index -> text for the grid captions (otherwise they show the indices).
+
+def render_html(results: dict, prompts: dict[int, str] | None = None, gallery: Gallery | None = None) -> str:
+    """report.html: one self-contained page (inline CSS, no scripts) with the tables, plots and samples.
+
+    With a `gallery` the samples are its images with their scores and pair winners, every seed selectable,
+    and the grid PNGs are linked; without one the grid PNGs are shown. `prompts` maps prompt_index -> text
+    for the grid captions (otherwise they show the indices).
     """
     e = html.escape
     body = [f"<h1>Evaluation report</h1><p>{e(settings_line(results))}</p>", "<h2>Models</h2>", _html_table(models_table(results))]
@@ -227,7 +252,11 @@ def render_html(results: dict, prompts: dict[int, str] | None = None) -> str:
     if results.get("plots"):
         figs = "".join(_figure(p["file"], p.get("title", p["file"]), e(p.get("title", ""))) for p in results["plots"])
         body.append(f'<h2>Figures</h2><div class="figs">{figs}</div>')
-    if results.get("grids"):
+    if gallery is not None:
+        body.append(f"<h2>Samples (same prompt and seed across models)</h2>{render_gallery(gallery)}")
+        if results.get("grids"):
+            body.append(_grid_links(results))
+    elif results.get("grids"):
         figs = "".join(
             _figure(g["file"], f"Image grid {i + 1}: models {', '.join(g.get('models', []))}", _grid_caption(g, prompts))
             for i, g in enumerate(results["grids"])
@@ -241,7 +270,7 @@ def render_html(results: dict, prompts: dict[int, str] | None = None) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<title>diffalign evaluation: {e(str(results.get('settings', {}).get('prompt_set', '')))}</title>"
-        f"<style>{CSS}</style></head><body><main>{''.join(body)}</main></body></html>\n"
+        f"<style>{CSS}{gallery_css(gallery) if gallery is not None else ''}</style></head><body><main>{''.join(body)}</main></body></html>\n"
     )
 
 
@@ -274,7 +303,8 @@ def read_scores_csv(path: Path, models: list[str], scorers: list[str]) -> tuple[
 
 
 def write_report(results: dict, out_dir) -> dict[str, Path]:
-    """Draw the plots (distributions from out_dir/scores.csv if present), write summary.md and report.html.
+    """Draw the plots (distributions from out_dir/scores.csv if present), write summary.md and report.html (its
+    samples: the grids' prompts for every seed, with the first scorer's scores from scores.csv).
 
     Fills results["plots"] with {"file", "title"} entries relative to out_dir and returns the written paths
     by key: "summary", "report" and one per plot (the file stem, e.g. "scores-shapes").
@@ -308,5 +338,6 @@ def write_report(results: dict, out_dir) -> dict[str, Path]:
     results["plots"] = entries
     files = results.get("files", {})
     written["summary"] = _write_text(out_dir / files.get("summary", "summary.md"), render_markdown(results))
-    written["report"] = _write_text(out_dir / files.get("report", "report.html"), render_html(results, prompts))
+    gallery = build_gallery(results, out_dir, csv_path)
+    written["report"] = _write_text(out_dir / files.get("report", "report.html"), render_html(results, prompts, gallery))
     return written
