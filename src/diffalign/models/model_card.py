@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 from huggingface_hub import ModelCard, ModelCardData, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
 from huggingface_hub.repocard import metadata_load
 
 from .. import __version__
@@ -50,9 +51,16 @@ class TrainingFacts:
 def base_license(pretrained: str, revision: str | None = None) -> str | None:
     """The `license` of the base model's own card, read from a local folder or the hub cache (never
     downloaded); None when there is no card at hand or it names none."""
-    path = Path(pretrained).expanduser() / CARD_FILE
-    if not path.is_file():
-        cached = try_to_load_from_cache(pretrained, CARD_FILE, revision=revision) if "/" in pretrained else None
+    folder = Path(pretrained).expanduser()
+    path = folder / CARD_FILE
+    if folder.exists():
+        if not path.is_file():
+            return None
+    else:
+        try:
+            cached = try_to_load_from_cache(pretrained, CARD_FILE, revision=revision)
+        except HFValidationError:  # not a hub id either
+            return None
         if not isinstance(cached, str):
             return None
         path = Path(cached)
@@ -167,12 +175,13 @@ def training_card(folder: Path, facts: TrainingFacts) -> str:
     return f"---\n{card_front_matter(facts).to_yaml()}\n---\n\n" + "\n".join(body)
 
 
-def write_training_card(folder: str | Path, facts: TrainingFacts) -> Path:
+def write_training_card(folder: str | Path, facts: TrainingFacts, shown: str | Path | None = None) -> Path:
     """Write `folder/README.md`, the card of the weights in `folder`, atomically (replacing an earlier card and
-    its evaluation section, which described other weights). Returns its path."""
+    its evaluation section, which described other weights); `shown` is where the card says the weights are
+    (default `folder`; the final place of a folder written elsewhere first). Returns its path."""
     folder = Path(folder)
     path = folder / CARD_FILE
-    atomic_write_text(path, training_card(folder, facts))
+    atomic_write_text(path, training_card(Path(shown) if shown is not None else folder, facts))
     return path
 
 

@@ -33,10 +33,12 @@ def session_seconds(out_dir: Path) -> float | None:
 
 
 def write_run_card(folder: Path, cfg: RunConfig, family: str, steps: int, processes: int, device: torch.device,
-                   data: str, unit: str = "pairs", resumed_from: Path | None = None, note: str | None = None) -> Path:
+                   data: str, unit: str = "pairs", resumed_from: Path | None = None, note: str | None = None,
+                   shown: Path | None = None) -> Path:
     """Write the model card `folder/README.md` of the weights a run saved into `folder` (the run folder, or its
-    `best/`) after `steps` optimizer steps; returns its path."""
+    `best/`; `shown`: where they will be, when `folder` is a temporary one) after `steps` optimizer steps;
+    returns its path."""
     facts = TrainingFacts(cfg, family, steps, processes, device_description(device),
                           session_seconds(Path(cfg.train.output_dir)), data, unit,
                           resumed_from.name if resumed_from is not None else None, note)
-    return write_training_card(folder, facts)
+    return write_training_card(folder, facts, shown)

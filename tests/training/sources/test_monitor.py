@@ -79,7 +79,7 @@ def test_gold_scores_are_logged_beside_the_training_reward_and_best_holds_the_be
     best = json.loads((run / "best" / "best.json").read_text())
     assert (best["gold"], best["round"], best["step"]) == (gold, round_, round_)  # one optimizer step a round
     assert best["parts"] == {"shapes": gold} and best["scorers"] == {"shapes": 1.0}
-    assert sorted(p.name for p in (run / "best").iterdir()) == ["best.json", "config.yaml",
+    assert sorted(p.name for p in (run / "best").iterdir()) == ["README.md", "best.json", "config.yaml",
                                                                 "pytorch_lora_weights.safetensors"]
     # best/ loads as a finished run's weights do, and its images score the logged gold score again
     pipe = load_pipeline(str(tiny_models["sd15"]), loras=[(str(run / "best"), 1.0)], sampler="ddim")
@@ -346,7 +346,11 @@ def test_best_of_a_full_fine_tuning_run_is_a_unet_folder_as_its_final_save(tiny_
     parts.unet.requires_grad_(True)
     monitor = RewardMonitor(cfg, parts, torch.device("cpu"), 0, 1, None, tmp_path, [])
     best = monitor.keep_best(Evaluation(5, 7, 0.4, 0.6, {"shapes": 0.6}), parts.unet)
-    assert best == tmp_path / "best" and sorted(p.name for p in best.iterdir()) == ["best.json", "config.yaml", "unet"]
+    assert best == tmp_path / "best" and sorted(p.name for p in best.iterdir()) == ["README.md", "best.json",
+                                                                                    "config.yaml", "unet"]
+    card = (best / "README.md").read_text()  # best/'s own model card: what these weights are, and where
+    assert "gold score 0.6 at round 5, step 7" in card and "- steps: 7 of" in card and "full-fine-tune" in card
+    assert f"UNet2DConditionModel.from_pretrained({str(best / 'unet')!r}" in card and ".saving-" not in card
     loaded = UNet2DConditionModel.from_pretrained(best / "unet")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), parts.unet.state_dict().values()))
     assert json.loads((best / "best.json").read_text())["step"] == 7

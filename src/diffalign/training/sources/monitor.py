@@ -40,6 +40,8 @@ from ...rewards.weighted import WeightedScorers, check_weighted, parse_weighted
 from ...sampling.generate import generate
 from ...sampling.pipeline import pipeline_from_parts
 from ..checkpoint import CONFIG_FILE, load_state_files, save_state_files
+from ..methods import method_class
+from ..run_card import write_run_card
 from ..saved_weights import BEST_DIR, BEST_FILE, write_weights
 from ..state import full_trainable_state
 from .hacking import Evaluation, best_evaluation, hacking_streak, warning_message
@@ -210,6 +212,12 @@ class RewardMonitor:
             write_weights(folder, policy, state_dict, self.parts.family, self.cfg.lora.enabled)
             (folder / CONFIG_FILE).write_text(dump_yaml(self.cfg))
             (folder / BEST_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            write_run_card(folder, self.cfg, self.parts.family, evaluation.step, self.world, self.device,
+                           f"online rollouts on the prompts of {self.cfg.rollout.prompts}",
+                           "prompts" if method_class(self.cfg.objective.name).rollout_unit == "prompt" else "images",
+                           note=f"The reward-hacking monitor's best weights: gold score {evaluation.gold:.4g} at round "
+                                f"{evaluation.round}, step {evaluation.step} ({BEST_FILE}).",
+                           shown=self.out_dir / BEST_DIR)
             return folder
 
         return atomic_save(self.out_dir, write)
