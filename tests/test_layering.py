@@ -1,7 +1,7 @@
 """The packages of diffalign import one way: every import, at module level or inside a function,
 absolute or relative, runs down the layers below (or stays within its own layer).
 
-    cli                                  the commands
+    cli, api                             the commands and the Python API
     training, evaluation, feedback       jobs (evaluation imports neither of the other two)
     objectives, sampling                 losses; pipelines and generation
     models, data, rewards                model parts; pair tables; scorers and batch scoring
@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"models", "data", "rewards"},
     {"objectives", "sampling"},
     {"training", "evaluation", "feedback"},
-    {"cli"},
+    {"cli", "api"},
 ]
 # Imports within a layer are allowed except these (importer -> packages it must not import).
 SAME_LAYER_FORBIDDEN = {"evaluation": {"training", "feedback"}}

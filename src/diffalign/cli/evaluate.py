@@ -5,82 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from ..evaluation.model_specs import ModelSpec, parse_lora, resolve_model
-from .generate import add_sampling_args, sampling_from_args
-
-
-def split_named(text: str) -> tuple[str | None, str]:
-    """`NAME=PATH` -> (NAME, PATH); a bare PATH -> (None, PATH)."""
-    name, sep, path = text.partition("=")
-    if sep and name and "/" not in name:
-        return name, path
-    return None, text
-
-
-def default_base(tuned: str) -> str | None:
-    """The base model a tuned model names: its run's `model.pretrained` or a fused folder's `fused_from.json`."""
-    from ..evaluation.model_specs import run_base_model
-
-    path = Path(parse_lora(tuned)[0]).expanduser()
-    fused = path / "fused_from.json"
-    if fused.is_file():
-        return json.loads(fused.read_text()).get("base")
-    return run_base_model(path) if path.is_dir() else None
-
-
-def check_tuned_exists(source: str, base: str | None) -> None:
-    """FileNotFoundError when a tuned model is neither an existing folder nor, with --base given, a hub id."""
-    from ..paths import looks_local, resolve_local
-
-    path = parse_lora(source)[0] if "@" in source else source
-    if resolve_local(path) is None and (base is None or looks_local(path)):
-        raise FileNotFoundError(
-            f"{path} does not exist: `eval` takes a `diffalign train` run, a LoRA folder, a full fine-tuning run "
-            "or a pipeline folder (or a hub id, with --base)"
-        )
-
-
-def models_from_args(args: argparse.Namespace) -> tuple[ModelSpec, list[ModelSpec]]:
-    """The base and tuned ModelSpecs; tuned names default to `tuned` (one model) or their folder names."""
-    named = [split_named(t) for t in args.tuned]
-    for _, source in named:
-        check_tuned_exists(source, args.base)
-    base_source = args.base or next((b for _, t in named if (b := default_base(t))), None)
-    if base_source is None:
-        raise FileNotFoundError(
-            f"no base model: {args.tuned[0]} has no config.yaml or fused_from.json naming one; give --base MODEL"
-        )
-    tuned = []
-    for name, source in named:
-        if name is None and len(named) == 1:
-            name = "tuned"
-        tuned.append(resolve_model(source, base=base_source, name=name))
-    return resolve_model(base_source, name="base"), tuned
+from ..api import eval_job
+from .generate import add_sampling_args
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.evaluate import EvalJob, run_eval
+    from ..evaluation.evaluate import run_eval
     from ..evaluation.report import render_markdown
-    from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
-    from ..files import check_output_folder
+    from ..evaluation.scoring import split_scorer_names
     from ..processes import current_processes
 
-    base, tuned = models_from_args(args)
-    prompts, seeds, sampling = sampling_from_args(args)
-    scorers = split_scorer_names(args.scorer) or ["shapes"]
-    check_scorer_names(scorers)
-    first = Path(parse_lora(split_named(args.tuned[0])[1])[0]).expanduser()
-    out = check_output_folder(Path(args.out) if args.out else (first / "eval" if first.is_dir() else Path("eval")),
-                              "--out")
-    earlier = (out / "results.json").is_file()
-    job = EvalJob(
-        base=base, tuned=tuned, prompts=prompts, seeds=seeds, sampling=sampling, scorers=scorers,
-        scorer_options=parse_scorer_options(args.scorer_option, scorers), tie_tolerance=args.tie_tolerance,
-        resamples=args.resamples, batch_size=args.batch_size, device=args.device, grid_prompts=args.grid_prompts,
-        grid_seeds=args.grid_seeds, out=out, progress=not args.no_progress,
+    job = eval_job(
+        args.tuned, args.base, prompts=args.prompts, seeds=args.seeds, scorers=split_scorer_names(args.scorer),
+        out=args.out, scorer_options=args.scorer_option, max_prompts=args.max_prompts, sampler=args.sampler,
+        steps=args.steps, guidance=args.guidance, size=args.size, negative_prompt=args.negative_prompt,
+        dtype=args.dtype, batch_size=args.batch_size, device=args.device, tie_tolerance=args.tie_tolerance,
+        resamples=args.resamples, grid_prompts=args.grid_prompts, grid_seeds=args.grid_seeds,
+        progress=not args.no_progress,
     )
+    out = job.out
+    earlier = (out / "results.json").is_file()
     try:
         results = run_eval(job, current_processes())
     except KeyboardInterrupt:

@@ -5,30 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..api import SAMPLER_NAMES, parse_seeds, sampling_inputs  # noqa: F401 (parse_seeds: tests import it here)
 from ..evaluation.model_specs import parse_lora, resolve_model
 
-SAMPLER_NAMES = "default, ddim, pndm, euler, euler-a, dpm++, unipc"
 PROMPT_SETS_HELP = (
     "a named set (parti, pickapic-test, pickapic-validation, hpdv2, demo; NAME:CATEGORY keeps one category, "
     "e.g. hpdv2:anime) or a prompt file (.txt one per line, .csv/.tsv/.jsonl/.json/.parquet with a prompt column "
     "and optionally a category column)"
 )
-
-
-def parse_seeds(text: str) -> list[int]:
-    """`N` -> seeds 0..N-1; `A-B` -> A..B inclusive; `a,b,c` -> those seeds."""
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        if "-" in text.strip("-"):
-            low, high = text.split("-", 1)
-            return list(range(int(low), int(high) + 1))
-        count = int(text)
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected a count N (seeds 0..N-1), a range A-B or a list a,b,c") from None
-    if count < 1:
-        raise ValueError(f"--seeds {text!r}: give at least one seed")
-    return list(range(count))
 
 
 def add_sampling_args(p: argparse.ArgumentParser, seeds: str) -> None:
@@ -54,17 +38,8 @@ def add_sampling_args(p: argparse.ArgumentParser, seeds: str) -> None:
 
 def sampling_from_args(args: argparse.Namespace):
     """(prompt set, seeds, sampling settings) from the shared options."""
-    from ..evaluation.generation import SamplingSettings
-    from ..evaluation.prompt_sets import load_prompt_set
-    from ..sampling.generate import SAMPLERS
-
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {args.sampler!r}: expected one of {SAMPLER_NAMES}")
-    prompts = load_prompt_set(args.prompts, limit=args.max_prompts)
-    if not prompts.prompts:
-        raise ValueError(f"--prompts {args.prompts}: the set is empty")
-    sampling = SamplingSettings(args.sampler, args.steps, args.guidance, args.size, args.negative_prompt, args.dtype)
-    return prompts, parse_seeds(args.seeds), sampling
+    return sampling_inputs(args.prompts, args.seeds, args.max_prompts, args.sampler, args.steps, args.guidance,
+                           args.size, args.negative_prompt, args.dtype)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -42,13 +42,12 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    path, overrides = _split_args(args.items)
-    cfg = load_config(RunConfig, path, overrides)  # a bad config fails before torch loads
-    from ..training.loop import train  # heavy imports only when training
+    from ..api import train  # the Python API's call: a bad config fails before torch loads
 
-    result = train(cfg)
+    path, overrides = _split_args(args.items)
+    result = train(path, *overrides)
     if result.is_main_process:
-        print(f"done: weights in {result.weights}; evaluate with `diffalign eval {result.output_dir}`")
+        print(f"done: weights in {result.weights}; evaluate with `diffalign eval {result.folder}`")
     return 0
 
 

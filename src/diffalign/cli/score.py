@@ -99,21 +99,12 @@ def _score_images(args: argparse.Namespace, names: list[str], options: dict[str,
 def _score_job(
     args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]], items: list[ImageItem]
 ) -> tuple[ScoreJob, ScoreRun | None]:
-    """Score `items` on this process's share of the batches (see evaluation/score_job.py): the merged run on
-    the main process, None on the others."""
-    from ..evaluation.score_job import ScoreJob, score_settings
-    from ..processes import current_processes
-    from ..evaluation.scoring import DEFAULT_CHUNK, build_scorers
+    """`diffalign.api.score_job` with the command's options: the merged run on the main process, None on the
+    others."""
+    from ..api import score_job
 
-    processes = current_processes()
-    device = processes.device(args.device)
-    batch_size = args.batch_size or DEFAULT_CHUNK
-    settings = score_settings(items, names, options, args.device, args.dtype, batch_size)
-    job = ScoreJob(items, batch_size, args.out, settings, processes)
-    job.open()
-    run = job.run(lambda: build_scorers(names, options, device, args.dtype, args.batch_size),
-                  progress=not args.no_progress)
-    return job, run
+    return score_job(items, names, options, args.device, args.dtype, args.batch_size, args.out,
+                     progress=not args.no_progress)
 
 
 def _finish(job: ScoreJob, run: ScoreRun) -> int:
