@@ -46,14 +46,14 @@ def _binary(path: str, name: str) -> str:
     return path if Path(path).is_file() else (shutil.which(name) or path)
 
 
-def launch():
-    """A headless Chromium driver at 1280 × 900 that records the browser console."""
+def launch(width: int = WIDTH, height: int = HEIGHT):
+    """A headless Chromium driver with a `width` × `height` window that records the browser console."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = _binary(CHROMIUM, "chromium")
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={WIDTH},{HEIGHT}",
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={width},{height}",
                 "--hide-scrollbars"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

@@ -302,3 +302,11 @@ def test_plot_text_is_at_least_12_points(tmp_path, monkeypatch):
     plots.plot_win_rates({"shapes": {"tuned": _comparison(5, 2, 3, 0.1)}}, tmp_path / "w.png")
     plots.plot_category_win_rates({"x": {"prompts": 1, "comparisons": {"tuned": _comparison(2, 0, 1, 0.1)}}}, tmp_path / "c.png")
     assert sizes.keys() == {"d.png", "w.png", "c.png"} and min(sizes.values()) >= 12, sizes
+
+
+def test_only_long_words_may_break_anywhere_in_a_table():
+    results = sample_results()
+    results["models"][0]["model"] = "/mnt/checkpoints/stable-diffusion-v1-5/snapshots/1d0c4ebf6ff58a5caecab40fa14065"
+    page = render_html(results)
+    assert '<td class="wrap">/mnt/checkpoints/stable-diffusion-v1-5/snapshots/' in page
+    assert "<td>base</td><td>base</td>" in page  # a short word is never split ("bas|e" in a squeezed column)

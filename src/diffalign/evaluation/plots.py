@@ -6,6 +6,7 @@ Comparison dicts are `stats.PairedComparison.as_dict()` outputs.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from ..files import atomic_write
 
 DPI = 100
 WIN, TIE, LOSS = "#3a923a", "#b8b8b8", "#c0392b"
+WIDTH_IN = 6.4  # about the width of a report column, so a figure is shown near its own size
+LABEL_CHARS = 24  # longer model and category names are wrapped onto several lines
 # Sizes in points (at DPI 100, 1 pt = 1.4 px): readable when the report shows a figure at about 2/3 of its width.
 FONTS = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.labelsize": 12, "ytick.labelsize": 12,
          "legend.fontsize": 12}
@@ -24,6 +27,11 @@ FONTS = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "xtick.lab
 def _save(fig: Figure, path) -> Path:
     """Write `fig` as a PNG to `path` atomically (a temporary file in the same folder, then a rename)."""
     return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight"))
+
+
+def _label(text: str) -> str:
+    """`text` wrapped at LABEL_CHARS characters (a long model name would widen the figure and shrink its text)."""
+    return textwrap.fill(text, LABEL_CHARS)
 
 
 def _value(estimate: dict | None, key: str = "value") -> float:
@@ -42,7 +50,7 @@ def _error(estimate: dict | None) -> tuple[float, float, float]:
 @rc_context(FONTS)
 def plot_score_distributions(scores: dict[str, np.ndarray], scorer: str, path) -> Path:
     """Overlaid step histograms of each model's scores for one scorer, each model's mean as a dashed line."""
-    fig = Figure(figsize=(7, 3.8), dpi=DPI)
+    fig = Figure(figsize=(WIDTH_IN, 3.8), dpi=DPI)
     ax = fig.subplots()
     finite = {name: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for name, v in scores.items()}
     pooled = np.concatenate([v for v in finite.values()] or [np.zeros(0)])
@@ -53,15 +61,15 @@ def plot_score_distributions(scores: dict[str, np.ndarray], scorer: str, path) -
         color = f"C{i % 10}"
         if values.size == 0:
             continue
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.8, color=color, label=f"{name} (mean {values.mean():.3f})")
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.8, color=color, label=_label(f"{name} (mean {values.mean():.3f})"))
         ax.axvline(values.mean(), color=color, linestyle="--", linewidth=1.2)
     if not pooled.size:
         ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"{scorer} score")
     ax.set_ylabel("images")
-    ax.set_title(f"{scorer}: score distribution per model (dashed: mean)")
+    ax.set_title(textwrap.fill(f"{scorer}: score distribution per model", 2 * LABEL_CHARS) + "\n(dashed: mean)")
     if pooled.size:
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return _save(fig, path)
 
 
@@ -95,13 +103,13 @@ def plot_win_rates(comparisons: dict[str, dict[str, dict]], path) -> Path:
     labels, rows = [], []
     for scorer, by_model in comparisons.items():
         for tuned, comparison in by_model.items():
-            labels.append(f"{tuned} · {scorer}")
+            labels.append(_label(f"{tuned} · {scorer}"))
             rows.append(comparison)
-    fig = Figure(figsize=(8, 1.6 + 0.55 * max(1, len(rows))), dpi=DPI)
+    fig = Figure(figsize=(WIDTH_IN, 1.6 + 0.7 * max(1, len(rows))), dpi=DPI)
     ax = fig.subplots()
     if rows:
         _stacked_rows(ax, labels, rows)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     else:
         ax.text(0.5, 0.5, "no comparisons", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Tuned vs base, pair by pair\n(share of pairs; black bar: 95 % CI of the win rate)")
@@ -116,7 +124,7 @@ def plot_category_win_rates(categories: dict[str, dict], path, scorer: str | Non
     """
     names = list(categories)
     tuned = sorted({t for entry in categories.values() for t in (entry.get("comparisons") or {})})
-    fig = Figure(figsize=(8, 1.5 + 0.3 * max(1, len(names)) * max(1, len(tuned))), dpi=DPI)
+    fig = Figure(figsize=(WIDTH_IN, 1.5 + 0.35 * max(1, len(names)) * max(1, len(tuned))), dpi=DPI)
     ax = fig.subplots()
     height = 0.8 / max(1, len(tuned))
     base_y = np.arange(len(names))[::-1]
@@ -124,14 +132,14 @@ def plot_category_win_rates(categories: dict[str, dict], path, scorer: str | Non
         y = base_y + 0.4 - height * (j + 0.5)
         estimates = [(categories[c].get("comparisons") or {}).get(model, {}).get("win_rate_decided") for c in names]
         errors = np.array([_error(e) for e in estimates]).reshape(-1, 3)
-        ax.barh(y, np.nan_to_num(errors[:, 0]), height=height * 0.9, color=f"C{j % 10}", label=model)
+        ax.barh(y, np.nan_to_num(errors[:, 0]), height=height * 0.9, color=f"C{j % 10}", label=_label(model))
         ax.errorbar(np.nan_to_num(errors[:, 0]), y, xerr=errors[:, 1:].T, fmt="none", color="black", capsize=3)
     ax.axvline(0.5, color="black", linestyle=":", linewidth=1)
-    ax.set_yticks(base_y, [f"{c} ({categories[c].get('prompts', '?')} prompts)" for c in names])
+    ax.set_yticks(base_y, [_label(f"{c} ({categories[c].get('prompts', '?')} prompts)") for c in names])
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     ax.set_xlabel("win rate among decided pairs (95 % CI)")
     ax.set_title(f"Win rate per category{f' ({scorer})' if scorer else ''}")
     if tuned:
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(4, len(tuned)), frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(2, len(tuned)), frameon=False)
     return _save(fig, path)

@@ -181,7 +181,8 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#
 main{max-width:1200px;margin:0 auto;padding:24px 32px;background:#fff}
 h1{font-size:26px;margin:0 0 8px}h2{font-size:20px;margin:32px 0 8px;border-bottom:1px solid #ddd}h3{font-size:16px;margin:20px 0 6px}
 .scroll{overflow-x:auto}table{border-collapse:collapse;margin:6px 0 12px;font-size:14px;max-width:100%}
-th,td{padding:4px 8px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{padding:4px 8px;border-bottom:1px solid #e3e3e3;text-align:left;vertical-align:top;overflow-wrap:break-word}
+td.wrap{overflow-wrap:anywhere}
 th{background:#f0f2f5;font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
 td.num span{white-space:nowrap}td.num .ci,td.num .count{display:inline-block;color:#555;font-size:12px}
 p,dd,figcaption{overflow-wrap:anywhere}
@@ -193,6 +194,7 @@ footer dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px}footer
 """
 
 
+WRAP_WORD = 20  # characters: a longer word in a text cell may be broken anywhere
 _NUMBER_PARTS = re.compile(r"^(?P<value>.*?)(?: (?P<ci>\[[^\]]*\]))?(?: (?P<count>\(\d+\)))?$")
 
 
@@ -205,14 +207,18 @@ def _num_cell(text: str) -> str:
 
 
 def _html_table(table: Table) -> str:
-    def cls(i: int) -> str:
-        return ' class="num"' if table.numeric[i] else ""
+    def cls(i: int, text: str = "") -> str:
+        if table.numeric[i]:
+            return ' class="num"'
+        # a path or long model name may break anywhere; short words never do
+        return ' class="wrap"' if any(len(word) > WRAP_WORD for word in text.split()) else ""
 
     def cell(i: int, text: str) -> str:
         return _num_cell(text) if table.numeric[i] else html.escape(text)
 
     head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(table.header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{cell(i, c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in table.rows)
+    body = "".join("<tr>" + "".join(f"<td{cls(i, c)}>{cell(i, c)}</td>" for i, c in enumerate(row)) + "</tr>"
+                   for row in table.rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
