@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from diffalign.evaluation.evaluate import EvalJob, criterion_means, run_eval
-from diffalign.evaluation.generation import SamplingSettings
+from diffalign.evaluation.generation import SamplingSettings, image_name
 from diffalign.evaluation.model_specs import ModelSpec
 from diffalign.evaluation.prompt_sets import Prompt, PromptSet
 
@@ -46,7 +46,8 @@ def test_eval_writes_results_report_and_resumes(tiny_models, lora_dir, tmp_path,
         base=ModelSpec("base", base), tuned=[ModelSpec("tuned", base, None, [(str(lora_dir), 1.0)]),
                                              ModelSpec("half", base, None, [(str(lora_dir), 0.5)])],
         prompts=prompts, seeds=[0, 1], sampling=SamplingSettings(steps=2, size=32, dtype="float32"),
-        scorers=["shapes"], resamples=200, device="cpu", grid_prompts=2, out=tmp_path / "eval", progress=False,
+        scorers=["shapes"], resamples=200, device="cpu", grid_prompts=2, grid_seeds=1, out=tmp_path / "eval",
+        progress=False,
     )
     results = run_eval(job)
     out = tmp_path / "eval"
@@ -63,6 +64,14 @@ def test_eval_writes_results_report_and_resumes(tiny_models, lora_dir, tmp_path,
     assert on_disk["grids"][0]["models"] == ["base", "tuned", "half"]
     for name in ("summary.md", "report.html", "scores.csv"):
         assert (out / name).is_file()
+    assert on_disk["grids"][0]["seeds"] == [0]
+    page = (out / "report.html").read_text()  # its samples: every seed, not only the grids' one, each image scored
+    for k, seed in enumerate([0, 1]):
+        assert f'id="seed-panel-{k}" data-seed="{seed}"' in page
+        for model in ("base", "tuned", "half"):
+            for prompt in on_disk["grids"][0]["prompts"]:
+                assert f'src="images/{model}/{image_name(prompt, seed)}"' in page
+    assert page.count('<span class="score">shapes ') == 2 * 2 * 3
     with (out / "scores.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 and {"base/shapes", "tuned/shapes", "half/shapes", "category"} <= set(rows[0])

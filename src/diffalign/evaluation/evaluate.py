@@ -6,7 +6,8 @@ The steps, each reusing what a stopped run already wrote:
    `OUT/.scores/` until `results.json` is written (`scores.csv`: one row per prompt and seed);
 3. per scorer: each model's mean and median with a bootstrap CI over prompts; each tuned model's
    win/tie/loss against the base with bootstrap CIs; the same per category when the set has them;
-4. grids of the first prompts (`grids/`), plots, `summary.md`, `report.html` and `results.json`.
+4. grids of the first prompts (`grids/`, the first `grid_seeds` seeds), plots, `summary.md`, `report.html` (the
+   same prompts for every seed, each image with its score and each base/tuned pair's winner) and `results.json`.
 
 Under a distributed launcher steps 1 and 2 are shared: process r of N draws generation batches r, r + N, ...
 of each model and scores scoring chunks r, r + N, ...; the main process merges them in order and alone does
@@ -66,7 +67,7 @@ class EvalJob:
     batch_size: int = 16
     device: str | None = None
     grid_prompts: int = 8  # prompt rows in the report's grids (first prompts of each category)
-    grid_seeds: int = 2
+    grid_seeds: int = 2  # seeds in the grid PNGs (report.html offers every seed)
     out: Path = Path("eval")
     progress: bool = True
 
