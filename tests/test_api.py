@@ -124,6 +124,9 @@ def test_evaluate_refuses_with_the_cli_messages(example_run, tmp_path):
         diffalign.evaluate(run, scorers=["shapez"])
     with pytest.raises(ValueError, match=r"scorer_options for pickscore: not a chosen scorer \(shapes\)"):
         diffalign.evaluate(run, scorer_options={"pickscore": {"model": "x"}})
+    with pytest.raises(ValueError, match="evaluate: unknown option 'stepz'; did you mean 'steps'. options: "
+                       "prompts, seeds, scorers, out, scorer_options, max_prompts, sampler, steps"):
+        diffalign.evaluate(run, stepz=1)
     with pytest.raises(ValueError, match="--sampler 'fast': expected one of default, ddim"):
         diffalign.evaluate(run, sampler="fast")
     assert not (tmp_path / "nope").exists() and not list(run.glob("eval/images/*/p*-s9.png"))
@@ -159,5 +162,7 @@ def test_score_names_the_bad_input(tmp_path):
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(ValueError, match=f"1 of 2 images could not be scored; {tmp_path / 'bad.png'}: cannot read"):
         diffalign.score([array, tmp_path / "bad.png"], CAPTION)
-    with pytest.raises(KeyError, match="shapez"):
+    with pytest.raises(KeyError, match="unknown scorer 'shapez'; did you mean 'shapes'"):
         diffalign.score([array], CAPTION, scorer="shapez")
+    with pytest.raises(ValueError, match="scorer 'shapes' has no option 'bogus'"):
+        diffalign.score([array], CAPTION, bogus=1)

@@ -14,6 +14,8 @@ same functions, so a setting is refused with the same message in both.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -296,14 +298,30 @@ class EvalResult:
     results: dict | None
 
 
-def evaluate(tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path], base: str | Path | None = None,
-             **options: Any) -> EvalResult:
-    """Compare tuned models with their base as `diffalign eval` does (options: those of `eval_job`, e.g.
-    prompts, seeds, scorers, out, steps); returns the output folder and its results."""
+def evaluate(
+    tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
+    base: str | Path | None = None,
+    *,
+    prompts: str | Path = "demo",
+    seeds: str | int | Sequence[int] = 3,
+    scorers: str | Sequence[str] = ("shapes",),
+    out: str | Path | None = None,
+    **options: Any,
+) -> EvalResult:
+    """Compare tuned models with their base as `diffalign eval` does: every prompt x seed drawn by each model,
+    scored, compared and reported in `out` (default RUN/eval); `options` are the rest of `eval_job`'s (steps,
+    max_prompts, sampler, guidance, scorer_options, batch_size, device, progress ...). Returns the output folder
+    and the content of its results.json."""
     from .evaluation.evaluate import run_eval
     from .processes import current_processes
 
-    job = eval_job(tuned, base, **options)
+    known = [name for name in inspect.signature(eval_job).parameters if name not in ("tuned", "base")]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"evaluate: unknown option {name!r}; {hint}options: {', '.join(known)}")
+    job = eval_job(tuned, base, prompts=prompts, seeds=seeds, scorers=scorers, out=out, **options)
     return EvalResult(Path(job.out), run_eval(job, current_processes()))
 
 
