@@ -15,6 +15,7 @@ from ..threads import AUTO, command_started, cpu_threads
 from .captions import add_captions_parser
 from .errors import expected_failure
 from .evaluate import add_eval_parser
+from .export import add_export_parser
 from .fuse import add_fuse_parser
 from .generate import add_generate_parser
 from .grid import add_grid_parser
@@ -154,6 +155,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
     add_captions_parser(sub)
     add_label_parser(sub)
     add_fuse_parser(sub)
+    add_export_parser(sub)
     add_pipeline_parser(sub)
     return parser
 
