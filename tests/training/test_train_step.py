@@ -49,6 +49,8 @@ def test_sft_full_finetune_step(tiny_models, pair_file, tmp_path):
     tuned_sd, base_sd = tuned.state_dict(), base.state_dict()
     assert tuned_sd.keys() == base_sd.keys()
     assert any(not torch.equal(tuned_sd[k], base_sd[k]) for k in base_sd)  # the trained weights, not the base's
+    card = (tmp_path / "sft" / "README.md").read_text()  # the model card says what was trained and how to load it
+    assert "- full-fine-tune\n" in card and "- sft\n" in card and "UNet2DConditionModel.from_pretrained(" in card
 
 
 def test_full_finetune_dpo_uses_frozen_reference(tiny_models, pair_file, tmp_path):
