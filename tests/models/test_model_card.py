@@ -108,13 +108,19 @@ def test_rewriting_the_card_drops_the_evaluation_of_earlier_weights(tmp_path):
     assert EVAL_START not in (tmp_path / "README.md").read_text()
 
 
-def test_eval_leaves_folders_without_a_diffalign_card_and_other_models_alone(tmp_path):
+def test_eval_leaves_folders_without_a_diffalign_card_and_other_models_alone(tmp_path, capsys):
     own = tmp_path / "README.md"
     own.write_text("---\ntags: [mine]\n---\n# my notes\n")
     models = [{"name": "base", "model": "b", "unet": None, "loras": []},
               {"name": "mine", "model": "b", "unet": None, "loras": [{"path": str(tmp_path), "scale": 1.0}]}]
     assert update_run_cards({"models": models}, tmp_path / "eval") == []
     assert own.read_text() == "---\ntags: [mine]\n---\n# my notes\n"
+    own.write_text("---\ntags: [diffalign\n---\n# edited by hand\n")  # front matter broken: warned, kept
+    assert update_run_cards({"models": models}, tmp_path / "eval") == []
+    assert own.read_text() == "---\ntags: [diffalign\n---\n# edited by hand\n"
+    assert capsys.readouterr().err == (
+        f"warning: {own}: its front matter is not valid YAML (while parsing a flow sequence); the evaluation was "
+        "not added to it: fix it and rerun this eval (its images are reused)\n")
     assert run_folder_of({"unet": str(tmp_path / "unet"), "loras": []}) == tmp_path
     assert run_folder_of({"unet": None, "loras": [{"path": "run", "scale": 0.5}]}) is None  # not the run as trained
     assert run_folder_of({"unet": None, "loras": [{"path": "a", "scale": 1.0}, {"path": "b", "scale": 1.0}]}) is None

@@ -247,10 +247,17 @@ def run_folder_of(model: dict) -> Path | None:
 
 
 def is_diffalign_card(path: Path) -> bool:
-    """Whether `path` is a model card diffalign wrote (front matter tagged `diffalign`)."""
+    """Whether `path` is a model card diffalign wrote (front matter tagged `diffalign`); a missing or unreadable
+    file is not. ValueError naming the file when its front matter is not valid YAML."""
     try:
-        data = ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True).data
-    except (OSError, UnicodeDecodeError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        data = ModelCard(text, ignore_metadata_errors=True).data
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: its front matter is not valid YAML ({str(error).splitlines()[0]})") from None
+    except ValueError:
         return False
     return "diffalign" in (data.to_dict().get("tags") or [])
 
@@ -258,12 +265,18 @@ def is_diffalign_card(path: Path) -> bool:
 def update_run_cards(results: dict, out: str | Path) -> list[Path]:
     """Add the evaluation section of `diffalign eval`'s results (written to `out/results.json`) to the card of
     every tuned model that is a diffalign run folder as trained (replacing an earlier evaluation); the cards
-    updated. Folders without a diffalign card are left alone."""
+    updated. Folders without a diffalign card are left alone; a card whose front matter does not parse is left
+    alone with a warning."""
     results_path = Path(out) / "results.json"
     updated = []
     for model in results["models"][1:]:
         folder = run_folder_of(model)
-        if folder is None or not is_diffalign_card(folder / CARD_FILE):
+        try:
+            if folder is None or not is_diffalign_card(folder / CARD_FILE):
+                continue
+        except ValueError as error:  # the results are written: say why the card was left as it is, and go on
+            print(f"warning: {error}; the evaluation was not added to it: fix it and rerun this eval (its images "
+                  f"are reused)", file=sys.stderr)
             continue
         updated.append(add_evaluation(folder, evaluation_section(results, model["name"], results_path)))
     return updated
