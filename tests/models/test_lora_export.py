@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 
 import pytest
 import torch
 from diffusers import DiffusionPipeline
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from diffalign.config.core import dump_yaml, load_config
 from diffalign.config.schema import LoraConfig, RunConfig
 from diffalign.models.lora import attach_lora, save_lora
 from diffalign.models.lora_export import export_lora
+from diffalign.models.lora_files import LORA_WEIGHTS, load_lora, read_lora
 
 RANK, ALPHA = 4, 12.0  # alpha != rank: the layers are scaled by 3
 
@@ -74,9 +77,19 @@ def test_kohya_export_draws_what_the_trained_adapter_draws(tiny_models, tmp_path
     with torch.no_grad():
         kohya = drawn_with(pipe, out)
         diffusers_copy = drawn_with(pipe, export_lora(run, "diffusers", tmp_path / "copy.safetensors")[0])
-        alpha_lost = drawn_with(pipe, run)  # the run's own file, read by diffusers as alpha = rank
+        own_file = drawn_with(pipe, run)  # the run's own file: save_lora records the alpha in its metadata
+        legacy = tmp_path / "legacy-run"  # a run saved before that: the alpha only in its config.yaml
+        legacy.mkdir()
+        save_file(read_lora(run), str(legacy / LORA_WEIGHTS))
+        shutil.copy(run / "config.yaml", legacy / "config.yaml")
+        alpha_lost = drawn_with(pipe, legacy)  # stock diffusers takes alpha = rank
+        drawn_by_us = []
+        for lora in (run, legacy):  # what generate, eval and fuse load through
+            load_lora(pipe, lora, "ours")
+            drawn_by_us.append(draw(pipe))
+            pipe.unload_lora_weights()
         pipe.unet = trained.eval()
         expected = draw(pipe)
-    assert torch.allclose(kohya, expected, atol=1e-5), (kohya - expected).abs().max()
-    assert torch.allclose(diffusers_copy, expected, atol=1e-5), (diffusers_copy - expected).abs().max()
+    for drawn in (kohya, diffusers_copy, own_file, *drawn_by_us):
+        assert torch.allclose(drawn, expected, atol=1e-5), (drawn - expected).abs().max()
     assert (alpha_lost - expected).abs().max() > 1e-3  # the scaling matters: a file without alpha draws otherwise

@@ -1,8 +1,8 @@
 """Exporting a trained LoRA for other tools: kohya's layout (what AUTOMATIC1111, ComfyUI and kohya-format
 loaders read) or a diffusers-layout copy that records its alpha.
 
-A run writes its adapter in peft's naming without its LoRA alpha, so `load_lora_weights` of that file takes
-alpha = rank. The export takes the alpha the run trained with (its `config.yaml`), writes it into every
+A run writes its adapter in peft's naming with its rank and alpha in diffusers' metadata (runs saved before that
+have the alpha only in their `config.yaml`). The export takes the alpha the run trained with, writes it into every
 kohya `.alpha` entry (kohya scales each layer by alpha / rank) or into diffusers' adapter metadata, and records
 in the safetensors header what kohya loaders show (`ss_network_module`, `ss_network_dim`, `ss_network_alpha`,
 the base model). The key renaming is diffusers' own `convert_state_dict_to_kohya`.
@@ -10,13 +10,12 @@ the base model). The key renaming is diffusers' own `convert_state_dict_to_kohya
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..files import atomic_write, check_output_file, give_usual_permissions
-from .lora_files import LORA_WEIGHTS, read_lora
+from .lora_files import LORA_WEIGHTS, RUN_CONFIG, read_lora, trained_alpha
 
 if TYPE_CHECKING:
     import torch
@@ -25,7 +24,6 @@ FORMATS = {
     "kohya": "AUTOMATIC1111, ComfyUI and kohya-format loaders",
     "diffusers": "diffusers' load_lora_weights, with the alpha in its metadata",
 }
-RUN_CONFIG = "config.yaml"
 FULL_UNET = "unet"  # the folder a full fine-tuning run writes its UNet to
 FULL_CHECKPOINT_WEIGHTS = "trainable.safetensors"  # what a checkpoint holds its trainable weights in
 _FACTORS = (".lora_A.weight", ".lora_B.weight")
@@ -82,17 +80,6 @@ def _export_name(path: Path, file: Path) -> str:
     return path.resolve().name
 
 
-def _recorded_alpha(file: Path) -> float | None:
-    """The unet LoRA alpha diffusers' adapter metadata in `file` records (a file written by this export), or None."""
-    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-    from safetensors import safe_open
-
-    with safe_open(file, framework="pt") as weights:
-        recorded = (weights.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
-    alpha = json.loads(recorded).get("unet.lora_alpha") if recorded else None
-    return None if alpha is None else float(alpha)
-
-
 def _run_settings(folder: Path) -> tuple[float | None, str | None]:
     """(lora.alpha, model.pretrained) of the run config in `folder`, or (None, None) without one."""
     config = folder / RUN_CONFIG
@@ -122,12 +109,9 @@ def read_lora_source(path: str | Path) -> LoraSource:
     if len(ranks) != 1:
         raise ValueError(f"LoRA {file} mixes ranks {sorted(ranks)}: only a LoRA of one rank is exported")
     rank = ranks.pop()
-    config_alpha, base = _run_settings(file.parent)
-    if (alpha := _recorded_alpha(file)) is not None:
-        alpha_from = f"the metadata of {file}"
-    elif config_alpha is not None:
-        alpha, alpha_from = config_alpha, f"lora.alpha of {file.parent / RUN_CONFIG}"
-    else:
+    _, base = _run_settings(file.parent)
+    alpha, alpha_from = trained_alpha(file)
+    if alpha is None:
         alpha, alpha_from = float(rank), "the rank (no run config.yaml beside the file)"
     return LoraSource(file, tensors, rank, float(alpha), alpha_from, base, _export_name(path, file))
 

@@ -238,12 +238,67 @@ def check_lora_fits(pipeline: str, loras: Sequence[str | Path], unet: str | Path
         _fit(file, read_lora(file), getattr(diffusers, index["_class_name"]), components)
 
 
+RUN_CONFIG = "config.yaml"  # a `diffalign train` run's config, beside its LoRA file
+
+
+def recorded_alpha(file: Path) -> float | None:
+    """The UNet LoRA alpha that diffusers' adapter metadata in `file` records (what `save_lora` and the diffusers
+    export write), or None."""
+    import json
+
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    with safe_open(file, framework="pt") as weights:
+        recorded = (weights.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
+    alpha = json.loads(recorded).get("unet.lora_alpha") if recorded else None
+    return None if alpha is None else float(alpha)
+
+
+def run_alpha(folder: Path) -> float | None:
+    """`lora.alpha` of the `diffalign train` run config in `folder`, or None (no run config, or no LoRA)."""
+    config = folder / RUN_CONFIG
+    if not config.is_file():
+        return None
+    from ..config.core import load_config
+    from ..config.schema import RunConfig
+
+    cfg = load_config(RunConfig, config)
+    return cfg.lora.alpha if cfg.lora.enabled else None
+
+
+def trained_alpha(file: Path) -> tuple[float | None, str]:
+    """The alpha the LoRA of `file` was trained with, and where it was read: diffusers' adapter metadata in the
+    file, else `lora.alpha` of the run's config.yaml beside it; (None, "") when neither says (diffusers then
+    takes alpha = rank)."""
+    if (alpha := recorded_alpha(file)) is not None:
+        return alpha, f"the metadata of {file}"
+    if (alpha := run_alpha(file.parent)) is not None:
+        return float(alpha), f"lora.alpha of {file.parent / RUN_CONFIG}"
+    return None, ""
+
+
+def with_alpha_folded(file: Path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with each peft-named layer's up factor (`lora_B`) scaled by alpha / the layer's rank, so that a
+    loader taking alpha = rank (diffusers given tensors, which carry no metadata) applies the trained strength.
+    Runs saved before `save_lora` recorded the alpha have it only in their config.yaml."""
+    alpha, _ = trained_alpha(file)
+    if alpha is None:
+        return tensors
+    folded = dict(tensors)
+    for key, tensor in tensors.items():
+        if key.endswith(".lora_B.weight"):
+            rank = tensor.shape[1]
+            if alpha != rank:
+                folded[key] = tensor * (alpha / rank)
+    return folded
+
+
 def load_lora(pipe: DiffusionPipeline, path: str | Path, adapter_name: str) -> None:
     """Load the LoRA of `path` (a run or LoRA folder, or the file) into `pipe` as adapter `adapter_name`
-    with diffusers' `load_lora_weights`; ValueError naming the file and a tensor when its tensors do not
+    with diffusers' `load_lora_weights`, at the alpha it was trained with (`with_alpha_folded`); ValueError naming the file and a tensor when its tensors do not
     all fit a layer of the pipeline's UNet or text encoders, or when peft does not then hold them all."""
     file = lora_file(path)
-    tensors = read_lora(file)
+    tensors = with_alpha_folded(file, read_lora(file))
     components = {name: getattr(pipe, name) for name in ADAPTABLE if getattr(pipe, name, None) is not None}
     state_dict, placed = _fit(file, tensors, type(pipe), components)
     try:
