@@ -266,6 +266,7 @@ def test_the_samples_show_every_seed_each_score_and_each_pairs_winner(tmp_path):
     tuned_caption = gallery.panels[0][1][4]
     assert "▲ beats base +0.100" in tuned_caption
     assert "= ties base +0.040" in gallery.panels[1][1][4] and "▼ base wins -0.200" in gallery.panels[2][1][4]
+    assert page.count("▲ beats every tuned model") == sum(f[2] for fs in gallery.panels.values() for f in fs if f[0] == "base")
     assert "#1: &lt;script&gt;" in page and "tie when |Δ| ≤ 0.05" in page
     assert '<a href="grids/grid-01.png">' in page and 'src="grids/grid-01.png"' not in page  # the grids are linked
 

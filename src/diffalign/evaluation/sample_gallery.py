@@ -134,10 +134,10 @@ def build_gallery(results: dict, out_dir: Path, scores_csv: Path) -> Gallery | N
                    settings.get("width"), settings.get("height"))
 
 
-_BADGE = {"win": "▲ beats base", "tie": "= ties base", "loss": "▼ base wins"}
+_BADGE = {"win": "▲ beats {base}", "tie": "= ties {base}", "loss": "▼ {base} wins"}
 
 
-def _sample_html(sample: Sample, gallery: Gallery, index: int, seed: int, base: str) -> str:
+def _sample_html(sample: Sample, gallery: Gallery, index: int, seed: int, base: str, tuned: list[str]) -> str:
     e = html.escape
     height = round(CELL_PX * gallery.height / gallery.width) if gallery.width and gallery.height else CELL_PX
     alt = f"{sample.model}, prompt #{index}, seed {seed}"
@@ -149,9 +149,10 @@ def _sample_html(sample: Sample, gallery: Gallery, index: int, seed: int, base: 
     caption = f'<span class="model">{e(sample.model)}</span><span class="score">{e(gallery.scorer)} {score}</span>'
     if sample.verdict is not None:
         title = f"{sample.model} − {base} = {sample.delta:+.3f} (tie when |Δ| ≤ {gallery.tie_tolerance:g})"
-        caption += f'<span class="verdict {sample.verdict}" title="{e(title)}">{_BADGE[sample.verdict]} {sample.delta:+.3f}</span>'
+        caption += f'<span class="verdict {sample.verdict}" title="{e(title)}">{e(_BADGE[sample.verdict].format(base=base))} {sample.delta:+.3f}</span>'
     elif sample.winner:
-        caption += '<span class="verdict win">▲ beats every tuned</span>'
+        beaten = "every tuned model" if len(tuned) > 1 else tuned[0]
+        caption += f'<span class="verdict win">▲ beats {e(beaten)}</span>'
     classes = "sample winner" if sample.winner else "sample"
     verdict = f' data-verdict="{sample.verdict}"' if sample.verdict else ""
     return f'<figure class="{classes}" data-model="{e(sample.model)}"{verdict}>{picture}<figcaption>{caption}</figcaption></figure>'
@@ -167,7 +168,7 @@ def render_gallery(gallery: Gallery) -> str:
     """The gallery as HTML: an explanation, a seed selector (the first seed shown) and one panel per seed."""
     e = html.escape
     first = gallery.samples[(gallery.prompts[0][0], gallery.seeds[0])]
-    base = first[0].model
+    base, tuned = first[0].model, [s.model for s in first[1:]]
     intro = (f"<p>Under each image its <code>{e(gallery.scorer)}</code> score. For each prompt and seed every tuned "
              f"model's image is compared with the {e(base)} image drawn from the same noise: the badge says who won "
              f"(a tie when |Δ| ≤ {gallery.tie_tolerance:g}), and the winner of the pair has a green frame. "
@@ -179,7 +180,7 @@ def render_gallery(gallery: Gallery) -> str:
                     f'<label for="seed-tab-{k}">seed {seed}</label>')
         rows = []
         for index, text in gallery.prompts:
-            cells = "".join(_sample_html(s, gallery, index, seed, base) for s in gallery.samples[(index, seed)])
+            cells = "".join(_sample_html(s, gallery, index, seed, base, tuned) for s in gallery.samples[(index, seed)])
             rows.append(f'<div class="sample-row"><p class="prompt">#{index}: {e(text)}</p><div class="cells">{cells}</div></div>')
         panels.append(f'<div class="seed-panel" id="seed-panel-{k}" data-seed="{seed}">{"".join(rows)}</div>')
     small = gallery.width is not None and gallery.width < CELL_PX
