@@ -27,7 +27,7 @@ def _torchrun(*args: str, port: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "port"), [("full", 29541), ("lora", 29542)])
+@pytest.mark.parametrize(("kind", "port"), [("full", 29561), ("lora", 29562)])  # ports no other test uses
 def test_fsdp2_checkpoint_resumes_to_identical_weights(tiny_models, tmp_path, kind, port):
     model = str(tiny_models["sd15"])
     _torchrun(model, str(tmp_path), "straight,resume", kind, port=port)
