@@ -123,6 +123,18 @@ def prepare_status(processes: Processes, folder: Path) -> None:
     processes.wait()
 
 
+def read_shared(path: Path) -> dict:
+    """The JSON file `path` as the main process wrote it before the others started (a job's settings or progress);
+    a missing one is a FileNotFoundError saying why: this process does not see the main process's folder."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: the main process writes it before the others start, so this process does not see "
+            "the main process's output folder (on several nodes the output must be on a filesystem every node shares)"
+        ) from None
+
+
 class ProcessFailed(RuntimeError):
     """Another process of the job failed; its message is in this error's."""
 

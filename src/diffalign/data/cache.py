@@ -45,8 +45,7 @@ from ..config.schema import DataConfig, ModelConfig
 from ..files import atomic_write_text, give_usual_permissions
 from ..models.conditioning import TextConditioning, encode_prompts
 from ..models.loading import DiffusionParts, resolve_source
-from ..processes import (STATUS_DIR, ChunkRecords, Processes, current_processes, fingerprint, job_progress,
-                         prepare_status)
+from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
 from .order import derive_seed
 from .pairs import PreferencePairs, decode_image, has_rejected, load_pair_table, source_key
 from .record import DUAL_CAPTION_COLUMNS, WEIGHT_COLUMN, PairBatch, collate_items, pair_fields
@@ -404,6 +403,4 @@ def build_cache(parts: DiffusionParts, model: ModelConfig, data: DataConfig, sha
     for phase, finished in zip(phases, done):
         _run_phase(phase, processes, latent_dir, finished)
     processes.wait()  # every process returns with both indexes written
-    if processes.is_main and processes.many:
-        shutil.rmtree(latent_dir / STATUS_DIR, ignore_errors=True)
     return latent_dir, text_dir

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write, atomic_write_text
-from ..processes import ChunkRecords, Processes, fingerprint, prepare_status
+from ..processes import ChunkRecords, Processes, fingerprint, prepare_status, read_shared
 
 PROGRESS_FILE = "progress.json"
 SHARD_GLOB = "data/train-*.parquet"
@@ -103,16 +103,8 @@ def write_shard_file(out: Path, index: int, table: Any) -> str | None:
 
 
 def read_progress(out: Path) -> dict:
-    """The progress file of `out`, as the main process wrote it; a missing one is a FileNotFoundError saying why
-    (another node that does not share the folder)."""
-    path = out / PROGRESS_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} is missing: the main process writes it before the others start, so this process does not see "
-            "the main process's output folder (on several nodes --out must be on a filesystem every node shares)"
-        ) from None
+    """The progress file of `out`, as the main process wrote it (`processes.read_shared`: a missing one says why)."""
+    return read_shared(out / PROGRESS_FILE)
 
 
 @contextmanager

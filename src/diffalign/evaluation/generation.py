@@ -28,7 +28,8 @@ from PIL import Image
 from ..files import atomic_write, atomic_write_text, check_output_folder
 from ..models.lora_files import lora_file
 from ..paths import resolve_local
-from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
+from ..processes import (ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status,
+                         read_shared)
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 
@@ -190,18 +191,6 @@ def _start(folder: Path, model: ModelSpec, prompts: PromptSet, seeds: Sequence[i
     shutil.rmtree(folder / RECORDS, ignore_errors=True)
 
 
-def _written_settings(folder: Path) -> dict:
-    """`generation.json` as the main process wrote it before any process started drawing."""
-    try:
-        return json.loads((folder / SETTINGS).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{folder / SETTINGS} is missing: the main process writes it before the others start, so this process "
-            "does not see the main process's output folder (on several nodes the output must be on a filesystem "
-            "every node shares)"
-        ) from None
-
-
 def generate_folder(
     model: ModelSpec,
     prompts: PromptSet,
@@ -252,7 +241,7 @@ def generate_folder(
         (first, _, first_seed), (last, _, last_seed) = batch[0], batch[-1]
         return f"batch {number} ({image_name(first, first_seed)} to {image_name(last, last_seed)})"
 
-    job = {"settings": _written_settings(folder), "batch_size": batch_size, "batches": [number for number, _ in todo]}
+    job = {"settings": read_shared(folder / SETTINGS), "batch_size": batch_size, "batches": [number for number, _ in todo]}
     records = ChunkRecords(folder / RECORDS, fingerprint(job), len(todo), describe)
     with job_progress(processes, folder, "generate", total=len(items), initial=len(items) - drawn,
                       desc=f"generate {model.name}", unit="img", enabled=progress) as bar:
