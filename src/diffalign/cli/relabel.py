@@ -5,30 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .pairs import add_scorer_arguments, command_line, report_interrupted, report_left_out, scorer_choices
+from .options import add_options, job_values
+from .pairs import command_line, report_interrupted, report_left_out
 
 
 def cmd_relabel(args: argparse.Namespace) -> int:
     from ..feedback.relabel_dataset import RelabelJob, format_totals, relabel_dataset
 
-    names, options, weights = scorer_choices(args)
-    labels = "scorer" if args.flip else args.labels
-    job = RelabelJob(
-        source=args.source,
-        out=Path(args.out),
-        scorers=names,
-        scorer_options=options,
-        weights=weights,
-        labels=labels,
-        tie_tolerance=args.tie_tolerance,
-        shard_size=args.shard_size,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        command=command_line(),
-    )
+    job = RelabelJob(**job_values(args, RelabelJob), command=command_line())
     try:
         result = relabel_dataset(job)
     except KeyboardInterrupt:
@@ -36,7 +20,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     if result is None:  # another process of a launch: the main process merges and reports
         return 0
     report_left_out(args.source, result.errors, result.out, "an image could not be decoded or scored")
-    print(format_totals(result.totals, labels))
+    print(format_totals(result.totals, job.labels))
     print(f"{len(result.shards)} shard(s) and a dataset card in {result.out}")
     return 1 if result.errors else 0
 
@@ -70,18 +54,7 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
         "exit status: 0 every row written; 1 some rows left out (listed); 2 usage error; 130 interrupted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="Pick-a-Pic-schema parquet file, folder of shards, glob or hub id")
-    p.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
-    add_scorer_arguments(p)
-    p.add_argument("--labels", default="keep", choices=["keep", "scorer"], help="keep the labels or let the scorer decide")
-    p.add_argument("--flip", action="store_true", help="the same as --labels scorer")
-    p.add_argument("--tie-tolerance", type=float, default=0.0,
-                   help="with --labels scorer: combined-score differences up to this are ties (default: exact)")
-    p.add_argument("--shard-size", type=int, default=1000, help="source rows per output shard (default 1000)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"],
-                   help="scorer precision (default: each scorer's own)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per scorer call (default 32)")
-    p.add_argument("--overwrite", action="store_true", help="start over in OUT instead of resuming")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from ..feedback.relabel_dataset import RelabelJob
+
+    add_options(p, RelabelJob)
     p.set_defaults(func=cmd_relabel)

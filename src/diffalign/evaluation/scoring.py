@@ -68,6 +68,38 @@ def parse_scorer_options(items: Sequence[str], names: Sequence[str]) -> dict[str
     return options
 
 
+def parse_weights(text: str | Sequence[float] | None, names: Sequence[str]) -> list[float] | None:
+    """`--weights w1,w2` (or a list) as floats, one per scorer; None when not given."""
+    if text is None:
+        return None
+    try:
+        weights = [float(w) for w in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise ValueError(f"--weights {text!r}: give one number per scorer, separated by commas") from None
+    if len(weights) != len(names):
+        raise ValueError(f"--weights {text!r}: {len(weights)} value(s) for {len(names)} scorer(s) ({', '.join(names)})")
+    return weights
+
+
+def scorer_choice(scorers: str | Sequence[str], options: Sequence[str] | dict[str, dict[str, object]] | None = None,
+                  weights: str | Sequence[float] | None = None, required: bool = True, check: bool = True
+                  ) -> tuple[list[str], dict[str, dict[str, object]], list[float] | None]:
+    """(names, constructor options per scorer, weights) from the options as typed (`--scorer a,b`,
+    `--scorer-option NAME.key=value`, `--weights 1,2`) or already parsed (lists, a {scorer: {key: value}}
+    mapping); the names are checked against the registry unless `check` is False. Idempotent, so a job may
+    call it on its own fields."""
+    names = split_scorer_names([scorers] if isinstance(scorers, str) else list(scorers))
+    if not names and required:
+        raise ValueError(f"choose the scorer(s) with --scorer NAME[,NAME...]; available: {', '.join(available_scorers())}")
+    if check:
+        check_scorer_names(names)
+    if isinstance(options, dict):
+        parsed = {name: dict(values) for name, values in options.items()}
+    else:
+        parsed = parse_scorer_options(list(options or []), names)
+    return names, parsed, parse_weights(weights, names)
+
+
 def build_scorers(
     names: Sequence[str],
     options: dict[str, dict[str, object]] | None = None,

@@ -50,11 +50,12 @@ def diversity_value(diversity: str | int) -> int:
 
 def _device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if dtype in (None, "auto"):
         return dev, torch.float16 if dev.type == "cuda" else torch.float32
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}: fp32, fp16, bf16 or auto")
+        raise ValueError(f"unknown dtype {dtype!r}: float32, float16, bfloat16 or auto")
     return dev, names[dtype]
 
 

@@ -20,7 +20,7 @@ r, r+N, ... on its own device and the main process merges them in shard order: t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,10 @@ from ..data.relabel import decide_labels, label_stats
 from ..data.resume import (merge_recorded_shards, quiet_unless_main, recorded_shards,
                            shard_records, sharded_job_state, write_shard_file)
 from ..data.image_inputs import pair_table_items
-from ..evaluation.scoring import build_scorers, score_items
+from ..config.options import (MISSING, batch_size_option, device_option, dtype_option, not_an_option, option,
+                              out_option, overwrite_option, progress_option, scorer_options_option, scorers_option,
+                              shard_size_option, weights_option)
+from ..evaluation.scoring import build_scorers, scorer_choice, score_items
 from ..processes import Processes, current_processes, job_progress
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
 
@@ -41,25 +44,35 @@ _COUNTS = ("rows", "decided", "ties", "flipped", "ties_decided", "compared")
 
 @dataclass
 class RelabelJob:
-    """What `relabel_dataset` reads, how it scores, and where it writes."""
+    """What `relabel_dataset` reads, how it scores, and where it writes: the options of `diffalign relabel`."""
 
-    source: str
-    out: Path
-    scorers: list[str]
-    scorer_options: dict[str, dict[str, object]] = field(default_factory=dict)
-    weights: list[float] | None = None
-    labels: str = "keep"
-    tie_tolerance: float = 0.0
-    shard_size: int = 1000
-    device: str | None = None
-    dtype: str | None = None
-    batch_size: int = 32
-    overwrite: bool = False
-    progress: bool = True
-    command: str | None = None
+    source: str = option(MISSING, "Pick-a-Pic-schema parquet file, folder of shards, glob or hub id", positional=True)
+    out: Path = out_option("output folder (created; a rerun resumes it)")
+    scorers: list[str] = scorers_option([])
+    scorer_options: dict[str, dict[str, object]] = scorer_options_option()
+    weights: list[float] | None = weights_option()
+    labels: str = option("keep", "keep the labels, or let the combined score decide each pair", choices=LABEL_MODES)
+    flip: bool = option(False, "the same as --labels scorer")
+    tie_tolerance: float = option(0.0, "with --labels scorer: combined-score differences up to this are ties "
+                                  "(0: exact equality)", show_default=False)
+    shard_size: int = shard_size_option()
+    device: str | None = device_option()
+    dtype: str | None = dtype_option(None, "scorer", "each scorer's own")
+    batch_size: int = batch_size_option(32, "images per scorer call")
+    overwrite: bool = overwrite_option()
+    progress: bool = progress_option()
+    command: str | None = not_an_option(None, "the command line, for the dataset card")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.flip:
+            self.labels, self.flip = "scorer", False
+        self.scorers, self.scorer_options, self.weights = scorer_choice(
+            self.scorers, self.scorer_options, self.weights, required=False, check=False)
 
     def check(self) -> None:
         """Raise a ValueError naming the first invalid choice."""
+        scorer_choice(self.scorers, self.scorer_options)  # at least one scorer, every name registered
         if self.labels not in LABEL_MODES:
             raise ValueError(f"unknown label mode {self.labels!r}; use one of {', '.join(LABEL_MODES)}")
         if self.tie_tolerance < 0:
