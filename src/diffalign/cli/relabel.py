@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .options import add_options, job_values
 from .pairs import command_line, report_interrupted, report_left_out
