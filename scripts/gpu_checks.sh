@@ -31,7 +31,7 @@
 #                      peak memory with the reference UNet on the GPU vs train.offload_reference=true
 #   sdxl-memory        SDXL architecture (random weights), LoRA, 1024 px, 1 pair, bf16: step time and peak memory
 #                      without / with gradient checkpointing / with checkpointing and the latent+text cache
-#   sd15-baseline      SD1.5 LoRA, 512 px, 4 pairs, fp16 (the README's row: 0.39 s/step, 11.1 GiB)
+#   sd15-baseline      SD1.5 LoRA, 512 px, 4 pairs, fp16 (docs/performance.md's row: 0.39 s/step, 11.1 GiB)
 #   xformers           train.attention=xformers vs sdpa on that SD1.5 run (skipped without xformers)
 #   channels-last      train.channels_last=true vs the default layout on that SD1.5 run: step time ratio, loss
 #                      drift, step-1 loss ln 2

@@ -1,6 +1,6 @@
 """HPSv3 (Ma et al., "HPSv3: Towards Wide-Spectrum Human Preference Score", ICCV 2025) as a diffalign scorer.
 
-HPSv3 pins its own transformers, so serve it from its own environment (README, "Scorers in their own
+HPSv3 pins its own transformers, so serve it from its own environment (docs/scorers.md, "Scorers in their own
 environment"):
 
     python -m venv ~/hpsv3-env && . ~/hpsv3-env/bin/activate

@@ -646,7 +646,7 @@ def check_offload_reference(fig: Figures) -> None:
 
 
 def check_sd15_baseline(fig: Figures) -> None:
-    """The README's SD1.5 row: LoRA r=8, 512 px, 4 pairs, fp16 mixed, frozen fp16 (0.39 s, 11.1 GiB on an H100)."""
+    """docs/performance.md's SD1.5 row: LoRA r=8, 512 px, 4 pairs, fp16 mixed, frozen fp16 (0.39 s, 11.1 GiB on an H100)."""
     model = build_model("sd15")
     fig["sdpa"] = bench("sd15-lora-4pairs", model, resolution(512), 4, "fp16", FP16_FROZEN, [], timeout=90)
     fig["readme"] = {"median_step_s": 0.39, "peak_memory_gib": 11.1}

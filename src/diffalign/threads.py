@@ -1,7 +1,7 @@
 """How many CPU threads torch's operations use, chosen so that a job sharing its cores with others slows down
 in proportion instead of collapsing.
 
-Two things make a CPU job tens of times slower beside another one (README, "CPU threads"): more threads than
+Two things make a CPU job tens of times slower beside another one (docs/performance.md, "CPU threads"): more threads than
 free cores, and OpenMP workers that spin for milliseconds while they wait for a descheduled peer, keeping that
 peer off the core. `cpu_threads("auto")` runs a block on the usable cores that other processes leave free,
 judged as the command starts; `command_started` begins that judgement and shortens OpenMP's spinning.
@@ -27,7 +27,7 @@ USER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # libgomp's spins before a waiting worker sleeps. Where two jobs' threads still outnumber the cores (one started
 # on an idle machine, then another), its default (300000, milliseconds) made two demo trainings 3 to 150 times
 # slower each, 10000 at most 6 times and as fast alone; passive waiting (0) kept them at their speed alone but made
-# a demo step 1.66 times slower on an idle machine (README, CPU threads; scripts/benchmark_threads.py).
+# a demo step 1.66 times slower on an idle machine (docs/performance.md, CPU threads; scripts/benchmark_threads.py).
 SPIN_COUNT = "10000"
 SAMPLE_SECONDS = 0.2
 

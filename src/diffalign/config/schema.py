@@ -182,7 +182,7 @@ class TrainConfig:
     compile: Literal["off", "blocks", "unet"] = cfg_field(
         "off",
         "torch.compile the trained UNet (inductor) for faster steps; for long runs. 'blocks': its repeated transformer "
-        "blocks, each compiled once per shape (diffusers' regional compilation; on the README's CPU benchmark it "
+        "blocks, each compiled once per shape (diffusers' regional compilation; on the CPU benchmark in docs/performance.md it "
         "compiled in under half the whole UNet's time for the same step time); 'unet': the whole UNet as one graph. "
         "PyTorch keeps compiled graphs on disk, so later runs of the same shapes compile in seconds. The LoRA "
         "reference runs the same compiled graphs with the adapters' scale at zero, so it matches the trained model "
@@ -193,7 +193,7 @@ class TrainConfig:
         False,
         "Keep the UNet's 4-D weights, and so its convolutions' activations, in the channels-last memory layout "
         "(torch.channels_last), the one GPU tensor-core convolutions prefer. 3 % faster on the CPU's tiny model "
-        "(README); scripts/gpu_checks.sh (check channels-last) measures SD1.5 on a GPU. Not with FSDP.",
+        "(docs/performance.md); scripts/gpu_checks.sh (check channels-last) measures SD1.5 on a GPU. Not with FSDP.",
     )
     allow_tf32: bool = cfg_field(True, "Use TF32 matmuls on Ampere and newer GPUs.")
     offload_reference: bool = cfg_field(
@@ -212,7 +212,7 @@ class TrainConfig:
         "as the command starts, at least 1, kept for the run; OMP_NUM_THREADS, if set, rules instead. 0: PyTorch's "
         "default. N: N threads. `diffalign cache` follows it too; generate, eval, score, ... run with 'auto'. With "
         "PyTorch's default, two demo trainings side by side on 2 cores ran 3 to 150 times slower each, with 'auto' "
-        "about as fast as alone (README, CPU threads).",
+        "about as fast as alone (docs/performance.md, CPU threads).",
     )
     checkpoint_every: int = cfg_field(
         100, "Write a resumable checkpoint (weights, optimizer, scheduler, RNG, data position) every N steps (0: never).",

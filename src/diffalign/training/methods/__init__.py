@@ -1,6 +1,6 @@
 """The training methods, one module each; `build_method(cfg.objective)` returns the one a run asked for.
 
-Adding a method: see the README's "Adding a method" and `base.py` for the capabilities it declares.
+Adding a method: see docs/adding-a-method.md and `base.py` for the capabilities it declares.
 """
 
 from __future__ import annotations
