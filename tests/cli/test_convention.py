@@ -34,7 +34,7 @@ SHARED = ("--out", "--scorer", "--scorer-option", "--weights", "--prompts", "--m
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
+    parser = build_parser().complete()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
 
@@ -121,7 +121,7 @@ def old_spellings() -> list[tuple[str, str, str]]:
 
 
 def test_old_dtype_spellings_warn_and_act_as_the_new(capsys):
-    parser = build_parser()
+    parser = build_parser()  # parsing adds the deferred options of the command it runs
     for old, new in (("fp16", "float16"), ("bf16", "bfloat16"), ("fp32", "float32")):
         args = parser.parse_args(["relabel", "data.parquet", "--out", "o", "--dtype", old])
         assert args.dtype == new

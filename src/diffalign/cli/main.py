@@ -9,6 +9,7 @@ import sys
 from contextlib import nullcontext
 from importlib import metadata
 
+from ..config.commands import CacheOptions, TrainOptions, with_out
 from ..config.core import ConfigError, describe, dump_yaml, load_config
 from ..config.schema import RunConfig
 from ..threads import AUTO, command_started, cpu_threads
@@ -21,6 +22,7 @@ from .generate import add_generate_parser
 from .grid import add_grid_parser
 from .label import add_label_parser
 from .method_table import add_method_table_parser
+from .options import CommandParser, add_options
 from .pairs import add_pairs_parser
 from .pipeline import add_pipeline_parser
 from .relabel import add_relabel_parser
@@ -46,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..api import train  # the Python API's call: a bad config fails before torch loads
 
     path, overrides = _split_args(args.items)
-    result = train(path, *overrides)
+    result = train(path, *with_out(overrides, "train.output_dir", args.out))
     if result.is_main_process:
         print(f"done: weights in {result.weights}; evaluate with `diffalign eval {result.folder}`")
     return 0
@@ -54,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     path, overrides = _split_args(args.items)
-    cfg = load_config(RunConfig, path, overrides)  # a bad config fails before torch loads
+    cfg = load_config(RunConfig, path, with_out(overrides, "data.cache_dir", args.out))  # a bad config fails before torch loads
     import torch
 
     from ..data.cache import build_cache
@@ -87,9 +89,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; `scorer_names` (the registered scorers) are listed in `score --help`."""
     scorer_names = ", ".join(scorer_names) if scorer_names else "see `diffalign score --help`"
-    parser = argparse.ArgumentParser(
-        prog="diffalign", description="Align text-to-image diffusion models with human preferences."
-    )
+    parser = CommandParser(prog="diffalign", description="Align text-to-image diffusion models with human preferences.")
     parser.add_argument("--version", action="version", version=f"diffalign {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -99,7 +99,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
         description="Train with a YAML config plus key=value overrides. With no arguments: the embedded demo "
         "(Diffusion-DPO with LoRA on the tiny shapes model, CPU, a few minutes).",
         epilog="examples:\n"
-        "  diffalign train configs/demo/dpo.yaml train.max_steps=50 objective.beta=5000\n"
+        "  diffalign train configs/demo/dpo.yaml train.max_steps=50 objective.beta=5000 --out runs/dpo-50\n"
         "  diffalign train configs/sdxl/dpo.yaml train.resume=latest     # continue from the newest checkpoint\n"
         "  accelerate launch --multi_gpu -m diffalign.cli.main train configs/sdxl/dpo.yaml   # DDP on every GPU\n"
         "  accelerate launch --config_file configs/accelerate/fsdp.yaml -m diffalign.cli.main train \\\n"
@@ -108,6 +108,7 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file and overrides")
+    add_options(p, TrainOptions)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -123,15 +124,11 @@ def build_parser(scorer_names: list[str] | None = None) -> argparse.ArgumentPars
         "process r encodes shards r, r+N, ... on its own GPU (--device cuda or none); the main process writes\n"
         "each index once every shard is there, so the files are those one process writes (data.cache_dir on a\n"
         "filesystem every process sees). A killed launch resumes with the same command, on any N.",
-        epilog="example: diffalign cache configs/sdxl/dpo.yaml data.cache_dir=/scratch/cache",
+        epilog="example: diffalign cache configs/sdxl/dpo.yaml --out /scratch/cache",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("items", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file and overrides")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1 ... (default: cuda if available; under a launcher, cuda is each "
-                   "process's own GPU)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per VAE / captions per text-encoder call")
-    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard file")
+    add_options(p, CacheOptions)
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser(

@@ -4,6 +4,10 @@
 choices and type all read from the field, so the parser cannot disagree with the job. `job_values(args, Job)`
 reads them back as the field values. Spellings a release renamed stay accepted for one more release: they
 print a deprecation message to stderr and act as the new spelling.
+
+Jobs live beside their code, which imports torch; so a job may be named as "module:Class", and a
+`CommandParser` adds its options only when that command is parsed or its help shown: `diffalign config`
+or `diffalign --help` import no job module.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib
 import sys
 import typing
 from collections.abc import Callable, Iterable
@@ -44,6 +49,52 @@ class DeprecatedOption(argparse.Action):
             setattr(namespace, self.dest, self.store == "store_true")
         else:
             setattr(namespace, self.dest, values)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose job options are added when first needed: on parsing, on help, or `complete()`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: list[Callable[[], None]] = []
+
+    def defer(self, add: Callable[[], None]) -> None:
+        """Run `add` (which adds arguments) before this parser is next used."""
+        self._pending.append(add)
+
+    def complete(self) -> argparse.ArgumentParser:
+        """Add every deferred argument now (and those of the subcommands' parsers); return the parser."""
+        while self._pending:
+            self._pending.pop(0)()
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for parser in action.choices.values():
+                    if isinstance(parser, CommandParser):
+                        parser.complete()
+        return self
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        while self._pending:
+            self._pending.pop(0)()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        while self._pending:
+            self._pending.pop(0)()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        while self._pending:
+            self._pending.pop(0)()
+        return super().format_usage()
+
+
+def resolve_job(job: type | str) -> type:
+    """A job dataclass, given or named as "package.module:Class"."""
+    if isinstance(job, str):
+        module, _, name = job.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return job
 
 
 def flag_of(field: dataclasses.Field) -> str:
@@ -117,9 +168,14 @@ def _value_parser(flag: str, field: dataclasses.Field, hints: dict[str, Any]) ->
     return parse
 
 
-def add_options(parser: argparse.ArgumentParser, job: type, skip: Iterable[str] = ()) -> None:
+def add_options(parser: argparse.ArgumentParser, job: type | str, skip: Iterable[str] = ()) -> None:
     """Add one argument per option field of the dataclass `job` (but `skip`), in field order; each argparse
-    action remembers its field as `action.job_field`, so a test can walk the parser back to the job."""
+    action remembers its field as `action.job_field`, so a test can walk the parser back to the job. A job
+    named as "module:Class" is imported only when a `CommandParser` needs its options."""
+    if isinstance(job, str) and isinstance(parser, CommandParser):
+        parser.defer(lambda: add_options(parser, resolve_job(job), skip))
+        return
+    job = resolve_job(job)
     hints = typing.get_type_hints(job)
     skipped = set(skip)
     for field in dataclasses.fields(job):
@@ -173,9 +229,10 @@ def _add_one(parser: argparse.ArgumentParser, job: type, field: dataclasses.Fiel
                             default=argparse.SUPPRESS, **extra)
 
 
-def job_values(args: argparse.Namespace, job: type, skip: Iterable[str] = ()) -> dict[str, Any]:
+def job_values(args: argparse.Namespace, job: type | str, skip: Iterable[str] = ()) -> dict[str, Any]:
     """The option fields of `job` (but `skip`) as parsed in `args`; a repeated option never given takes the
     field's default."""
+    job = resolve_job(job)
     values: dict[str, Any] = {}
     skipped = set(skip)
     for field in dataclasses.fields(job):

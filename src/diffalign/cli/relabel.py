@@ -53,7 +53,5 @@ def add_relabel_parser(sub: argparse._SubParsersAction) -> None:
         "exit status: 0 every row written; 1 some rows left out (listed); 2 usage error; 130 interrupted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from ..feedback.relabel_dataset import RelabelJob
-
-    add_options(p, RelabelJob)
+    add_options(p, "diffalign.feedback.relabel_dataset:RelabelJob")
     p.set_defaults(func=cmd_relabel)

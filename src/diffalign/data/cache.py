@@ -41,6 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..config.commands import CacheOptions
 from ..config.schema import DataConfig, ModelConfig
 from ..files import atomic_write_text, give_usual_permissions
 from ..models.conditioning import TextConditioning, encode_prompts
@@ -367,8 +368,9 @@ def _run_phase(phase: _Phase, processes: Processes, status: Path, done: set[int]
         records.clear()
 
 
-def build_cache(parts: DiffusionParts, model: ModelConfig, data: DataConfig, shard_size: int = 1024,
-                batch_size: int = 16, processes: Processes | None = None) -> tuple[Path, Path]:
+def build_cache(parts: DiffusionParts, model: ModelConfig, data: DataConfig,
+                shard_size: int = CacheOptions.shard_size, batch_size: int = CacheOptions.batch_size,
+                processes: Processes | None = None) -> tuple[Path, Path]:
     """Compute (or finish computing) both caches for this model and data, this process taking its share of the
     shards (`processes`: the launch's, by default); return their folders, complete on every process."""
     for flag, value, what in (("--shard-size", shard_size, "rows per shard file"),
