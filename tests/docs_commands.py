@@ -301,6 +301,8 @@ def check_arguments(
         if action is None:
             longs = sorted(name for name in options if name.startswith("--"))
             problems += [word, f"{prog} has no option {flag}{_did_you_mean(flag, longs, quote=False)}"]
+            if not inline and i < len(words) and not words[i].text.startswith("-"):
+                i += 1  # its value, most likely: not a positional argument
             continue
         if deprecated is not None and isinstance(action, deprecated):
             current = getattr(action, "new_flag", None) or _replacement(parser, action, deprecated)
@@ -475,7 +477,7 @@ def check_command(command: Command, root: Path = ROOT, parser: argparse.Argument
         found = check_arguments(arguments, parser, "diffalign", root,
                                 deprecated if deprecated is not None else deprecated_option_class())
     pairs = zip(found[::2], found[1::2])
-    return [(token.line or command.line, message) for token, message in pairs]
+    return sorted(((token.line or command.line, message) for token, message in pairs), key=lambda item: item[0])
 
 
 def command_text(command: Command) -> str:

@@ -4,12 +4,15 @@ files (the checker is tests/docs_commands.py); and the checker catches each kind
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import pytest
 
 from diffalign.cli.main import build_parser
+from diffalign.cli.options import add_options
+from diffalign.config.options import MISSING, dtype_option, option
 
-from .docs_commands import ROOT, check_markdown, deprecated_option_class, docs_files, docs_problems
+from .docs_commands import ROOT, check_markdown, deprecated_option_class, docs_files, docs_problems, old_values
 
 # Wrong commands the docs show on purpose, to show the error they get.
 SHOWN_WRONG_ON_PURPOSE = {
@@ -17,8 +20,9 @@ SHOWN_WRONG_ON_PURPOSE = {
 }
 
 
-def test_every_command_in_the_docs_matches_the_cli():
-    problems = docs_problems(docs_files(ROOT), ROOT, SHOWN_WRONG_ON_PURPOSE)
+@pytest.mark.parametrize("page", docs_files(ROOT), ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_command_in_the_docs_matches_the_cli(page):
+    problems = docs_problems([page], ROOT, SHOWN_WRONG_ON_PURPOSE)
     assert not problems, "commands in the docs that the CLI does not take:\n" + "\n".join(problems)
 
 
@@ -68,8 +72,23 @@ def test_a_bad_config_key_without_a_repo_config():
     ]
 
 
+@dataclass
+class ToyJob:
+    """A job of the shape the CLI's jobs have: its options declared as fields (config/options.py)."""
+
+    source: str = option(MISSING, "dataset", positional=True)
+    labels: str = option("keep", "keep the labels or take the scorer's", choices=("keep", "scorer"))
+    dtype: str | None = dtype_option(None, "the scorer")
+
+
+def toy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffalign")
+    add_options(parser.add_subparsers(dest="command").add_parser("relabel"), ToyJob)
+    return parser
+
+
 def test_a_value_outside_the_options_choices():
-    assert check("```sh\ndiffalign relabel data/ --labels scorers --out OUT\n```\n") == [
+    assert check("```sh\ndiffalign relabel data/ --labels scorers\n```\n", parser=toy_parser()) == [
         "docs/page.md:2: diffalign relabel --labels: 'scorers' is not one of its choices (keep, scorer) "
         "(did you mean 'scorer'?)"
     ]
@@ -90,20 +109,29 @@ def test_a_deprecated_option_spelling_fails():
 
 
 def test_every_deprecated_spelling_of_the_real_cli_fails():
+    """Each old option (a DeprecatedOption action) and each old value (a job field's `old_values`) of the CLI."""
     deprecated = deprecated_option_class()
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    old = [(name, flag, action) for name, parser in sub.choices.items()
-           for flag, action in parser._option_string_actions.items() if isinstance(action, deprecated)]
-    assert old, "no DeprecatedOption in the CLI: the old spellings of issue 31 are gone"
-    for name, flag, action in old:
-        value = "" if action.nargs == 0 else " x"
-        assert check(f"`diffalign {name} {flag}{value}`") == [
-            f"docs/page.md:1: diffalign {name}: {flag} is a deprecated spelling; write {action.new_flag}"
-        ]
+    expected = {}
+    for name, parser in sub.choices.items():
+        for flag, action in parser._option_string_actions.items():
+            if isinstance(action, deprecated):
+                value = "" if action.nargs == 0 else " x"
+                expected[f"`diffalign {name} {flag}{value}`"] = (
+                    f"docs/page.md:1: diffalign {name}: {flag} is a deprecated spelling; write {action.new_flag}"
+                )
+            elif flag.startswith("--"):
+                for old, new in old_values(action).items():
+                    expected[f"`diffalign {name} {flag} {old}`"] = (
+                        f"docs/page.md:1: diffalign {name} {flag}: {old!r} is a deprecated spelling of {new!r}"
+                    )
+    assert expected, "no old spelling left in the CLI: drop this test, or the checker's deprecated checks"
+    for text, problem in expected.items():
+        assert problem in check(text), text
 
 
 def test_a_deprecated_value_spelling_fails():
-    assert check("`diffalign relabel data/ --dtype fp16 --out OUT`") == [
+    assert check("`diffalign relabel data/ --dtype fp16`", parser=toy_parser()) == [
         "docs/page.md:1: diffalign relabel --dtype: 'fp16' is a deprecated spelling of 'float16'"
     ]
 
@@ -160,7 +188,7 @@ def test_a_correct_page_has_no_problem():
         "diffalign evall: this is output, not a command\n"
         "$ diffalign train configs/demo/dpo.yaml train.max_steps=50 objective.beta=2000\n"
         "```\n"
-        "Prose `diffalign score/eval/pairs/relabel --scorer` and `diffalign eval RUN --out OUT`.\n"
+        "Prose `diffalign score/eval --scorer` and `diffalign eval RUN --out OUT`.\n"
         "```yaml\ndiffalign evall: not a shell block\n```\n"
     )
     assert check(text) == []
@@ -185,10 +213,9 @@ def test_scripts_exist_and_take_the_flags_shown():
     assert len(problems) == 2
 
 
-@pytest.mark.parametrize("page", docs_files(ROOT)[:1], ids=lambda path: path.name)
-def test_a_wrong_flag_added_to_a_real_page_is_caught(page):
+def test_a_wrong_flag_added_to_a_real_page_is_caught():
     """The real README with one wrong flag more: exactly that line is reported."""
-    lines = page.read_text().splitlines()
+    lines = (ROOT / "README.md").read_text().splitlines()
     number = next(i for i, line in enumerate(lines) if line.startswith("diffalign eval ") and "\\" not in line)
     lines[number] += " --seed 3"
     problems = check_markdown("\n".join(lines), "README.md", on_purpose=SHOWN_WRONG_ON_PURPOSE)
