@@ -111,6 +111,12 @@ def test_eval_job_names_models_and_reads_options_as_the_cli_does(example_run, tm
     assert eval_job(run, seeds=2).out == run / "eval"  # a run's eval folder, as `diffalign eval RUN`
 
 
+def test_eval_job_names_an_unknown_option_before_loading_anything(tmp_path):
+    with pytest.raises(ValueError, match="eval_job: unknown option 'resample'; did you mean 'resamples'. options: "
+                       "prompts, .*, tie_tolerance, resamples, grid_prompts, grid_seeds, out$"):
+        eval_job(tmp_path / "not-a-run", resample=10)
+
+
 def test_evaluate_refuses_with_the_cli_messages(example_run, tmp_path):
     run = example_run[1]["run"].folder
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'} does not exist: `eval` takes a `diffalign "
@@ -125,7 +131,7 @@ def test_evaluate_refuses_with_the_cli_messages(example_run, tmp_path):
     with pytest.raises(ValueError, match=r"scorer_options for pickscore: not a chosen scorer \(shapes\)"):
         diffalign.evaluate(run, scorer_options={"pickscore": {"model": "x"}})
     with pytest.raises(ValueError, match="evaluate: unknown option 'stepz'; did you mean 'steps'. options: "
-                       "prompts, seeds, scorers, out, scorer_options, max_prompts, sampler, steps"):
+                       "prompts, max_prompts, seeds, sampler, steps, .*, scorers, scorer_options, .*, out$"):
         diffalign.evaluate(run, stepz=1)
     with pytest.raises(ValueError, match="--sampler 'fast': expected one of default, ddim"):
         diffalign.evaluate(run, sampler="fast")

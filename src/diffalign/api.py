@@ -15,7 +15,6 @@ same functions, so a setting is refused with the same message in both.
 from __future__ import annotations
 
 import difflib
-import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -32,15 +31,12 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .data.image_inputs import ImageItem
-    from .evaluation.evaluate import EvalJob
-    from .evaluation.generation import SamplingSettings
+    from .evaluation.evaluate import EvalJob, EvalOptions
+    from .evaluation.generation import SamplingOptions, SamplingSettings
     from .evaluation.model_specs import ModelSpec
     from .evaluation.prompt_sets import PromptSet
     from .evaluation.score_job import ScoreJob
     from .evaluation.scoring import ScoreRun
-
-SAMPLER_NAMES = "default, ddim, pndm, euler, euler-a, dpm++, unipc"
-
 
 # --- configs -------------------------------------------------------------------------------------------------
 
@@ -152,22 +148,36 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
     return list(range(count))
 
 
-def sampling_inputs(
-    prompts: str = "demo", seeds: str | int | Sequence[int] = 1, max_prompts: int | None = None,
-    sampler: str = "ddim", steps: int = 20, guidance: float = 5.0, size: int | None = None,
-    negative_prompt: str = "", dtype: str = "auto",
-) -> tuple[PromptSet, list[int], SamplingSettings]:
-    """The prompt set, seeds and sampling settings of `generate` and `eval`, checked."""
+def sampling_inputs(options: SamplingOptions) -> tuple[PromptSet, list[int], SamplingSettings]:
+    """The prompt set, seeds and sampling settings that the sampling options of `generate` and `eval` name,
+    checked."""
     from .evaluation.generation import SamplingSettings
     from .evaluation.prompt_sets import load_prompt_set
     from .sampling.generate import SAMPLERS
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {sampler!r}: expected one of {SAMPLER_NAMES}")
-    prompt_set = load_prompt_set(str(prompts), limit=max_prompts)
+    if options.sampler not in SAMPLERS:
+        raise ValueError(f"--sampler {options.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    prompt_set = load_prompt_set(str(options.prompts), limit=options.max_prompts)
     if not prompt_set.prompts:
-        raise ValueError(f"--prompts {prompts}: the set is empty")
-    return prompt_set, parse_seeds(seeds), SamplingSettings(sampler, steps, guidance, size, negative_prompt, dtype)
+        raise ValueError(f"--prompts {options.prompts}: the set is empty")
+    settings = SamplingSettings(options.sampler, options.steps, options.guidance, options.size,
+                                options.negative_prompt, options.dtype)
+    return prompt_set, parse_seeds(options.seeds), settings
+
+
+def job_options(job: type, caller: str, options: Mapping[str, Any], **given: Any) -> Any:
+    """`job(**given, **options)` once every name in `options` is one of the job's fields (those in `given` are
+    the caller's own parameters); an unknown name raises a ValueError naming it, the closest option and every
+    option."""
+    import dataclasses
+
+    known = [f.name for f in dataclasses.fields(job) if f.init and f.name not in given]
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{caller}: unknown option {name!r}; {hint}options: {', '.join(known)}")
+    return job(**given, **options)
 
 
 def split_named(text: str) -> tuple[str | None, str]:
@@ -234,58 +244,45 @@ def eval_models(tuned: Sequence[str], base: str | None = None) -> tuple[ModelSpe
     return resolve_model(base_source, name="base"), models
 
 
-def eval_job(
-    tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
-    base: str | Path | None = None,
-    *,
-    prompts: str | Path = "demo",
-    seeds: str | int | Sequence[int] = 3,
-    scorers: str | Sequence[str] = ("shapes",),
-    out: str | Path | None = None,
-    scorer_options: Sequence[str] | Mapping[str, Mapping[str, Any]] = (),
-    max_prompts: int | None = None,
-    sampler: str = "ddim",
-    steps: int = 20,
-    guidance: float = 5.0,
-    size: int | None = None,
-    negative_prompt: str = "",
-    dtype: str = "auto",
-    batch_size: int = 16,
-    device: str | None = None,
-    tie_tolerance: float = 0.0,
-    resamples: int = 2000,
-    grid_prompts: int = 8,
-    grid_seeds: int = 2,
-    progress: bool = True,
-) -> EvalJob:
-    """The checked job of `diffalign eval` (its options, by the same names): tuned models as a path, a list of
-    `[NAME=]PATH[@SCALE]` or a {name: path} mapping; scorers as names or one comma-separated string; scorer
-    options as `NAME.key=value` strings or {scorer: {key: value}}; `out` defaults to RUN/eval for a run folder,
-    else ./eval."""
-    from .evaluation.evaluate import EvalJob
+def eval_job(tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | EvalOptions,
+             base: str | Path | None = None, **options: Any) -> EvalJob:
+    """The checked job of `diffalign eval`: tuned models as a path, a list of `[NAME=]PATH[@SCALE]` or a
+    {name: path} mapping, and the command's options by their field names in `EvalOptions` (scorers as names or
+    one comma-separated string; scorer options as `NAME.key=value` strings or {scorer: {key: value}}; `out`
+    defaults to RUN/eval for a run folder, else ./eval), or an `EvalOptions` holding all of them. An unknown
+    option raises a ValueError naming it."""
+    from .evaluation.evaluate import EvalJob, EvalOptions
     from .evaluation.model_specs import parse_lora
     from .evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
     from .files import check_output_folder
 
-    sources = _named_sources(tuned)
-    base_model, tuned_models = eval_models(sources, None if base is None else str(base))
-    prompt_set, seed_list, sampling = sampling_inputs(prompts, seeds, max_prompts, sampler, steps, guidance, size,
-                                                      negative_prompt, dtype)
+    if isinstance(tuned, EvalOptions):
+        if options or base is not None:
+            raise ValueError("eval_job: give the options in the EvalOptions or as keywords, not both")
+        opts = tuned
+    else:
+        opts = job_options(EvalOptions, "eval_job", options, tuned=tuned, base=base)
+    sources = _named_sources(opts.tuned)
+    base_model, tuned_models = eval_models(sources, None if opts.base is None else str(opts.base))
+    prompt_set, seed_list, sampling = sampling_inputs(opts)
+    scorers = opts.scorers
     names = split_scorer_names([scorers] if isinstance(scorers, str) else list(scorers)) or ["shapes"]
     check_scorer_names(names)
     first = Path(parse_lora(split_named(sources[0])[1])[0]).expanduser()
+    out = opts.out
     folder = check_output_folder(Path(out) if out else (first / "eval" if first.is_dir() else Path("eval")), "--out")
-    if isinstance(scorer_options, Mapping):
-        options = {name: dict(values) for name, values in scorer_options.items()}
-        unknown = sorted(set(options) - set(names))
+    if isinstance(opts.scorer_options, Mapping):
+        scorer_options = {name: dict(values) for name, values in opts.scorer_options.items()}
+        unknown = sorted(set(scorer_options) - set(names))
         if unknown:
             raise ValueError(f"scorer_options for {', '.join(unknown)}: not a chosen scorer ({', '.join(names)})")
     else:
-        options = parse_scorer_options(list(scorer_options), names)
+        scorer_options = parse_scorer_options(list(opts.scorer_options), names)
     return EvalJob(
         base=base_model, tuned=tuned_models, prompts=prompt_set, seeds=seed_list, sampling=sampling, scorers=names,
-        scorer_options=options, tie_tolerance=tie_tolerance, resamples=resamples, batch_size=batch_size,
-        device=device, grid_prompts=grid_prompts, grid_seeds=grid_seeds, out=folder, progress=progress,
+        scorer_options=scorer_options, tie_tolerance=opts.tie_tolerance, resamples=opts.resamples,
+        batch_size=opts.batch_size, device=opts.device, grid_prompts=opts.grid_prompts, grid_seeds=opts.grid_seeds,
+        out=folder, progress=opts.progress,
     )
 
 
@@ -298,30 +295,17 @@ class EvalResult:
     results: dict | None
 
 
-def evaluate(
-    tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path],
-    base: str | Path | None = None,
-    *,
-    prompts: str | Path = "demo",
-    seeds: str | int | Sequence[int] = 3,
-    scorers: str | Sequence[str] = ("shapes",),
-    out: str | Path | None = None,
-    **options: Any,
-) -> EvalResult:
+def evaluate(tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path], base: str | Path | None = None,
+             **options: Any) -> EvalResult:
     """Compare tuned models with their base as `diffalign eval` does: every prompt x seed drawn by each model,
-    scored, compared and reported in `out` (default RUN/eval); `options` are the rest of `eval_job`'s (steps,
-    max_prompts, sampler, guidance, scorer_options, batch_size, device, progress ...). Returns the output folder
-    and the content of its results.json."""
-    from .evaluation.evaluate import run_eval
+    scored, compared and reported in `out` (default RUN/eval); `options` are the command's, by their field names
+    in `evaluation.evaluate.EvalOptions` (prompts, seeds, scorers, out, steps, max_prompts, sampler, guidance,
+    scorer_options, batch_size, device, progress ...). Returns the output folder and the content of its
+    results.json."""
+    from .evaluation.evaluate import EvalOptions, run_eval
     from .processes import current_processes
 
-    known = [name for name in inspect.signature(eval_job).parameters if name not in ("tuned", "base")]
-    for name in options:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"evaluate: unknown option {name!r}; {hint}options: {', '.join(known)}")
-    job = eval_job(tuned, base, prompts=prompts, seeds=seeds, scorers=scorers, out=out, **options)
+    job = eval_job(job_options(EvalOptions, "evaluate", options, tuned=tuned, base=base))
     return EvalResult(Path(job.out), run_eval(job, current_processes()))
 
 

@@ -90,6 +90,28 @@ def test_help_says_how_to_run_on_many_processes(capsys):
 
 def test_a_batch_size_below_one_is_refused(tmp_path, capsys):
     argv = ["generate", str(ROOT / "assets" / "tiny-sd"), "--batch-size", "0", "--out", str(tmp_path / "gen")]
-    assert main([*argv, "--no-progress"]) == 2
-    assert ("diffalign generate: error: --batch-size 0: give at least 1 (the images drawn per pipeline call)"
-            in capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_:  # the shared --batch-size option checks it as it parses
+        main([*argv, "--no-progress"])
+    assert exit_.value.code == 2
+    assert "diffalign generate: error: argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, extra", [("generate", ["--out", "o"]), ("eval", [])])
+def test_max_prompts_below_one_is_refused_as_it_parses(command, extra, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "x", *extra, "--max-prompts", "0"])
+    assert exit_.value.code == 2
+    assert f"diffalign {command}: error: argument --max-prompts: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_generate_and_eval_share_the_sampling_options_with_their_own_seed_defaults():
+    from diffalign.cli.main import build_parser
+    from diffalign.evaluation.evaluate import EvalOptions
+    from diffalign.evaluation.generation import GenerateOptions, SamplingOptions
+
+    parser = build_parser()
+    generate = parser.parse_args(["generate", "m", "--out", "o"])
+    evaluate = parser.parse_args(["eval", "run"])
+    assert (generate.seeds, evaluate.seeds) == (GenerateOptions.seeds, EvalOptions.seeds) == ("1", "3")
+    for name in ("prompts", "sampler", "steps", "guidance", "dtype", "batch_size", "progress"):
+        assert getattr(generate, name) == getattr(evaluate, name) == getattr(SamplingOptions, name), name

@@ -87,7 +87,6 @@ def test_pages_names_and_selection(tmp_path, capsys):
     (["{tmp}/a", "--names", "p,q"], "--names gives 2 names for 1 folders"),
     (["{tmp}/a", "--prompts", "3-1"], "cannot read '3-1'"),
     (["{tmp}/a", "--prompts", "9"], r"no folder has an image of prompt\(s\) 9"),
-    (["{tmp}/a", "--max-prompts", "0"], "--max-prompts must be at least 1"),
 ])
 def test_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     make_folder(tmp_path / "a", seeds=(0,))
@@ -97,6 +96,30 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert "diffalign grid: error:" in err
     assert re.search(message, err), err
+
+
+def test_max_prompts_below_one_is_refused_as_it_parses(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["grid", str(tmp_path), "--max-prompts", "0", "--out", "g.png"])
+    assert exit_.value.code == 2
+    assert "diffalign grid: error: argument --max-prompts: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_old_prompts_and_seeds_spellings_warn_and_act_as_show_prompts_and_show_seeds(tmp_path, capsys):
+    make_folder(tmp_path / "a", seeds=(0, 1))
+    new = ["grid", str(tmp_path / "a"), "--show-prompts", "2,0", "--show-seeds", "1", "--out", str(tmp_path / "n.png")]
+    assert main(new) == 0
+    captured = capsys.readouterr()
+    assert "prompts 2..0, seeds [1]" in captured.out and "deprecated" not in captured.err
+    old = ["grid", str(tmp_path / "a"), "--prompts", "2,0", "--seeds", "1", "--out", str(tmp_path / "o.png")]
+    assert main(old) == 0
+    captured = capsys.readouterr()
+    assert "prompts 2..0, seeds [1]" in captured.out
+    assert "diffalign: deprecated: --prompts is now --show-prompts" in captured.err
+    assert "diffalign: deprecated: --seeds is now --show-seeds" in captured.err
+    with pytest.raises(SystemExit):
+        main(["grid", str(tmp_path / "a"), "--show-prompts", "0", "--max-prompts", "1", "--out", "g.png"])
+    assert "argument --max-prompts: not allowed with argument --show-prompts" in capsys.readouterr().err
 
 
 def test_an_output_that_is_a_folder_or_below_a_file_is_refused(tmp_path, capsys):

@@ -79,3 +79,16 @@ def test_a_missing_scorer_column_is_named(tmp_path):
     folder = _evaluation(tmp_path, {"dpo": np.ones(4)}, np.zeros(4), np.arange(4))
     with pytest.raises(ValueError, match=r"no column\(s\) \['base/pickscore', 'dpo/pickscore'\]"):
         method_rows(folder, scorer="pickscore")
+
+
+def test_the_command_takes_one_scorer_and_refuses_several(tmp_path, capsys):
+    from diffalign.cli.main import main
+
+    folder = _evaluation(tmp_path, {"dpo": np.ones(4)}, np.zeros(4), np.arange(4))
+    assert main(["method-table", str(folder), "--scorer", "shapes", "--resamples", "50",
+                 "--out", str(tmp_path / "m.md")]) == 0
+    assert "| dpo |" in (tmp_path / "m.md").read_text()
+    capsys.readouterr()
+    assert main(["method-table", str(folder), "--scorer", "shapes,pickscore", "--out", str(tmp_path / "m.md")]) == 2
+    assert ("diffalign method-table: error: --scorer shapes,pickscore: the methods table is of one scorer; give one "
+            "of them") in capsys.readouterr().err

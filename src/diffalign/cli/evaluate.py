@@ -7,23 +7,17 @@ import json
 import sys
 
 from ..api import eval_job
-from .generate import add_sampling_args
+from .generate import add_job_options
+from .options import job_values
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.evaluate import run_eval
+    from ..evaluation.evaluate import EvalCommandOptions, run_eval
     from ..evaluation.report import render_markdown
-    from ..evaluation.scoring import split_scorer_names
     from ..processes import current_processes
 
-    job = eval_job(
-        args.tuned, args.base, prompts=args.prompts, seeds=args.seeds, scorers=split_scorer_names(args.scorer),
-        out=args.out, scorer_options=args.scorer_option, max_prompts=args.max_prompts, sampler=args.sampler,
-        steps=args.steps, guidance=args.guidance, size=args.size, negative_prompt=args.negative_prompt,
-        dtype=args.dtype, batch_size=args.batch_size, device=args.device, tie_tolerance=args.tie_tolerance,
-        resamples=args.resamples, grid_prompts=args.grid_prompts, grid_seeds=args.grid_seeds,
-        progress=not args.no_progress,
-    )
+    options = EvalCommandOptions(**job_values(args, EvalCommandOptions))
+    job = eval_job(options)
     out = job.out
     earlier = (out / "results.json").is_file()
     try:
@@ -38,7 +32,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\nreport: {out / 'report.html'}   results: {out / 'results.json'}   scores: {out / 'scores.csv'}")
     if earlier:
         print(f"(replaced the results of an earlier eval in {out}; images of the same models and settings were reused)")
-    if args.json:
+    if options.json:
         print(json.dumps(results, indent=2))
     return 0
 
@@ -69,19 +63,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "model.pretrained (or a fused folder's base).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("tuned", nargs="+", metavar="[NAME=]TUNED[@SCALE]", help="tuned model(s) to compare with the base")
-    p.add_argument("--base", default=None, help="base model (default: model.pretrained of the first run's config.yaml)")
-    p.add_argument("--scorer", action="append", default=[], metavar="NAME[,NAME...]",
-                   help="scorer(s) (repeat or separate with commas; default: shapes, the demo's reward); "
-                   "see `diffalign score --help` for the list")
-    p.add_argument("--scorer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="constructor option of one scorer, e.g. pickscore.model=/path (repeatable)")
-    p.add_argument("--tie-tolerance", type=float, default=0.0,
-                   help="score differences up to this count as ties (default: exact equality)")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    p.add_argument("--grid-prompts", type=int, default=8, help="prompts shown in the report's grids (default: 8)")
-    p.add_argument("--grid-seeds", type=int, default=2, help="seeds per prompt shown in the grids (default: 2)")
-    p.add_argument("--out", default=None, help="output folder (default: TUNED/eval for a run, else ./eval)")
-    p.add_argument("--json", action="store_true", help="also print results.json")
-    add_sampling_args(p, seeds="3")
+    from ..evaluation.evaluate import EvalCommandOptions
+
+    add_job_options(p, EvalCommandOptions)
     p.set_defaults(func=cmd_eval)

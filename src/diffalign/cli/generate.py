@@ -5,57 +5,37 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..api import SAMPLER_NAMES, parse_seeds, sampling_inputs  # noqa: F401 (parse_seeds: tests import it here)
-from ..evaluation.model_specs import parse_lora, resolve_model
-
-PROMPT_SETS_HELP = (
-    "a named set (parti, pickapic-test, pickapic-validation, hpdv2, demo; NAME:CATEGORY keeps one category, "
-    "e.g. hpdv2:anime) or a prompt file (.txt one per line, .csv/.tsv/.jsonl/.json/.parquet with a prompt column "
-    "and optionally a category column)"
-)
+from ..api import parse_seeds, sampling_inputs  # noqa: F401 (parse_seeds: tests import it here)
+from .options import add_options, job_values
 
 
-def add_sampling_args(p: argparse.ArgumentParser, seeds: str) -> None:
-    """The options shared by `generate` and `eval`: prompts, seeds and how images are drawn."""
-    p.add_argument("--prompts", default="demo", metavar="SET|FILE", help=f"prompts: {PROMPT_SETS_HELP} (default: demo, "
-                   "the embedded demo's held-out captions)")
-    p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="only the first N prompts of the set")
-    p.add_argument("--seeds", default=seeds, metavar="N|A-B|a,b", help=f"seeds per prompt (default: {seeds}, i.e. "
-                   "0..N-1); the same (prompt, seed) starts every model from the same noise")
-    p.add_argument("--sampler", default="ddim", help=f"scheduler: {SAMPLER_NAMES} (default: ddim)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5)")
-    p.add_argument("--size", type=int, default=None, help="image height and width (default: the model's native size)")
-    p.add_argument("--negative-prompt", default="", help="negative prompt for every image (default: none)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="model precision (auto: float16 on CUDA, float32 on the CPU)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call, and per scorer call in "
-                   "eval (default: 16)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; under a "
-                   "distributed launcher each process takes its own GPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def add_job_options(parser: argparse.ArgumentParser, job: type) -> None:
+    """The options of a job that extends `SamplingOptions`: its own first, then the sampling options."""
+    import dataclasses
 
+    from ..evaluation.generation import SamplingOptions
 
-def sampling_from_args(args: argparse.Namespace):
-    """(prompt set, seeds, sampling settings) from the shared options."""
-    return sampling_inputs(args.prompts, args.seeds, args.max_prompts, args.sampler, args.steps, args.guidance,
-                           args.size, args.negative_prompt, args.dtype)
+    sampling = {field.name for field in dataclasses.fields(SamplingOptions)}
+    add_options(parser, job, skip=sampling)
+    add_options(parser, job, skip=[field.name for field in dataclasses.fields(job) if field.name not in sampling])
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..evaluation.generation import generate_folder
+    from ..evaluation.generation import GenerateOptions, generate_folder
+    from ..evaluation.model_specs import parse_lora, resolve_model
     from ..files import check_output_folder
     from ..processes import current_processes
 
-    check_output_folder(args.out, "--out")
-    model = resolve_model(args.model, base=args.base, loras=[parse_lora(t) for t in args.lora])
-    prompts, seeds, sampling = sampling_from_args(args)
+    options = GenerateOptions(**job_values(args, GenerateOptions))
+    check_output_folder(options.out, "--out")
+    model = resolve_model(options.model, base=options.base, loras=[parse_lora(t) for t in options.lora])
+    prompts, seeds, sampling = sampling_inputs(options)
     processes = current_processes()
     try:
-        result = generate_folder(model, prompts, seeds, args.out, sampling, args.batch_size, args.device,
-                                 progress=not args.no_progress, processes=processes)
+        result = generate_folder(model, prompts, seeds, options.out, sampling, options.batch_size, options.device,
+                                 progress=options.progress, processes=processes)
     except KeyboardInterrupt:
-        print(f"interrupted: the images written are kept in {args.out}; rerun the same command to resume",
+        print(f"interrupted: the images written are kept in {options.out}; rerun the same command to resume",
               file=sys.stderr)
         return 130
     if not processes.is_main:
@@ -87,10 +67,7 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         "      --seeds 0-3 --sampler dpm++ --steps 25 --guidance 7.5 --out samples/parti-dpo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="hub id, pipeline folder, or a `diffalign train` run / LoRA folder (then on its base)")
-    p.add_argument("--base", default=None, help="base model of a LoRA folder without a run config")
-    p.add_argument("--lora", action="append", default=[], metavar="PATH[@SCALE]",
-                   help="LoRA folder or run added at SCALE (default 1; repeatable)")
-    p.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    add_sampling_args(p, seeds="1")
+    from ..evaluation.generation import GenerateOptions
+
+    add_job_options(p, GenerateOptions)
     p.set_defaults(func=cmd_generate)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
+
+from .options import add_options, job_values
 
 INDEX_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -76,28 +79,27 @@ def check_png_path(out: Path) -> Path:
 def cmd_grid(args: argparse.Namespace) -> int:
     """Read the folders, lay out their images as captioned grids, save the pages and print their paths."""
     from ..evaluation.generated import read_generated
-    from ..evaluation.grid import common_prompt_indices, grids_from_folders, save_png
+    from ..evaluation.grid import GridOptions, common_prompt_indices, grids_from_folders, save_png
 
-    check_png_path(Path(args.out))
-    folders = {name: read_generated(folder) for name, folder in named_folders(args.folders, args.names).items()}
+    options = GridOptions(**job_values(args, GridOptions))
+    out = check_png_path(Path(options.out))
+    folders = {name: read_generated(folder) for name, folder in named_folders(options.folders, options.names).items()}
     for name, folder in folders.items():
         if not folder.images:
             lost = f" ({folder.missing} listed in metadata.jsonl but missing)" if folder.missing else ""
             raise ValueError(f"{folder.folder} ({name}) has no images{lost}")
-    prompts = parse_indices(args.prompts) if args.prompts else None
-    if args.max_prompts is not None:
-        if args.max_prompts < 1:
-            raise ValueError(f"--max-prompts must be at least 1, got {args.max_prompts}")
-        prompts = common_prompt_indices(folders)[: args.max_prompts]
+    prompts = parse_indices(options.show_prompts) if options.show_prompts else None
+    if options.max_prompts is not None:
+        prompts = common_prompt_indices(folders)[: options.max_prompts]
         if not prompts:
             raise ValueError("the folders have no prompt in common")
-    seeds = parse_indices(args.seeds) if args.seeds else None
-    pages = grids_from_folders(folders, prompts, seeds, per_page=args.per_page, cell=args.cell)
-    for path, (image, info) in zip(page_paths(Path(args.out), len(pages)), pages):
+    seeds = parse_indices(options.show_seeds) if options.show_seeds else None
+    pages = grids_from_folders(folders, prompts, seeds, per_page=options.per_page, cell=options.cell)
+    for path, (image, info) in zip(page_paths(out, len(pages)), pages):
         save_png(image, path)
         print(f"{path}  (prompts {info['prompts'][0]}..{info['prompts'][-1]}, seeds {info['seeds']}, "
               f"models {', '.join(info['models'])})")
-    for path in stale_pages(Path(args.out), len(pages)):
+    for path in stale_pages(out, len(pages)):
         path.unlink()
         print(f"{path}  removed (a page of an earlier, longer grid)")
     return 0
@@ -118,23 +120,15 @@ def add_grid_parser(sub: argparse._SubParsersAction) -> None:
         "(--out grid.png: grid-01.png, grid-02.png ...); with one page, to --out itself.",
         epilog="examples:\n"
         "  diffalign grid gen/base gen/tuned --out grid.png\n"
-        "  diffalign grid base=gen/sd15 dpo=gen/sd15-dpo --out grids/parti.png --prompts 0-15 --seeds 0,1\n"
+        "  diffalign grid base=gen/sd15 dpo=gen/sd15-dpo --out grids/parti.png --show-prompts 0-15 --show-seeds 0,1\n"
         "  diffalign grid gen/a gen/b gen/c --names base,round1,round2 --max-prompts 4 --cell 256 --out cmp.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("folders", nargs="+", metavar="[NAME=]FOLDER",
-                   help="`diffalign generate` output folders; each model is named by its folder name unless NAME= "
-                   "or --names says otherwise")
-    p.add_argument("--out", required=True, help="PNG to write (several pages: STEM-01.png, STEM-02.png ... beside it)")
-    p.add_argument("--names", default=None, metavar="NAME[,NAME...]",
-                   help="model names, one per folder in order (e.g. base,tuned)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--prompts", default=None, metavar="LIST",
-                       help="prompt indices to show, e.g. 0-7 or 0,3,5 or 0-3,8 (default: all the folders share)")
-    which.add_argument("--max-prompts", type=int, default=None, metavar="N",
-                       help="the first N prompts the folders share")
-    p.add_argument("--seeds", default=None, metavar="LIST", help="seeds to show, e.g. 0,1 or 0-2 (default: all shared)")
-    p.add_argument("--per-page", type=int, default=8, help="prompt rows per page (default 8)")
-    p.add_argument("--cell", type=int, default=None, metavar="PX",
-                   help="cell size in pixels (default: the images' size, at least 128)")
+    from ..evaluation.grid import GridOptions
+
+    # --show-prompts and --max-prompts pick the rows two ways: one or the other
+    which = {"show_prompts", "max_prompts"}
+    add_options(p, GridOptions, skip=which)
+    add_options(p.add_mutually_exclusive_group(), GridOptions,
+                skip=[field.name for field in dataclasses.fields(GridOptions) if field.name not in which])
     p.set_defaults(func=cmd_grid)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_options, job_values
+
 
 def cmd_method_table(args: argparse.Namespace) -> int:
-    from ..evaluation.method_table import write_method_table
+    from ..evaluation.method_table import MethodTableOptions, write_method_table
 
-    path = write_method_table(args.eval_dir, args.out, args.scorer, args.resamples)
+    options = MethodTableOptions(**job_values(args, MethodTableOptions))
+    path = write_method_table(options.eval_dir, options.out, options.scorer, options.resamples)
     print(path.read_text(), end="")
     print(f"\nwritten to {path}")
     return 0
@@ -28,8 +31,7 @@ def add_method_table_parser(sub: argparse._SubParsersAction) -> None:
         "--out runs/b/eval\n  diffalign method-table runs/b/eval            # writes runs/b/eval/methods.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("eval_dir", help="a `diffalign eval` output folder (results.json, scores.csv)")
-    p.add_argument("--out", default=None, help="Markdown file to write (default EVAL_DIR/methods.md)")
-    p.add_argument("--scorer", default=None, help="which scorer's scores (default: the evaluation's first)")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    from ..evaluation.method_table import MethodTableOptions
+
+    add_options(p, MethodTableOptions)
     p.set_defaults(func=cmd_method_table)

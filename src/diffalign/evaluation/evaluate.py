@@ -37,7 +37,8 @@ from ..processes import ChunkRecords, Processes, current_processes, fingerprint,
 from ..rewards.base import Scorer
 from ..rewards.batch import score_in_batches
 from .generated import read_generated
-from .generation import SamplingSettings, generate_folder, image_name
+from ..config.options import MISSING, option, out_option, scorer_options_option, scorers_option, seeds_option
+from .generation import SamplingOptions, SamplingSettings, generate_folder, image_name
 from .grid import grids_from_folders, save_png
 from ..data.image_inputs import open_image
 from .model_specs import ModelSpec
@@ -50,9 +51,37 @@ SCORES = ".scores"  # under OUT: the records of scored chunks, until results.jso
 SCORE_SETTINGS = "settings.json"  # beside them: the settings they were scored with
 
 
+@dataclass(kw_only=True)
+class EvalOptions(SamplingOptions):
+    """The options of `diffalign eval` (and of the Python API's `evaluate`): the models, the scorers, the
+    statistics, the report and where it goes, and the sampling options."""
+
+    tuned: str | Path | list[str] | dict[str, str] = option(
+        MISSING, "tuned model(s) to compare with the base", positional=True, nargs="+", metavar="[NAME=]TUNED[@SCALE]")
+    base: str | Path | None = option(None, "base model (default: model.pretrained of the first run's config.yaml)")
+    seeds: str | int | list[int] = seeds_option("3", "seeds per prompt: a count N (0..N-1), a range A-B or a list "
+                                                "a,b,c; the same (prompt, seed) starts every model from the same noise")
+    scorers: str | list[str] = scorers_option(["shapes"], "scorer(s) by name (repeat, or separate with commas; shapes "
+                                              "is the demo's reward); `diffalign score --help` lists them")
+    scorer_options: list[str] | dict[str, dict] = scorer_options_option()
+    tie_tolerance: float = option(0.0, "score differences up to this count as ties (default: exact equality)",
+                                  show_default=False)
+    resamples: int = option(2000, "bootstrap resamples", min=1)
+    grid_prompts: int = option(8, "prompts shown in the report's grids")
+    grid_seeds: int = option(2, "seeds per prompt shown in the grids")
+    out: str | Path | None = out_option("output folder (default: TUNED/eval for a run, else ./eval)", default=None)
+
+
+@dataclass(kw_only=True)
+class EvalCommandOptions(EvalOptions):
+    """The options of the `diffalign eval` command: those of `EvalOptions` and how it prints."""
+
+    json: bool = option(False, "also print results.json")
+
+
 @dataclass
 class EvalJob:
-    """What `diffalign eval` compares and how."""
+    """What `diffalign eval` compares and how (the models, prompts and settings its options name, resolved)."""
 
     base: ModelSpec
     tuned: list[ModelSpec]
@@ -61,13 +90,13 @@ class EvalJob:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     scorers: Sequence[str] = ("shapes",)
     scorer_options: dict[str, dict] = field(default_factory=dict)
-    tie_tolerance: float = 0.0
-    resamples: int = 2000
+    tie_tolerance: float = EvalOptions.tie_tolerance
+    resamples: int = EvalOptions.resamples
     bootstrap_seed: int = 0
-    batch_size: int = 16
+    batch_size: int = EvalOptions.batch_size
     device: str | None = None
-    grid_prompts: int = 8  # prompt rows in the report's grids (first prompts of each category)
-    grid_seeds: int = 2  # seeds in the grid PNGs (report.html offers every seed)
+    grid_prompts: int = EvalOptions.grid_prompts  # prompt rows in the report's grids (first prompts of each category)
+    grid_seeds: int = EvalOptions.grid_seeds  # seeds in the grid PNGs (report.html offers every seed)
     out: Path = Path("eval")
     progress: bool = True
 

@@ -25,11 +25,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..config.options import (MISSING, batch_size_option, device_option, dtype_option, max_prompts_option, option,
+                              out_option, progress_option, prompts_option, seeds_option)
 from ..files import atomic_write, atomic_write_text, check_output_folder
 from ..models.lora_files import lora_file
 from ..paths import resolve_local
 from ..processes import (ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status,
                          read_shared)
+from ..sampling.generate import SAMPLERS
 from .model_specs import ModelSpec
 from .prompt_sets import PromptSet
 
@@ -39,16 +42,55 @@ WEIGHTS = "weights_sha256"  # the key of generation.json that records `weights_d
 RECORDS = ".batches"  # the records of batches drawn but not yet in metadata.jsonl (a job under way or stopped)
 
 
+PROMPT_SETS_HELP = (
+    "a named set (parti, pickapic-test, pickapic-validation, hpdv2, demo: the embedded demo's held-out captions; "
+    "NAME:CATEGORY keeps one category, e.g. hpdv2:anime) or a prompt file (.txt one per line, "
+    ".csv/.tsv/.jsonl/.json/.parquet with a prompt column and optionally a category column)"
+)
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    """The options `diffalign generate` and `diffalign eval` share: which prompts and seeds, how the images are
+    drawn, and where the models run."""
+
+    prompts: str = prompts_option("demo", f"prompts: {PROMPT_SETS_HELP}")
+    max_prompts: int | None = max_prompts_option("only the first N prompts of the set")
+    seeds: str | int | list[int] = seeds_option("1", "seeds per prompt: a count N (0..N-1), a range A-B or a list "
+                                                "a,b,c; the same (prompt, seed) starts every model from the same noise")
+    sampler: str = option("ddim", f"scheduler: {', '.join(SAMPLERS)}")
+    steps: int = option(20, "sampling steps")
+    guidance: float = option(5.0, "classifier-free guidance scale")
+    size: int | None = option(None, "image height and width (default: the model's native size)")
+    negative_prompt: str = option("", "negative prompt for every image (default: none)")
+    dtype: str = dtype_option("auto", "model")
+    batch_size: int = batch_size_option(16, "images per pipeline call, and per scorer call in eval")
+    device: str | None = device_option()
+    progress: bool = progress_option()
+
+
+@dataclass(kw_only=True)
+class GenerateOptions(SamplingOptions):
+    """The options of `diffalign generate`: the model, its LoRAs, the output folder and the sampling options."""
+
+    model: str = option(MISSING, "hub id, pipeline folder, or a `diffalign train` run / LoRA folder (then on its "
+                        "base)", positional=True)
+    base: str | None = option(None, "base model of a LoRA folder without a run config")
+    lora: list[str] = option([], "LoRA folder or run added at SCALE (default 1; repeatable)", repeat=True,
+                             metavar="PATH[@SCALE]")
+    out: Path = out_option("output folder (created; reused to resume)")
+
+
 @dataclass
 class SamplingSettings:
     """How images are drawn; every field shapes the pixels and is recorded with each image."""
 
-    sampler: str = "ddim"
-    steps: int = 20
-    guidance: float = 5.0
-    size: int | None = None  # None: the model's native size
-    negative_prompt: str = ""
-    dtype: str = "auto"  # auto: float16 on CUDA, float32 on the CPU
+    sampler: str = SamplingOptions.sampler
+    steps: int = SamplingOptions.steps
+    guidance: float = SamplingOptions.guidance
+    size: int | None = SamplingOptions.size  # None: the model's native size
+    negative_prompt: str = SamplingOptions.negative_prompt
+    dtype: str = SamplingOptions.dtype  # auto: float16 on CUDA, float32 on the CPU
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from ..config.options import MISSING, max_prompts_option, option, out_option
 from ..files import atomic_write
 from .generated import GeneratedFolder
 
@@ -22,6 +23,26 @@ Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), x1 and y1 exclusive
 CellImage = Image.Image | np.ndarray | None
 
 MIN_CELL = 128
+
+
+@dataclass(kw_only=True)
+class GridOptions:
+    """The options of `diffalign grid`: the folders and their names, which prompts and seeds, the page layout,
+    and the PNG to write. The prompts and seeds to show are indices into the folders (`--show-prompts`,
+    `--show-seeds`), not the prompt sets and seed counts that `--prompts` and `--seeds` name elsewhere."""
+
+    folders: list[str] = option(MISSING, "`diffalign generate` output folders; each model is named by its folder "
+                                "name unless NAME= or --names says otherwise", positional=True, nargs="+",
+                                metavar="[NAME=]FOLDER")
+    out: Path = out_option("PNG to write (several pages: STEM-01.png, STEM-02.png ... beside it)")
+    names: str | None = option(None, "model names, one per folder in order (e.g. base,tuned)", metavar="NAME[,NAME...]")
+    show_prompts: str | None = option(None, "prompt indices to show, e.g. 0-7 or 0,3,5 or 0-3,8 (default: all the "
+                                      "folders share)", metavar="LIST", old=("--prompts",))
+    max_prompts: int | None = max_prompts_option("the first N prompts the folders share")
+    show_seeds: str | None = option(None, "seeds to show, e.g. 0,1 or 0-2 (default: all the folders share)",
+                                    metavar="LIST", old=("--seeds",))
+    per_page: int = option(8, "prompt rows per page", min=1)
+    cell: int | None = option(None, "cell size in pixels (default: the images' size, at least 128)", metavar="PX")
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 MISSING_FILL = (190, 190, 190)

@@ -23,9 +23,29 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.options import MISSING, option, out_option, scorers_option
+from .scoring import split_scorer_names
 from .stats import compare_paired
 
 SEEDED = re.compile(r"^(?P<method>.+)-seed(?P<seed>\d+)$")
+
+
+@dataclass(kw_only=True)
+class MethodTableOptions:
+    """The options of `diffalign method-table`: which evaluation, which scorer, how many resamples, where to."""
+
+    eval_dir: str | Path = option(MISSING, "a `diffalign eval` output folder (results.json, scores.csv)",
+                                  positional=True)
+    out: str | Path | None = out_option("Markdown file to write (default: EVAL_DIR/methods.md)", default=None)
+    scorer: str | list[str] | None = scorers_option(None, "which scorer's scores, one name (default: the "
+                                                    "evaluation's first)")
+    resamples: int = option(2000, "bootstrap resamples", min=1)
+
+    def __post_init__(self) -> None:
+        names = split_scorer_names([self.scorer] if isinstance(self.scorer, str) else list(self.scorer or []))
+        if len(names) > 1:
+            raise ValueError(f"--scorer {','.join(names)}: the methods table is of one scorer; give one of them")
+        self.scorer = names[0] if names else None
 
 
 @dataclass
@@ -64,7 +84,8 @@ def _run_seconds(lora_path: str | None) -> float | None:
     return float(seconds[-1]) if seconds else None
 
 
-def method_rows(folder: str | Path, scorer: str | None = None, resamples: int = 2000, seed: int = 0) -> list[MethodRow]:
+def method_rows(folder: str | Path, scorer: str | None = None, resamples: int = MethodTableOptions.resamples,
+                seed: int = 0) -> list[MethodRow]:
     """The methods of the evaluation in `folder` (its results.json and scores.csv), in the report's model order."""
     folder = Path(folder)
     results = json.loads((folder / "results.json").read_text())
@@ -155,7 +176,7 @@ def render_method_table(rows: list[MethodRow], settings: dict | None = None) -> 
 
 
 def write_method_table(folder: str | Path, out: str | Path | None = None, scorer: str | None = None,
-                       resamples: int = 2000) -> Path:
+                       resamples: int = MethodTableOptions.resamples) -> Path:
     """Write the methods table of the evaluation in `folder` to `out` (default `folder/methods.md`)."""
     folder = Path(folder)
     rows = method_rows(folder, scorer, resamples)
