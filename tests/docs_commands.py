@@ -254,6 +254,9 @@ def check_arguments(
     """What is wrong with `words`, the arguments of the (sub)parser `parser` named `prog`; each problem a
     message, after the token it is about (whose line it is on)."""
     problems: list[Token | str] = []
+    complete = getattr(parser, "complete", None)  # a CommandParser adds its job's options when first needed
+    if complete is not None:
+        complete()
     commands = _subparsers(parser)
     if commands:
         known = sorted(commands)
