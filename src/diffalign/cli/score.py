@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..files import check_output_file
+from ..evaluation.score_options import ScoreOptions
+from .options import add_options, job_values
 
 if TYPE_CHECKING:
     from ..data.image_inputs import ImageItem
@@ -40,7 +42,8 @@ def _exit_code(run: ScoreRun) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    if not any(name.strip() for value in args.scorer or [] for name in value.split(",")):
+    opts = ScoreOptions(**job_values(args, ScoreOptions))
+    if not any(name.strip() for value in opts.scorers for name in value.split(",")):
         from ..rewards import available_scorers  # the registry alone: the scoring modules load much more
 
         raise ValueError(
@@ -49,62 +52,59 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
     from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
 
-    names = split_scorer_names(args.scorer)
+    names = split_scorer_names(opts.scorers)
     check_scorer_names(names)
-    options = parse_scorer_options(args.scorer_option, names)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.tie_tolerance is not None and args.tie_tolerance < 0:
-        raise ValueError(f"--tie-tolerance must be >= 0, got {args.tie_tolerance}")
-    if args.pairs is not None:
-        return _score_pairs(args, names, options)
-    for flag, value in (("--tie-aware", args.tie_aware), ("--tie-tolerance", args.tie_tolerance)):
+    options = parse_scorer_options(opts.scorer_options, names)
+    if opts.tie_tolerance is not None and opts.tie_tolerance < 0:
+        raise ValueError(f"--tie-tolerance must be >= 0, got {opts.tie_tolerance}")
+    if opts.pairs is not None:
+        return _score_pairs(opts, names, options)
+    for flag, value in (("--tie-aware", opts.tie_aware), ("--tie-tolerance", opts.tie_tolerance)):
         if value is not None:
             raise ValueError(f"{flag} applies to --pairs DATASET only")
-    return _score_images(args, names, options)
+    return _score_images(opts, names, options)
 
 
-def _score_images(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
+def _score_images(opts: ScoreOptions, names: list[str], options: dict[str, dict[str, object]]) -> int:
     from ..data.image_inputs import check_prompts, collect_items
     from ..evaluation.score_files import output_format, write_scores
     from ..evaluation.scoring import format_summary, format_table, summarize
 
-    if not args.inputs:
+    if not opts.inputs:
         raise ValueError("give the images to score: image files, folders or metadata files (or --pairs DATASET)")
-    if args.out:
-        output_format(args.out)
-        check_output_file(args.out)
-    items = collect_items(args.inputs, args.prompt, exclude=[Path(args.out)] if args.out else [])
+    if opts.out:
+        output_format(opts.out)
+        check_output_file(opts.out)
+    items = collect_items(opts.inputs, opts.prompt, exclude=[Path(opts.out)] if opts.out else [])
     check_prompts(items)
-    job, run = _score_job(args, names, options, items)
+    job, run = _score_job(opts, names, options, items)
     if run is None:
         return 0  # another process: the main process writes and prints the merged scores
     summaries = summarize(run)
     columns, rows = run.rows()
-    if args.out:
-        write_scores(args.out, columns, rows, {s.scorer: s.as_dict() for s in summaries})
+    if opts.out:
+        write_scores(opts.out, columns, rows, {s.scorer: s.as_dict() for s in summaries})
     else:
         table = [
             (item.where, *("-" if row[name] is None else f"{row[name]:.4f}" for name in run.scorer_names))
             for item, row in zip(run.items, rows)
         ]
         print(format_table(("file", *run.scorer_names), table, left=(0,)) + "\n")
-    _report_errors(run, args.out)
+    _report_errors(run, opts.out)
     print(format_summary(summaries))
-    if args.out:
-        print(f"scores of {len(items)} image(s) in {args.out}")
+    if opts.out:
+        print(f"scores of {len(items)} image(s) in {opts.out}")
     return _finish(job, run)
 
 
 def _score_job(
-    args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]], items: list[ImageItem]
+    opts: ScoreOptions, names: list[str], options: dict[str, dict[str, object]], items: list[ImageItem]
 ) -> tuple[ScoreJob, ScoreRun | None]:
     """`diffalign.api.score_job` with the command's options: the merged run on the main process, None on the
     others."""
     from ..api import score_job
 
-    return score_job(items, names, options, args.device, args.dtype, args.batch_size, args.out,
-                     progress=not args.no_progress)
+    return score_job(items, names, options, opts.device, opts.dtype, opts.batch_size, opts.out, progress=opts.progress)
 
 
 def _finish(job: ScoreJob, run: ScoreRun) -> int:
@@ -117,27 +117,27 @@ def _finish(job: ScoreJob, run: ScoreRun) -> int:
     return code
 
 
-def _score_pairs(args: argparse.Namespace, names: list[str], options: dict[str, dict[str, object]]) -> int:
+def _score_pairs(opts: ScoreOptions, names: list[str], options: dict[str, dict[str, object]]) -> int:
     from ..evaluation.agreement import format_agreement, pair_items, pairs_report, parse_thresholds
     from ..evaluation.score_files import output_format, write_atomically
 
-    if args.inputs or args.prompt is not None:
+    if opts.inputs or opts.prompt is not None:
         raise ValueError("--pairs DATASET scores each row's jpg_0/jpg_1 against its caption: give no other inputs or --prompt")
-    if args.out:
-        output_format(args.out, (".json",))
-        check_output_file(args.out)
-    thresholds = parse_thresholds(args.tie_aware) if args.tie_aware is not None else []
-    labels, items = pair_items(args.pairs, tie_aware=bool(thresholds))
-    job, run = _score_job(args, names, options, items)
+    if opts.out:
+        output_format(opts.out, (".json",))
+        check_output_file(opts.out)
+    thresholds = parse_thresholds(opts.tie_aware) if opts.tie_aware is not None else []
+    labels, items = pair_items(opts.pairs, tie_aware=bool(thresholds))
+    job, run = _score_job(opts, names, options, items)
     if run is None:
         return 0  # another process: the main process writes and prints the report
-    report = pairs_report(args.pairs, labels, run, args.tie_tolerance or 0.0, thresholds)
-    if args.out:
-        write_atomically(args.out, (json.dumps(report, indent=2) + "\n").encode())
-    _report_errors(run, args.out)
+    report = pairs_report(opts.pairs, labels, run, opts.tie_tolerance or 0.0, thresholds)
+    if opts.out:
+        write_atomically(opts.out, (json.dumps(report, indent=2) + "\n").encode())
+    _report_errors(run, opts.out)
     print(format_agreement(report))
-    if args.out:
-        print(f"report in {args.out}")
+    if opts.out:
+        print(f"report in {opts.out}")
     return _finish(job, run)
 
 
@@ -181,56 +181,5 @@ def add_score_parser(sub: argparse._SubParsersAction, scorer_names: str) -> None
         "written); 130 interrupted (what was scored is written).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders, metadata or pair-table files")
-    p.add_argument(
-        "--scorer",
-        action="append",
-        default=[],
-        metavar="NAME[,NAME...]",
-        help="scorer(s) to use; repeat or separate with commas (required; names listed below)",
-    )
-    p.add_argument(
-        "--scorer-option",
-        action="append",
-        default=[],
-        metavar="NAME.KEY=VALUE",
-        help="constructor option of one scorer, e.g. pickscore.model=/path or hpsv2.1.scale=100*cos (repeatable)",
-    )
-    p.add_argument("--prompt", default=None, metavar="TEXT", help="the prompt of every image (overrides metadata and sidecars)")
-    p.add_argument(
-        "--pairs",
-        default=None,
-        metavar="DATASET",
-        help="Pick-a-Pic-schema parquet file, folder of shards, glob or hub id: report each scorer's accuracy "
-        "against the human labels (human ties excluded and counted, 95%% Wilson interval)",
-    )
-    p.add_argument(
-        "--tie-tolerance",
-        type=float,
-        default=None,
-        metavar="DIFF",
-        help="with --pairs: score differences up to DIFF count as score ties (default: exact equality)",
-    )
-    p.add_argument(
-        "--tie-aware",
-        default=None,
-        metavar="T[,T...]|sweep",
-        help="with --pairs: also PickScore's tie-aware accuracy, predicting a tie when |p1-p0| <= T "
-        "(p = softmax of logit_scale x scores; credit 1/0.5/0); 'sweep' = 0,0.1,...,1",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["auto", "fp32", "fp16", "bf16"],
-        help="model precision (default: each scorer's own, usually fp16 on CUDA; fp32 avoids fp16 score ties)",
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="images per scorer call (default: 32)")
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help="per-image scores (.csv, .json, .jsonl, .parquet; with --pairs: .json report), written atomically",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(p, ScoreOptions)
     p.set_defaults(func=cmd_score)
