@@ -83,3 +83,12 @@ def test_a_pending_part_drawn_with_other_settings_is_refused(tmp_path, capsys):
         f"diffalign pairs: error: {out}/.pending/prompt-00000001.part: a pending part drawn with other settings (k: 2 "
         "there, 3 now): use the same settings to resume, another output folder, or --overwrite to start over"
     )
+
+
+def test_old_scorer_dtype_spellings_warn_and_act_as_the_new(capsys):
+    from diffalign.cli.main import build_parser
+
+    base = ["pairs", "--prompts", "demo", "--model", "m", "--out", "o"]
+    args = build_parser().parse_args([*base, "--scorer-dtype", "fp16", "--dtype", "auto"])
+    assert (args.scorer_dtype, args.dtype) == ("float16", "auto")
+    assert "diffalign: deprecated: --scorer-dtype fp16 is now --scorer-dtype float16" in capsys.readouterr().err

@@ -7,32 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..evaluation.model_specs import parse_lora
-
-
-def parse_weights(text: str | None, names: list[str]) -> list[float] | None:
-    """`--weights w1,w2` as floats, one per scorer; None when not given."""
-    if text is None:
-        return None
-    try:
-        weights = [float(w) for w in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--weights {text!r}: give one number per scorer, separated by commas") from None
-    if len(weights) != len(names):
-        raise ValueError(f"--weights {text!r}: {len(weights)} value(s) for {len(names)} scorer(s) ({', '.join(names)})")
-    return weights
-
-
-def scorer_choices(args: argparse.Namespace) -> tuple[list[str], dict[str, dict[str, object]], list[float] | None]:
-    """Scorer names, their constructor options and weights from `--scorer`, `--scorer-option`, `--weights`."""
-    from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
-    from ..rewards import available_scorers
-
-    names = split_scorer_names(args.scorer)
-    if not names:
-        raise ValueError(f"choose the scorer(s) with --scorer NAME[,NAME...]; available: {', '.join(available_scorers())}")
-    check_scorer_names(names)
-    return names, parse_scorer_options(args.scorer_option, names), parse_weights(args.weights, names)
+from ..feedback.pairs_job import PairsJob
+from .options import add_options, job_values
 
 
 def command_line() -> str:
@@ -62,40 +38,9 @@ def report_left_out(source: str, errors: list[dict], out: Path, why: str) -> Non
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from ..feedback.build_pairs import DEMO_GROUPS, PairsJob, build_pairs, demo_captions
-    from ..evaluation.prompts import load_prompts
+    from ..feedback.build_pairs import build_pairs
 
-    names, options, weights = scorer_choices(args)
-    if args.prompts == "demo":
-        prompts, source = demo_captions(DEMO_GROUPS, args.seed), f"demo ({DEMO_GROUPS} shapes-world training captions)"
-    else:
-        prompts, source = load_prompts(args.prompts), args.prompts
-    job = PairsJob(
-        prompts=prompts,
-        prompts_source=source,
-        out=Path(args.out),
-        model=args.model,
-        loras=[parse_lora(text) for text in args.lora],
-        scorers=names,
-        scorer_options=options,
-        weights=weights,
-        k=args.k,
-        steps=args.steps,
-        guidance=args.guidance,
-        size=args.size,
-        seed=args.seed,
-        strategy=args.strategy,
-        min_margin=args.min_margin,
-        shard_size=args.shard_size,
-        max_prompts=args.max_prompts,
-        device=args.device,
-        dtype=args.dtype,
-        scorer_dtype=args.scorer_dtype,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        command=command_line(),
-    )
+    job = PairsJob(**job_values(args, PairsJob), command=command_line())
     try:
         result = build_pairs(job)
     except KeyboardInterrupt:
@@ -110,20 +55,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         f"not scored; {len(result.shards)} shard(s) in {result.out}"
     )
     if not result.complete:
-        print(f"{len(prompts) - t.get('prompts', 0)} prompt(s) left: rerun without --max-prompts (or a larger one) to continue")
+        print(f"{len(job.prompts) - t.get('prompts', 0)} prompt(s) left: rerun without --max-prompts (or a larger one) to continue")
     print(f"train on it: diffalign train data.path={result.out}")
     return 0
-
-
-def add_scorer_arguments(p: argparse.ArgumentParser) -> None:
-    """`--scorer`, `--scorer-option`, `--weights`, shared by `pairs` and `relabel`."""
-    p.add_argument("--scorer", action="append", default=[], metavar="NAME[,NAME...]",
-                   help="scorer(s): registered names, file.py:NAME, package.module:NAME or remote:URL; repeat or separate with commas (required; `diffalign score --help` lists them)")
-    p.add_argument("--scorer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="constructor option of one scorer, e.g. pickscore.model=/path (repeatable)")
-    p.add_argument("--weights", default=None, metavar="W[,W...]",
-                   help="weight of each scorer in the combined score = sum of weight x raw score (default: 1 for one "
-                   "scorer; each scorer's logit_scale for several, so the sum is in Bradley-Terry logits)")
 
 
 def add_pairs_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,30 +90,5 @@ def add_pairs_parser(sub: argparse._SubParsersAction) -> None:
         "  diffalign train data.path=data/demo-pairs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--prompts", required=True, metavar="FILE|demo",
-                   help="prompt file (.txt one per line, .csv/.tsv/.jsonl with a prompt column), or `demo`: the "
-                   "shapes world's training captions as the embedded demo data draws them (2400, shuffled by --seed)")
-    p.add_argument("--model", required=True, help="pipeline: hub id or local folder (e.g. assets/tiny-sd)")
-    p.add_argument("--lora", action="append", default=[], metavar="PATH[@SCALE]",
-                   help="LoRA folder loaded with diffusers' load_lora_weights, at SCALE (default 1; repeatable)")
-    p.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
-    add_scorer_arguments(p)
-    p.add_argument("--k", type=int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--strategy", default="best-worst", choices=["best-worst", "margin"], help="how pairs are chosen")
-    p.add_argument("--min-margin", type=float, default=0.0, help="smallest combined-score margin of a pair (default 0)")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    p.add_argument("--size", type=int, default=None, help="image size (default: the model's native size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image seeds, the winners' sides and the demo prompts")
-    p.add_argument("--shard-size", type=int, default=1000,
-                   help="rows per parquet shard (whole prompts: a shard closes once it has this many)")
-    p.add_argument("--max-prompts", type=int, default=None, help="stop after the first N prompts (resume later)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available; under a launcher, "
-                   "cuda is each process's own GPU)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="generator precision")
-    p.add_argument("--scorer-dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"],
-                   help="scorer precision (default: each scorer's own)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per generation and scorer call (default 32)")
-    p.add_argument("--overwrite", action="store_true", help="start over in OUT instead of resuming")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(p, PairsJob)
     p.set_defaults(func=cmd_pairs)

@@ -27,14 +27,13 @@ sides per (prompt, pair), so nothing depends on which process drew a prompt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +41,15 @@ import numpy as np
 from ..data.cards import write_dataset_card
 from ..data.order import derive_seed
 from ..data.resume import PROGRESS_FILE, SHARD_GLOB, from_ranges, open_progress, read_progress, save_progress, to_ranges
+from ..evaluation.prompts import load_prompts
 from ..evaluation.scoring import build_scorers
 from ..processes import ChunkRecords, Processes, current_processes, fingerprint, job_progress, prepare_status
 from ..rewards.batch import score_in_batches
 from ..synthetic.domain import split_specs
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
+from .pairs_job import DEMO_GROUPS, STRATEGIES, PairsJob  # noqa: F401 (PairsJob: the job this module runs)
 from .pending_parts import PENDING_DIR, flush_parts, pending_prompts, write_part
 
-STRATEGIES = ("best-worst", "margin")
-DEMO_GROUPS = 2400
 RECORDS_DIR = "chunks"
 _IMAGE_KEY, _SIDE_KEY = 0, 1
 
@@ -65,6 +64,14 @@ def demo_captions(groups: int = DEMO_GROUPS, seed: int = 0) -> list[str]:
         rng.shuffle(order)
         captions += order[: groups - len(captions)]
     return captions
+
+
+def prompt_list(prompts: str, seed: int = 0) -> tuple[list[str], str]:
+    """The prompts `--prompts` names, and how the dataset card names them: `demo` (the demo's training
+    captions, shuffled by `seed`) or a prompt file."""
+    if prompts == "demo":
+        return demo_captions(DEMO_GROUPS, seed), f"demo ({DEMO_GROUPS} shapes-world training captions)"
+    return load_prompts(prompts), prompts
 
 
 def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
@@ -141,61 +148,6 @@ def group_rows(
             rows[f"model_{k}"].append(model)
         rows["pref_prob_0"].append(float(preference_of_first(combined[order[0]], combined[order[1]], logit_scale)))
     return rows
-
-
-@dataclass
-class PairsJob:
-    """Everything `build_pairs` needs: what to make (settings that a resumed run must share) and how."""
-
-    prompts: list[str]
-    out: Path
-    model: str
-    scorers: list[str]
-    prompts_source: str = ""
-    loras: list[tuple[str, float]] = field(default_factory=list)
-    scorer_options: dict[str, dict[str, object]] = field(default_factory=dict)
-    weights: list[float] | None = None
-    k: int = 4
-    steps: int = 20
-    guidance: float = 5.0
-    size: int | None = None
-    seed: int = 0
-    strategy: str = "best-worst"
-    min_margin: float = 0.0
-    shard_size: int = 1000
-    # run-time choices: they may change between a run and its resumption
-    max_prompts: int | None = None
-    device: str | None = None
-    dtype: str = "float32"
-    scorer_dtype: str | None = None
-    batch_size: int = 32
-    overwrite: bool = False
-    progress: bool = True
-    command: str | None = None
-
-    def settings(self) -> dict:
-        """The choices that decide the data; a resumed run must use the same."""
-        digest = hashlib.sha256("\n".join(self.prompts).encode()).hexdigest()[:16]
-        keep = ("model", "loras", "scorers", "scorer_options", "weights", "k", "steps", "guidance", "size", "seed",
-                "strategy", "min_margin", "shard_size")
-        data = asdict(self)
-        settings = {key: data[key] for key in keep}
-        settings["loras"] = [list(lora) for lora in self.loras]
-        settings.update(prompts=len(self.prompts), prompts_sha256=digest)
-        return json.loads(json.dumps(settings))
-
-    def check(self) -> None:
-        """Raise a ValueError naming the first invalid choice."""
-        if not self.prompts:
-            raise ValueError(f"no prompts in {self.prompts_source or 'the prompt list'}")
-        if self.k < 2:
-            raise ValueError(f"--k must be at least 2 (images per prompt to compare), got {self.k}")
-        for name, value in (("--steps", self.steps), ("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"--max-prompts must be at least 1, got {self.max_prompts}")
-        choose_pairs(np.zeros(0), self.strategy, self.min_margin)
 
 
 def model_label(model: str, loras: Sequence[tuple[str, float]] = ()) -> str:
