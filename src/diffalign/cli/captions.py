@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
+from ..feedback.caption_job import CaptionJob
+from .options import add_options, job_values
 from .pairs import command_line, report_interrupted, report_left_out
 
 
 def cmd_captions(args: argparse.Namespace) -> int:
-    from ..feedback.caption_dataset import CaptionJob, caption_dataset
+    from ..feedback.caption_dataset import caption_dataset
 
-    job = CaptionJob(
-        source=args.source, out=Path(args.out), strategy=args.strategy, captioner=args.captioner,
-        perturber=args.perturber, diversity=args.diversity, instruction=args.instruction, template=args.template,
-        seed=args.seed, shard_size=args.shard_size, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-        overwrite=args.overwrite, progress=not args.no_progress, command=command_line(),
-    )
+    job = CaptionJob(**job_values(args, CaptionJob), command=command_line())
     try:
         result = caption_dataset(job)
     except KeyboardInterrupt:
@@ -24,7 +19,7 @@ def cmd_captions(args: argparse.Namespace) -> int:
     if result is None:  # another process of a launch: the main process merges and reports
         return 0
     report_left_out(args.source, result.errors, result.out, "an image could not be decoded or captioned")
-    print(f"{result.rows} pairs written with caption_0/caption_1 ({args.strategy}) in {len(result.shards)} shard(s) "
+    print(f"{result.rows} pairs written with caption_0/caption_1 ({job.strategy}) in {len(result.shards)} shard(s) "
           f"and a dataset card in {result.out}\ntrain DCPO on them: diffalign train CONFIG objective.name=dcpo "
           f"data.path={result.out}")
     return 1 if result.errors else 0
@@ -63,28 +58,5 @@ def add_captions_parser(sub: argparse._SubParsersAction) -> None:
         "exit status: 0 every row written; 1 some rows left out (listed); 2 usage error; 130 interrupted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", help="Pick-a-Pic-schema parquet file, folder of shards, glob, pairs file or hub id")
-    p.add_argument("--out", required=True, help="output folder (created; a rerun resumes it)")
-    p.add_argument("--strategy", default="captioning", choices=["captioning", "perturbation", "hybrid"],
-                   help="how the captions are made (default captioning)")
-    p.add_argument("--captioner", help="image-to-text model: hub id, folder, or 'shapes' (rule-based, the embedded world)")
-    p.add_argument("--perturber", help="text-to-text or causal model: hub id, folder, or 'shapes' (rule-based)")
-    p.add_argument("--diversity", default="medium",
-                   help="perturbation strength: weak (40), medium (60), strong (80) or 0-100 (DIPPER's lexical "
-                        "diversity; default medium)")
-    p.add_argument("--instruction", default=None,
-                   help="what a chat captioner is asked, {prompt} filled in (default: describe the image in one "
-                        "sentence, given its prompt); for other captioners a text prefix the caption continues")
-    p.add_argument("--template", default=None,
-                   help="the perturber's input, with {caption}, {diversity}, {lexical} (100 - diversity) and {order} "
-                        "(default: DIPPER's 'lexical = {lexical}, order = {order} Paraphrase and perturb the "
-                        "following image caption. <sent> {caption} </sent>')")
-    p.add_argument("--seed", type=int, default=0, help="seed of the perturber's sampling (default 0)")
-    p.add_argument("--shard-size", type=int, default=1000, help="source rows per output shard (default 1000)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"],
-                   help="model precision (default: fp16 on a GPU, fp32 on the CPU)")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per model call (default 8)")
-    p.add_argument("--overwrite", action="store_true", help="start over in OUT instead of resuming")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_options(p, CaptionJob)
     p.set_defaults(func=cmd_captions)

@@ -31,61 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from ..data.cards import write_dataset_card
-from ..data.pairs import decode_image, load_pair_table, source_key
+from ..data.pairs import decode_image, load_pair_table
 from ..data.resume import (merge_recorded_shards, quiet_unless_main, recorded_shards,
                            shard_records, sharded_job_state, write_shard_file)
 from ..processes import JobProgress, Processes, current_processes, job_progress
-from .captioners import Captioner, Perturber, build_captioner, build_perturber, diversity_value
-
-STRATEGIES = ("captioning", "perturbation", "hybrid")
-
-
-@dataclass
-class CaptionJob:
-    """What `caption_dataset` reads, how it writes the second captions, and where."""
-
-    source: str
-    out: Path
-    strategy: str = "captioning"
-    captioner: str | None = None
-    perturber: str | None = None
-    diversity: str = "medium"
-    instruction: str | None = None
-    template: str | None = None
-    seed: int = 0
-    shard_size: int = 1000
-    device: str | None = None
-    dtype: str | None = None
-    batch_size: int = 8
-    overwrite: bool = False
-    progress: bool = True
-    command: str | None = None
-
-    def check(self) -> None:
-        """Raise a ValueError naming the first invalid or missing choice."""
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(STRATEGIES)}")
-        if self.strategy in ("captioning", "hybrid") and not self.captioner:
-            raise ValueError(f"--strategy {self.strategy} needs --captioner (a hub id, a folder, or 'shapes')")
-        if self.strategy in ("perturbation", "hybrid") and not self.perturber:
-            raise ValueError(f"--strategy {self.strategy} needs --perturber (a hub id, a folder, or 'shapes')")
-        diversity_value(self.diversity)
-        for name, value in (("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if Path(self.out).resolve() == Path(self.source).resolve() or (
-                Path(self.source).is_file() and Path(self.out).resolve() == Path(self.source).resolve().parent):
-            raise ValueError(f"--out {self.out} is the source's own folder: write the captioned dataset elsewhere")
-
-    def settings(self, rows: int) -> dict:
-        """What the dataset is made with (a resumed run must match)."""
-        return {"source": self.source, "source_key": source_key(self.source, "train", None), "source_rows": rows,
-                "strategy": self.strategy, "captioner": self.captioner if self.strategy != "perturbation" else None,
-                "perturber": self.perturber if self.strategy != "captioning" else None,
-                "diversity": diversity_value(self.diversity) if self.strategy != "captioning" else None,
-                "instruction": self.instruction, "template": self.template, "seed": self.seed,
-                "shard_size": self.shard_size}
-
+from .caption_job import CaptionJob
+from .captioners import Captioner, Perturber, build_captioner, build_perturber
 
 @dataclass
 class CaptionResult:
