@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.lora_export import ExportOptions
+from .options import add_options, job_values
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the LoRA of a run, checkpoint or LoRA folder and say where it went and with which alpha."""
     from ..models.lora_export import export_lora
 
-    out, source = export_lora(args.run, args.format, args.out)
-    print(f"exported {source.file} ({args.format}, rank {source.rank}, alpha {source.alpha:g} from "
+    options = ExportOptions(**job_values(args, ExportOptions))
+    out, source = export_lora(options.run, options.format, options.out)
+    print(f"exported {source.file} ({options.format}, rank {source.rank}, alpha {source.alpha:g} from "
           f"{source.alpha_from}): {out}")
     return 0
 
@@ -28,9 +32,5 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "  diffalign export runs/sdxl-dpo/checkpoints/step-00001000 --out loras/dpo-1000.safetensors",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run", help="a LoRA run's output_dir, one of its checkpoints, or a folder with "
-                   "pytorch_lora_weights.safetensors")
-    p.add_argument("--format", default="kohya", help="kohya (default; AUTOMATIC1111, ComfyUI) or diffusers")
-    p.add_argument("--out", default=None,
-                   help="the .safetensors file to write (default: RUN/RUNNAME-FORMAT.safetensors)")
+    add_options(p, ExportOptions)
     p.set_defaults(func=cmd_export)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..models.fuse_options import FuseOptions
+from .options import add_options, job_values
+
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     """Fuse the LoRA of a run into its base (from the run's config unless --base) and save the pipeline."""
     from ..models.fuse import fuse_lora
     from .runs import base_model_of
 
-    run = Path(args.run)
-    base = base_model_of(run, args.base)
-    out = fuse_lora(base, run, args.out, scale=args.scale, dtype=args.dtype)
+    options = FuseOptions(**job_values(args, FuseOptions))
+    run = Path(options.run)
+    base = base_model_of(run, options.base)
+    out = fuse_lora(base, run, options.out, scale=options.scale, dtype=options.dtype)
     print(f"fused {run} into {base}: {out} (loads with DiffusionPipeline.from_pretrained, or as model.pretrained)")
     return 0
 
@@ -29,9 +33,5 @@ def add_fuse_parser(sub: argparse._SubParsersAction) -> None:
         epilog="example:\n  diffalign fuse runs/demo-dpo --out runs/demo-dpo-fused",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run", help="output_dir of a LoRA training run, or a folder with pytorch_lora_weights.safetensors")
-    p.add_argument("--out", required=True, help="folder for the fused pipeline (written atomically)")
-    p.add_argument("--base", default=None, help="base model (default: model.pretrained of the run's config.yaml)")
-    p.add_argument("--scale", type=float, default=1.0, help="LoRA scale to fuse with (default 1.0)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="saved precision")
+    add_options(p, FuseOptions)
     p.set_defaults(func=cmd_fuse)

@@ -6,6 +6,9 @@ import argparse
 import errno
 import socket
 
+from ..feedback.label_server import LabelOptions
+from .options import add_options, job_values
+
 BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)  # the address is taken or not ours
 
 
@@ -14,13 +17,14 @@ def cmd_label(args: argparse.Namespace) -> int:
     from ..data.label_rounds import PAIRS_FILE, read_decisions, read_round, round_pairs
     from ..feedback.label_server import serve
 
-    round_ = read_round(args.round_dir)  # not a round folder: a clear error before anything listens
+    options = LabelOptions(**job_values(args, LabelOptions))
+    round_ = read_round(options.round_dir)  # not a round folder: a clear error before anything listens
     try:
-        serve(round_.folder, host=args.host, port=args.port)
+        serve(round_.folder, host=options.host, port=options.port)
     except OSError as error:
         if not (isinstance(error, socket.gaierror) or error.errno in BIND_ERRORS):
             raise
-        raise ValueError(f"cannot listen on {args.host} port {args.port}: {error.strerror or error}") from None
+        raise ValueError(f"cannot listen on {options.host} port {options.port}: {error.strerror or error}") from None
     except KeyboardInterrupt:
         labelled, total = len(read_decisions(round_.folder)), len(round_.prompts)
         pairs = len(round_pairs(round_.folder))
@@ -48,8 +52,5 @@ def add_label_parser(sub: argparse._SubParsersAction) -> None:
         "  ssh -L 8765:127.0.0.1:8765 gpu-box                     # ... to label from your own machine",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("round_dir", metavar="ROUND_DIR", help="the round folder (holding round.json and the images)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free one, printed at start)")
+    add_options(p, LabelOptions)
     p.set_defaults(func=cmd_label)

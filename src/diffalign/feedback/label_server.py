@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from ..config.options import MISSING, option
 from ..data.label_rounds import (
     PAIRS_FILE,
     actions_of,
@@ -42,6 +44,17 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 def is_loopback(host: str) -> bool:
     """Whether `host` is an address only this machine can reach."""
     return host in LOOPBACK_NAMES or host.startswith("127.")
+
+
+@dataclass
+class LabelOptions:
+    """The options of `diffalign label`: which round to label and where the page listens."""
+
+    round_dir: str = option(MISSING, "the round folder (holding round.json and the images)", positional=True,
+                            metavar="ROUND_DIR")
+    host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+                       "network)")
+    port: int = option(0, "port to listen on (0: a free one, printed at start)")
 
 
 class LabelServer(ThreadingHTTPServer):
@@ -244,7 +257,7 @@ def _run(server: LabelServer, ready: Callable[[LabelServer], object] | None) -> 
         server.server_close()
 
 
-def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 0,
+def serve(folder: str | Path, host: str = LabelOptions.host, port: int = LabelOptions.port,
           ready: Callable[[LabelServer], object] | None = None) -> None:
     """Serve the labelling page of a round folder until `server.shutdown()` (from another thread) or Ctrl-C.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config.options import MISSING, option, out_option
 from ..files import atomic_write, check_output_file, give_usual_permissions
 from .lora_files import LORA_WEIGHTS, RUN_CONFIG, read_lora, trained_alpha
 
@@ -178,6 +179,17 @@ def _write_diffusers(source: LoraSource, out: Path) -> None:
         unet_lora_adapter_metadata=config,
     )
     give_usual_permissions(out)  # safetensors writes 0600 files
+
+
+@dataclass
+class ExportOptions:
+    """The options of `diffalign export`: which LoRA, in which layout, to which file."""
+
+    run: str = option(MISSING, "a LoRA run's output_dir, one of its checkpoints, or a folder with "
+                      "pytorch_lora_weights.safetensors", positional=True)
+    format: str = option("kohya", "kohya (AUTOMATIC1111, ComfyUI) or diffusers")
+    out: str | None = out_option("the .safetensors file to write (default: RUN/RUNNAME-FORMAT.safetensors)",
+                                 default=None)
 
 
 def export_lora(path: str | Path, fmt: str = "kohya", out: str | Path | None = None) -> tuple[Path, LoraSource]:
