@@ -31,8 +31,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffalign.cli import serve_scorer
-from diffalign.cli.main import main
+from diffalign.cli.main import build_parser, main
 from diffalign.rewards import build_scorer, score_in_batches
 from diffalign.rewards import server as server_module
 from diffalign.rewards.base import scorer_factory
@@ -496,10 +495,10 @@ def test_the_options_every_caller_passes_are_taken():
 
 
 def test_the_command_defaults_are_the_servers():
-    assert (serve_scorer.DEFAULT_HOST, serve_scorer.DEFAULT_PORT, serve_scorer.DEFAULT_MAX_BATCH,
-            serve_scorer.DEFAULT_MAX_REQUEST_MB) == (server_module.DEFAULT_HOST, server_module.DEFAULT_PORT,
-                                                     server_module.DEFAULT_MAX_BATCH,
-                                                     server_module.DEFAULT_MAX_REQUEST_MB)
+    args = build_parser().parse_args(["serve-scorer", "shapes"])
+    assert (args.host, args.port, args.max_batch, args.max_request_mb) == (
+        server_module.DEFAULT_HOST, server_module.DEFAULT_PORT, server_module.DEFAULT_MAX_BATCH,
+        server_module.DEFAULT_MAX_REQUEST_MB) == ("127.0.0.1", 8765, 64, 64.0)
 
 
 def test_binding_to_the_network_warns(monkeypatch, capsys):

@@ -11,13 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..config.scorer_server import ServeScorerOptions
 from ..config.values import parse_option_value
-
-# rewards.server's defaults, repeated here: importing it loads torch, too slow for building the parser
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_REQUEST_MB = 64.0
+from .options import add_options, job_values
 
 
 def parse_options(items: Sequence[str], name: str) -> dict[str, object]:
@@ -37,18 +33,17 @@ def make_server(args: argparse.Namespace):  # -> rewards.server.ScorerServer (im
     """Build the scorer and its server from the command's arguments (the port is bound, nothing served yet)."""
     from ..rewards.server import ScorerServer, build_served_scorer
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0 (any free port) to 65535, got {args.port}")
-    if not args.max_request_mb > 0:
-        raise ValueError(f"--max-request-mb must be more than 0, got {args.max_request_mb:g}")
-    options = parse_options(args.scorer_option, args.name)
-    scorer = build_served_scorer(args.name, options, args.device, args.dtype, args.batch_size)
+    opts = ServeScorerOptions(**job_values(args, ServeScorerOptions))
+    if not 0 <= opts.port <= 65535:
+        raise ValueError(f"--port must be 0 (any free port) to 65535, got {opts.port}")
+    if not opts.max_request_mb > 0:
+        raise ValueError(f"--max-request-mb must be more than 0, got {opts.max_request_mb:g}")
+    options = parse_options(opts.scorer_options, opts.name)
+    scorer = build_served_scorer(opts.name, options, opts.device, opts.dtype, opts.batch_size)
     try:
-        return ScorerServer(scorer, args.host, args.port, args.max_batch, int(args.max_request_mb * 2**20))
+        return ScorerServer(scorer, opts.host, opts.port, opts.max_batch, int(opts.max_request_mb * 2**20))
     except OSError as error:
-        raise ValueError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}; choose another "
+        raise ValueError(f"cannot listen on {opts.host}:{opts.port}: {error.strerror or error}; choose another "
                          "--port (0 picks a free one) or --host") from error
 
 
@@ -77,26 +72,10 @@ def add_serve_scorer_parser(sub: argparse._SubParsersAction) -> None:
         "ready; Ctrl-C or SIGTERM stops it. One request is scored at a time.",
         epilog="examples:\n"
         "  diffalign serve-scorer shapes --port 0                  # any free port; the ready line shows it\n"
-        "  diffalign serve-scorer pickscore --device cuda:1 --dtype fp32\n"
+        "  diffalign serve-scorer pickscore --device cuda:1 --dtype float32\n"
         "  diffalign serve-scorer examples/rewards/hpsv3_scorer.py:HPSv3 --device cuda --max-batch 16\n"
         "then: diffalign train configs/demo/grpo.yaml rollout.reward=remote:http://127.0.0.1:8765",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", metavar="NAME", help="a registered scorer, path/to/file.py:NAME or package.module:NAME")
-    p.add_argument("--host", default=DEFAULT_HOST,
-                   help=f"address to listen on (default {DEFAULT_HOST}, this machine only; 0.0.0.0 opens it to the "
-                   "network, without authentication)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: a free one)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the scorer's own, usually cuda "
-                   "if available)")
-    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "fp16", "bf16"],
-                   help="model precision (default: the scorer's own)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: the scorer's own)")
-    p.add_argument("--scorer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
-                   help="constructor option of the scorer, e.g. pickscore.model=/path (repeatable)")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                   help=f"most images in one request (default {DEFAULT_MAX_BATCH}; clients split larger calls)")
-    p.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_MB,
-                   help=f"largest request body read, in MiB (default {DEFAULT_MAX_REQUEST_MB:g}; clients split "
-                   "larger calls)")
+    add_options(p, ServeScorerOptions)
     p.set_defaults(func=cmd_serve_scorer)

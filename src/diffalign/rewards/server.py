@@ -29,14 +29,15 @@ from urllib.parse import urlsplit
 
 import torch
 
+from ..config.scorer_server import ServeScorerOptions
 from .base import Scorer, construct_scorer, scorer_factory
 from .batch import describe_error
 from .remote import INFO_PATH, PROTOCOL, SCORE_PATH, decode_png
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_REQUEST_MB = 64.0
+DEFAULT_HOST = ServeScorerOptions.host
+DEFAULT_PORT = ServeScorerOptions.port
+DEFAULT_MAX_BATCH = ServeScorerOptions.max_batch
+DEFAULT_MAX_REQUEST_MB = ServeScorerOptions.max_request_mb
 LOOPBACK_NAMES = ("localhost", "::1")
 
 
