@@ -140,3 +140,27 @@ steps:
         in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"step 1: processes 'two' is not a whole number of processes \(1 or more\)"):
         load_recipe(path, ["gpus=two"])
+
+
+def test_out_sets_the_recipes_out_variable(tmp_path, capsys):
+    from diffalign.cli.main import main
+
+    path = write(tmp_path, RECIPE)
+    _, steps = load_recipe(path, [], out=str(tmp_path / "elsewhere"))
+    assert steps[0].args[-1] == f"train.output_dir={tmp_path}/elsewhere/run"
+    assert load_recipe(path, [f"out={tmp_path}/elsewhere"])[1][0].args == steps[0].args  # the same as out=DIR
+    assert main(["pipeline", str(path), "--out", str(tmp_path / "elsewhere"), "--dry-run"]) == 0
+    assert f"{tmp_path}/elsewhere/run" in capsys.readouterr().out
+
+
+def test_out_needs_a_recipe_that_declares_out(tmp_path, capsys):
+    from diffalign.cli.main import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("vars: {steps: 5}\nsteps:\n  - name: keys\n    run: config keys\n")
+    assert main(["pipeline", str(path), "--out", "x"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"diffalign pipeline: error: {path}: --out sets the recipe's `out` variable, but its vars declare none; add "
+        "`out: DIR` under vars: (defined: steps)\n")
+    with pytest.raises(ValueError, match="--out b and out=a disagree: give one of them"):
+        load_recipe(write(tmp_path, RECIPE), ["out=a"], out="b")

@@ -11,7 +11,7 @@ A recipe is a list of steps, each one `diffalign` command line, with `{name}` va
 
 Steps run in order, each in its own process. A step whose `creates` path exists is skipped, so a
 recipe that stopped (crash, Ctrl-C) resumes at the step that did not finish when it is run again.
-`key=value` arguments override `vars`.
+`key=value` arguments override `vars`; `--out DIR` sets the `out` variable (every shipped recipe declares one).
 
 A step with `for` runs once for every combination of its loop variables, each a comma-separated list
 (after substitution, so a list can come from `vars` and be overridden on the command line):
@@ -47,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from ..config.options import option, out_option
+from .options import add_options, job_values
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,18 @@ def _processes(value: object, values: dict[str, str], where: str) -> int:
     return int(text)
 
 
-def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]]:
-    """The description and the steps of a recipe file, with `vars` and the `key=value` overrides substituted."""
+@dataclass
+class PipelineOptions:
+    """The options of `diffalign pipeline` besides the recipe and its `key=value` overrides."""
+
+    out: str | None = out_option("where the recipe writes: sets its `out` variable (the same as out=OUT)",
+                                 default=None)
+    dry_run: bool = option(False, "print the steps (and which are done) without running them")
+
+
+def load_recipe(path: str | Path, overrides: list[str], out: str | None = None) -> tuple[str, list[Step]]:
+    """The description and the steps of a recipe file, with `vars`, the `key=value` overrides and `out` (the
+    `out` variable, as `--out` gives it) substituted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} not found (the shipped ones are in pipelines/)")
@@ -122,6 +135,13 @@ def load_recipe(path: str | Path, overrides: list[str]) -> tuple[str, list[Step]
         if key not in values:
             raise ValueError(f"override {key!r}: the recipe defines no such variable; defined: {', '.join(sorted(values))}")
         values[key] = value
+    if out is not None:
+        if "out" not in values:
+            raise ValueError(f"{path}: --out sets the recipe's `out` variable, but its vars declare none; add `out: "
+                             f"DIR` under vars: (defined: {', '.join(sorted(values)) or 'none'})")
+        if any(item.partition("=")[0] == "out" for item in overrides) and values["out"] != str(out):
+            raise ValueError(f"--out {out} and out={values['out']} disagree: give one of them")
+        values["out"] = str(out)
     steps = []
     for i, raw in enumerate(recipe.get("steps") or [], start=1):
         where = f"{path} step {i}"
@@ -181,10 +201,11 @@ def run_recipe(steps: list[Step], dry_run: bool = False, in_process: bool = Fals
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """Load the recipe, print its description, run it."""
-    description, steps = load_recipe(args.recipe, args.overrides)
+    options = PipelineOptions(**job_values(args, PipelineOptions))
+    description, steps = load_recipe(args.recipe, args.overrides, options.out)
     if description:
         print(description + "\n")
-    return run_recipe(steps, dry_run=args.dry_run)
+    return run_recipe(steps, dry_run=options.dry_run)
 
 
 def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
@@ -194,9 +215,9 @@ def add_pipeline_parser(sub: argparse._SubParsersAction) -> None:
         help="run an end-to-end recipe (data -> train -> evaluate) from pipelines/",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  diffalign pipeline pipelines/demo-online-rounds.yaml out=runs/my-rounds --dry-run",
+        epilog="example:\n  diffalign pipeline pipelines/demo-online-rounds.yaml --out runs/my-rounds --dry-run",
     )
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override a variable of the recipe's vars")
-    p.add_argument("--dry-run", action="store_true", help="print the steps (and which are done) without running them")
+    add_options(p, PipelineOptions)
     p.set_defaults(func=cmd_pipeline)
