@@ -64,3 +64,16 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 0 and "usage: diffalign" in capsys.readouterr().out
+
+
+def test_dtype_auto_is_float32_without_cuda_and_old_spellings_warn(tiny_models, make_lora, tmp_path, capsys):
+    from safetensors import safe_open
+
+    make_lora(tiny_models["sd15"], tmp_path / "lora", 0.05)
+    argv = ["fuse", str(tmp_path / "lora"), "--base", str(tiny_models["sd15"])]
+    assert main([*argv, "--dtype", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert main([*argv, "--dtype", "fp16", "--out", str(tmp_path / "half")]) == 0
+    assert "diffalign: deprecated: --dtype fp16 is now --dtype float16" in capsys.readouterr().err
+    for folder, dtype in (("auto", "F32"), ("half", "F16")):  # this machine has no CUDA: auto is float32
+        with safe_open(tmp_path / folder / "unet" / "diffusion_pytorch_model.safetensors", "pt") as weights:
+            assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {dtype}

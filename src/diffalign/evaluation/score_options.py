@@ -29,7 +29,7 @@ class ScoreOptions:
     device: str | None = device_option()
     dtype: str | None = dtype_option(None, "scorer", "each scorer's own, usually float16 on CUDA; float32 avoids "
                                      "float16 score ties")
-    batch_size: int | None = batch_size_option(None, "images per scorer call (default: 32, rewards.batch.DEFAULT_BATCH_SIZE)")
+    batch_size: int | None = batch_size_option(None, "images per scorer call (default: 32)")
     out: str | None = out_option("per-image scores (.csv, .json, .jsonl, .parquet; with --pairs: .json report), "
                                  "written atomically", default=None)
     progress: bool = progress_option()

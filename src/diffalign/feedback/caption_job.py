@@ -35,7 +35,7 @@ class CaptionJob:
     seed: int = seed_option("seed of the perturber's sampling")
     shard_size: int = shard_size_option()
     device: str | None = device_option()
-    dtype: str | None = dtype_option(None, "model", "float16 on a GPU, float32 on the CPU")
+    dtype: str | None = dtype_option(None, "model", "auto")
     batch_size: int = batch_size_option(8, "pairs per model call")
     overwrite: bool = overwrite_option()
     progress: bool = progress_option()

@@ -23,10 +23,10 @@ def fuse_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0, 
 
     A LoRA that does not fit `base` is refused (see `lora_files.load_lora`). The folder is written
     atomically (a temporary folder renamed into place) and records where it came from in `fused_from.json`.
-    `dtype` "auto" is float32: the fusing runs on the CPU.
+    `dtype` "auto" is float16 where CUDA is available, float32 elsewhere (as every command's --dtype auto).
     """
     if dtype == "auto":
-        dtype = "float32"
+        dtype = "float16" if torch.cuda.is_available() else "float32"
     from diffusers import DiffusionPipeline
 
     lora = Path(lora)
