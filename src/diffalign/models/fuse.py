@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_save, check_output_folder
+from .fuse_options import FuseOptions
 from .loading import DTYPES, pipeline_hub_options, resolve_source
 from .lora_files import load_lora, lora_tensor_names
 
 
-def fuse_lora(base: str, lora: str | Path, out: str | Path, scale: float = 1.0, dtype: str = "float32") -> Path:
+def fuse_lora(base: str, lora: str | Path, out: str | Path, scale: float = FuseOptions.scale,
+              dtype: str = FuseOptions.dtype) -> Path:
     """Write `base` with the LoRA of `lora` (a run's output_dir or a LoRA folder) fused in, to `out`.
 
     A LoRA that does not fit `base` is refused (see `lora_files.load_lora`). The folder is written

@@ -192,7 +192,7 @@ class ExportOptions:
                                  default=None)
 
 
-def export_lora(path: str | Path, fmt: str = "kohya", out: str | Path | None = None) -> tuple[Path, LoraSource]:
+def export_lora(path: str | Path, fmt: str = ExportOptions.format, out: str | Path | None = None) -> tuple[Path, LoraSource]:
     """Write the LoRA of `path` (see `read_lora_source`) in format `fmt` (kohya or diffusers) to `out` (default:
     `default_output`); return the file written and what was read."""
     if fmt not in FORMATS:
