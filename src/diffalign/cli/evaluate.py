@@ -8,7 +8,7 @@ import sys
 
 from ..api import eval_job
 from .generate import add_job_options
-from .options import job_values
+from .options import job_values, when_used
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -63,7 +63,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "model.pretrained (or a fused folder's base).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from ..evaluation.evaluate import EvalCommandOptions
+    def options() -> None:
+        from ..evaluation.evaluate import EvalCommandOptions
 
-    add_job_options(p, EvalCommandOptions)
+        add_job_options(p, EvalCommandOptions)
+
+    when_used(p, options)
     p.set_defaults(func=cmd_eval)

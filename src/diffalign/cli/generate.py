@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..api import parse_seeds, sampling_inputs  # noqa: F401 (parse_seeds: tests import it here)
-from .options import add_options, job_values
+from .options import add_options, job_values, when_used
 
 
 def add_job_options(parser: argparse.ArgumentParser, job: type) -> None:
@@ -67,7 +67,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         "      --seeds 0-3 --sampler dpm++ --steps 25 --guidance 7.5 --out samples/parti-dpo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from ..evaluation.generation import GenerateOptions
+    def options() -> None:
+        from ..evaluation.generation import GenerateOptions
 
-    add_job_options(p, GenerateOptions)
+        add_job_options(p, GenerateOptions)
+
+    when_used(p, options)
     p.set_defaults(func=cmd_generate)

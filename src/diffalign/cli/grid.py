@@ -7,7 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from .options import add_options, job_values
+from .options import add_options, job_values, when_used
 
 INDEX_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -124,11 +124,14 @@ def add_grid_parser(sub: argparse._SubParsersAction) -> None:
         "  diffalign grid gen/a gen/b gen/c --names base,round1,round2 --max-prompts 4 --cell 256 --out cmp.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from ..evaluation.grid import GridOptions
+    def options() -> None:
+        from ..evaluation.grid import GridOptions
 
-    # --show-prompts and --max-prompts pick the rows two ways: one or the other
-    which = {"show_prompts", "max_prompts"}
-    add_options(p, GridOptions, skip=which)
-    add_options(p.add_mutually_exclusive_group(), GridOptions,
-                skip=[field.name for field in dataclasses.fields(GridOptions) if field.name not in which])
+        # --show-prompts and --max-prompts pick the rows two ways: one or the other
+        which = {"show_prompts", "max_prompts"}
+        add_options(p, GridOptions, skip=which)
+        add_options(p.add_mutually_exclusive_group(), GridOptions,
+                    skip=[field.name for field in dataclasses.fields(GridOptions) if field.name not in which])
+
+    when_used(p, options)
     p.set_defaults(func=cmd_grid)

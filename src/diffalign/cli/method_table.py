@@ -31,7 +31,5 @@ def add_method_table_parser(sub: argparse._SubParsersAction) -> None:
         "--out runs/b/eval\n  diffalign method-table runs/b/eval            # writes runs/b/eval/methods.md",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from ..evaluation.method_table import MethodTableOptions
-
-    add_options(p, MethodTableOptions)
+    add_options(p, "diffalign.evaluation.method_table:MethodTableOptions")
     p.set_defaults(func=cmd_method_table)

@@ -89,6 +89,15 @@ class CommandParser(argparse.ArgumentParser):
         return super().format_usage()
 
 
+def when_used(parser: argparse.ArgumentParser, add: Callable[[], None]) -> None:
+    """Run `add` (which imports a job and adds its options) when a `CommandParser` is first used, at once for
+    any other parser: a command's job module, and torch with it, loads only for that command."""
+    if isinstance(parser, CommandParser):
+        parser.defer(add)
+    else:
+        add()
+
+
 def resolve_job(job: type | str) -> type:
     """A job dataclass, given or named as "package.module:Class"."""
     if isinstance(job, str):
