@@ -53,3 +53,16 @@ def test_out_and_a_different_key_are_refused_in_one_line(capsys):
     assert cli.main(["train", "configs/demo/dpo.yaml", "train.output_dir=runs/a", "--out", "runs/b"]) == 2
     assert ("diffalign train: error: --out runs/b and train.output_dir=runs/a name two different folders"
             in capsys.readouterr().err)
+
+
+def test_overrides_may_follow_out(monkeypatch):
+    seen = {}
+
+    def fake_train(path, *overrides):
+        seen.update(path=path, overrides=overrides)
+        raise Stop
+
+    monkeypatch.setattr(diffalign.api, "train", fake_train)
+    with pytest.raises(Stop):
+        cli.main(["train", "configs/demo/dpo.yaml", "--out", "runs/mine", "train.max_steps=3", "lora.rank=4"])
+    assert seen["overrides"] == ("train.max_steps=3", "lora.rank=4", "train.output_dir=runs/mine")

@@ -74,9 +74,17 @@ class CommandParser(argparse.ArgumentParser):
         return self
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """argparse's parse, with the job options added first; words left over after an option (`train
+        CONFIG --out DIR key=value`) join a trailing list positional, as if typed before the option."""
         while self._pending:
             self._pending.pop(0)()
-        return super().parse_known_args(args, namespace)
+        namespace, extras = super().parse_known_args(args, namespace)
+        trailing = [a for a in self._actions if not a.option_strings and a.nargs in ("*", "+")]
+        if extras and trailing and not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            words = [word for word in extras if not word.startswith("-")]
+            setattr(namespace, trailing[-1].dest, [*(getattr(namespace, trailing[-1].dest) or []), *words])
+            extras = [word for word in extras if word.startswith("-")]
+        return namespace, extras
 
     def format_help(self) -> str:
         while self._pending:
