@@ -85,7 +85,8 @@ def scorer_options_option() -> Any:
 
 def weights_option() -> Any:
     """`--weights W[,W...]`: the scorers' weights in the combined score."""
-    return option(None, "weights of the scorers in the combined score, in --scorer order (default: equal)",
+    return option(None, "weights of the scorers in the combined score, in --scorer order (default: 1 for one "
+                  "scorer; with several, each scorer's logit scale, so the sum is in preference logits)",
                   metavar="W[,W...]", shared="--weights")
 
 
@@ -109,9 +110,9 @@ def seed_option(help: str) -> Any:
     return option(0, help, shared="--seed")
 
 
-def shard_size_option(default: int = 1000) -> Any:
-    """`--shard-size`: source rows per output shard."""
-    return option(default, "source rows per output shard", min=1, shared="--shard-size")
+def shard_size_option(default: int = 1000, help: str = "source rows per output shard") -> Any:
+    """`--shard-size`: rows per output shard."""
+    return option(default, help, min=1, shared="--shard-size")
 
 
 def overwrite_option() -> Any:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..config.options import (DTYPES, MISSING, OLD_DTYPES, batch_size_option, device_option, dtype_option,
                               max_prompts_option, not_an_option, option, out_option, overwrite_option, progress_option,
-                              prompts_option, scorer_options_option, scorers_option, seed_option, weights_option)
+                              prompts_option, scorer_options_option, scorers_option, seed_option, shard_size_option,
+                              weights_option)
 
 STRATEGIES = ("best-worst", "margin")
 DEMO_GROUPS = 2400
@@ -40,9 +41,8 @@ class PairsJob:
     seed: int = seed_option("seed of the image seeds, the winners' sides and the demo prompts")
     strategy: str = option("best-worst", "how pairs are chosen", choices=STRATEGIES)
     min_margin: float = option(0.0, "smallest combined-score margin of a pair")
-    # not shard_size_option(): a shard here closes on whole prompts, so its help differs
-    shard_size: int = option(1000, "rows per parquet shard (whole prompts: a shard closes once it has this many)",
-                             min=1, shared="--shard-size")
+    shard_size: int = shard_size_option(1000, "rows per parquet shard (whole prompts: a shard closes once it has "
+                                        "this many)")
     # run-time choices: they may change between a run and its resumption
     max_prompts: int | None = max_prompts_option("stop after the first N prompts (resume later)")
     device: str | None = device_option()
