@@ -145,3 +145,11 @@ def test_every_old_option_spelling_warns_and_acts_as_the_new(command, old, new, 
     with_old = parser.parse_args([*positionals, *others, old, *value])
     assert f"diffalign: deprecated: {old} is now {new}" in capsys.readouterr().err
     assert vars(with_old) == vars(parser.parse_args([*positionals, *others, new, *value]))
+
+
+def test_the_command_line_page_lists_every_command():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    listed = {line.split("|")[1].strip().strip("`") for line in page.splitlines() if line.startswith("| `")}
+    assert listed >= set(COMMANDS), f"docs/cli.md does not list: {sorted(set(COMMANDS) - listed)}"
