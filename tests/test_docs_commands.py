@@ -222,3 +222,34 @@ def test_a_wrong_flag_added_to_a_real_page_is_caught():
     lines[number] += " --seed 3"
     problems = check_markdown("\n".join(lines), "README.md", on_purpose=SHOWN_WRONG_ON_PURPOSE)
     assert problems == [f"README.md:{number + 1}: diffalign eval has no option --seed (did you mean --seeds?)"]
+
+
+def help_examples(parser: argparse.ArgumentParser) -> str:
+    """The example commands of a subcommand's --help (description and epilog) as one shell block: each line
+    that starts with `diffalign ` or `accelerate launch`, with its `\\` continuation lines."""
+    lines, taking = [], False
+    for line in f"{parser.description or ''}\n{parser.epilog or ''}".splitlines():
+        text = line.strip()
+        if taking or text.startswith(("diffalign ", "accelerate launch ")):
+            lines.append(text)
+            taking = text.endswith("\\")
+    return "```bash\n" + "\n".join(lines) + "\n```\n"
+
+
+def test_every_example_in_the_help_texts_matches_the_cli():
+    parser = build_parser().complete()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    problems = [problem for name, command in sub.choices.items()
+                for problem in check_markdown(help_examples(command), f"diffalign {name} --help", parser=parser,
+                                              on_purpose=SHOWN_WRONG_ON_PURPOSE)]
+    assert not problems, "examples in --help texts that the CLI does not take:\n" + "\n".join(problems)
+
+
+def test_the_help_examples_are_found_and_a_wrong_one_fails():
+    parser = build_parser().complete()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    relabel = sub.choices["relabel"]
+    assert "diffalign relabel assets/demo/pairs_train.parquet --scorer shapes --flip" in help_examples(relabel)
+    wrong = argparse.ArgumentParser(epilog="example:\n  diffalign relabel data.parquet --out o \\\n      --scorers x")
+    assert check_markdown(help_examples(wrong), "help", parser=parser) == [
+        "help:3: diffalign relabel has no option --scorers (did you mean --scorer?)"]
