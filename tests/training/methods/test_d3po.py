@@ -3,6 +3,7 @@ reproducible and exactly resumable online runs."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -100,10 +101,10 @@ def _cfg(model, out, *extra):
 def test_a_seed_reproduces_a_run_and_a_killed_run_resumes_to_the_same_weights(tiny_models, tmp_path, monkeypatch):
     model = tiny_models["sd15"]
     first = train(_cfg(model, tmp_path / "a"))
-    again = train(_cfg(model, tmp_path / "b"))
-    a, b = load_file(str(first.weights)), load_file(str(again.weights))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = load_file(str(first.weights))
 
+    # run c repeats run a's seed up to its step-3 checkpoint: its resumption reaches a's weights bitwise only if
+    # those 3 steps reproduced a's, so a third, uninterrupted run of the seed would check nothing more
     calls, real = {"n": 0}, D3PO.__call__
 
     def crash_on_the_seventh(self, *args, **kwargs):
@@ -120,6 +121,8 @@ def test_a_seed_reproduces_a_run_and_a_killed_run_resumes_to_the_same_weights(ti
     resumed = train(_cfg(model, tmp_path / "c", "train.resume=latest"))
     c = load_file(str(resumed.weights))
     assert all(torch.equal(a[k], c[k]) for k in a)
+    last_a, last_c = (json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in "ac")
+    assert last_a["step"] == last_c["step"] == 4 and last_a["grad_norm"] == last_c["grad_norm"]
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if "lora_B" in k)
 
 

@@ -121,14 +121,33 @@ def test_training_steps_on_every_model_family(tiny_models, tmp_path, family, nam
         assert all(r[key] == r[key] for r in rounds), key  # present and not NaN
 
 
+# 2 prompts x 2 images = 4 images a round, 2 a micro-batch, 2 substeps, 2 passes: 8 micro-steps = 4 optimizer
+# steps a round; per-prompt statistics reach min_count 2 in round 0, so round 1 reads the restored buffers
+KILLED_RUN = ("train.max_steps=8", "rollout.inner_epochs=2", "rollout.shuffle=true", "objective.min_count=2",
+              "objective.buffer_size=4")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, tmp_path_factory):
+    """uninterrupted(): the result of the KILLED_RUN never stopped, trained at the first call (inside a test, under
+    its thread settings) and shared by the crash cases, which only read it."""
+    done: list = []
+
+    def run():
+        if not done:
+            out = tmp_path_factory.mktemp("ddpo-whole") / "whole"
+            done.append(train(_cfg(tiny_models["sd15"], out, "ddpo", *KILLED_RUN)))
+        return done[0]
+
+    return run
+
+
 @pytest.mark.parametrize("crash_at,where", [(7, "inside the second pass of round 1"), (4, "at a round boundary")])
-def test_a_killed_run_resumes_to_the_same_weights_and_statistics(tiny_models, tmp_path, monkeypatch, crash_at, where):
-    # 2 prompts x 2 images = 4 images a round, 2 a micro-batch, 2 substeps, 2 passes: 8 micro-steps = 4 optimizer
-    # steps a round; per-prompt statistics reach min_count 2 in round 0, so round 1 reads the restored buffers
-    extra = ("train.max_steps=8", "rollout.inner_epochs=2", "rollout.shuffle=true", "objective.min_count=2",
-             "objective.buffer_size=4")
+def test_a_killed_run_resumes_to_the_same_weights_and_statistics(tiny_models, tmp_path, monkeypatch, crash_at, where,
+                                                                 uninterrupted):
+    extra = KILLED_RUN
     model = tiny_models["sd15"]
-    whole = train(_cfg(model, tmp_path / "whole", "ddpo", *extra))
+    whole = uninterrupted()
     calls, real = {"n": 0}, DDPO.__call__
 
     def crash(self, *args, **kwargs):
@@ -149,7 +168,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_statistics(tiny_models, tm
     a, b = load_file(str(whole.weights)), load_file(str(resumed.weights))
     assert all(torch.equal(a[k], b[k]) for k in a), where
     assert any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k)
-    log = [json.loads(line)["reward_mean"] for line in (tmp_path / "whole" / "rounds.jsonl").read_text().splitlines()]
+    log = [json.loads(line)["reward_mean"] for line in (whole.output_dir / "rounds.jsonl").read_text().splitlines()]
     again = [json.loads(line)["reward_mean"] for line in (tmp_path / "broken" / "rounds.jsonl").read_text().splitlines()]
     assert again == log
 
