@@ -38,18 +38,33 @@ def _metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> Path:
-    """The output folder of the one-process run (4 pairs a step, reference forward every step)."""
+def one_process(tmp_path_factory):
+    """one_process(): the output folder of the one-process run (4 pairs a step, reference forward every step),
+    once it has finished. The run starts here and goes on beside the first test's two processes (all three
+    single-threaded), so its time hides in theirs."""
     one = tmp_path_factory.mktemp("one-process") / "one"
     command = _train(f"train.output_dir={one}", "train.batch_size=4", "reference.precompute=off", "train.cpu=true")
-    subprocess.run([sys.executable, *command], check=True, cwd=ROOT, env=ENV, capture_output=True)
-    return one
+    run = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+
+    def finished() -> Path:
+        if run.returncode is None:
+            _, err = run.communicate(timeout=600)
+            assert run.returncode == 0, err[-3000:]
+        assert run.returncode == 0, "the one-process run failed (see the first test that waited for it)"
+        return one
+
+    yield finished
+    if run.poll() is None:
+        run.kill()
+        run.communicate()
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, one_process):
-    one, two = one_process, tmp_path / "two"
+    two = tmp_path / "two"
     result = _two_processes(two, 29531)
+    one = one_process()
     assert "2 pairs/device x 1 accumulation x 2 process(es) = 4 pairs per optimizer step" in result.stdout
     a = load_file(str(one / "pytorch_lora_weights.safetensors"))
     b = load_file(str(two / "pytorch_lora_weights.safetensors"))
@@ -73,6 +88,6 @@ def test_each_process_precomputes_the_reference_errors_of_its_own_pairs(tmp_path
     assert len(list((tmp_path / "cache").glob("reference-*/rank-*/steps-*.safetensors"))) == 2
     # the reference does not train: its errors, logged as means over both processes' pairs, are the one-process
     # run's at every step, to float rounding (the pre-pass runs each process's 4 micro-steps as one forward)
-    log_one, log_two = _metrics(one_process), _metrics(two)
+    log_one, log_two = _metrics(one_process()), _metrics(two)
     for key in ("ref_err_w", "ref_err_l"):
         assert [row[key] for row in log_two] == pytest.approx([row[key] for row in log_one], rel=1e-6)
