@@ -30,7 +30,7 @@ NO_OUT = {
 }
 # Options every command spells alike: the field must be made by the shared constructor in config/options.py.
 SHARED = ("--out", "--scorer", "--scorer-option", "--weights", "--prompts", "--max-prompts", "--seeds", "--seed",
-          "--batch-size", "--device", "--dtype", "--shard-size", "--overwrite", "--no-progress")
+          "--batch-size", "--device", "--dtype", "--shard-size", "--overwrite", "--no-progress", "--host")
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

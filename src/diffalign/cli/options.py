@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..config.core import field_default as default_of
+
 DEPRECATION_NOTE = "the old spelling is accepted until the next release"
 
 
@@ -122,15 +124,6 @@ def flag_of(field: dataclasses.Field) -> str:
 def is_option(field: dataclasses.Field) -> bool:
     """Whether a job field is given on the command line (fields marked `cli=False` are computed)."""
     return field.init and field.metadata.get("cli", True) and "help" in field.metadata
-
-
-def default_of(field: dataclasses.Field) -> Any:
-    """A field's default value (a fresh copy of a factory's), or `dataclasses.MISSING`."""
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return dataclasses.MISSING
 
 
 def shown_default(value: Any) -> str | None:

@@ -52,7 +52,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, Union, get_args, get_origi
 import yaml
 
 __all__ = ["ConfigError", "FieldDoc", "Variant", "apply_overrides", "cfg_field", "describe",
-           "dump_yaml", "from_dict", "load_config", "load_yaml_tree", "parse_override",
+           "dump_yaml", "field_default", "from_dict", "load_config", "load_yaml_tree", "parse_override",
            "register_variant", "to_dict", "variant_switches", "variants"]
 
 T = TypeVar("T")
@@ -158,7 +158,8 @@ def _hints(cls: type) -> dict[str, Any]:
                         "(classes used in annotations must be importable at module level)") from e
 
 
-def _default_of(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (a fresh one from a default factory), or `dataclasses.MISSING`."""
     if f.default is not dataclasses.MISSING:
         return f.default
     if f.default_factory is not dataclasses.MISSING:
@@ -280,7 +281,7 @@ def _build(cls: type, data: Any, key: str, ctx: _Ctx, dflt: Any) -> Any:
     pre, n0, vkey = f"{key}." if key else "", len(ctx.errors), None
     if _is_variant_base(cls):
         vkey, reg = cls.__variant_key__, cls.__variant_registry__
-        fallback = getattr(dflt, vkey) if isinstance(dflt, cls) else _default_of(
+        fallback = getattr(dflt, vkey) if isinstance(dflt, cls) else field_default(
             next(f for f in dataclasses.fields(cls) if f.name == vkey))
         name = data.get(vkey, fallback)
         if not (isinstance(name, str) and name in reg):
@@ -302,14 +303,14 @@ def _build(cls: type, data: Any, key: str, ctx: _Ctx, dflt: Any) -> Any:
             continue
         if k == vkey:
             continue
-        d = (getattr(dflt, k) if same else _default_of(f)) if isinstance(x, Mapping) else None
+        d = (getattr(dflt, k) if same else field_default(f)) if isinstance(x, Mapping) else None
         val = _convert(hints[k], x, sub, ctx, d)
         if val is not _INVALID and _check_constraints(f, val, sub, ctx):
             kwargs[k] = val
     for k, f in fields.items():
         if k not in data and _is_dataclass_type(hints[k]):  # resolve variant defaults in nested trees
-            kwargs[k] = _convert(hints[k], {}, pre + k, ctx, getattr(dflt, k) if same else _default_of(f))
-        elif k not in data and not same and _default_of(f) is dataclasses.MISSING:
+            kwargs[k] = _convert(hints[k], {}, pre + k, ctx, getattr(dflt, k) if same else field_default(f))
+        elif k not in data and not same and field_default(f) is dataclasses.MISSING:
             ctx.err(pre + k, f"missing required key '{pre + k}'")
     if len(ctx.errors) > n0:
         return _INVALID
@@ -564,7 +565,7 @@ def _describe(cls: type, prefix: str, _default: Any, _variant: str | None) -> li
         if not f.init:
             continue
         tp, key = hints[f.name], prefix + f.name
-        d = getattr(_default, f.name) if _default is not None else _default_of(f)
+        d = getattr(_default, f.name) if _default is not None else field_default(f)
         if _is_variant_base(tp):
             vkey, reg = tp.__variant_key__, tp.__variant_registry__
             vf = next(g for g in dataclasses.fields(tp) if g.name == vkey)

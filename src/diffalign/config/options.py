@@ -51,6 +51,12 @@ def out_option(help: str, default: Any = MISSING) -> Any:
     return option(default, help, metavar="OUT", show_default=False, shared="--out")
 
 
+def host_option(help: str = "") -> Any:
+    """`--host`: the address a local server listens on; this machine only unless the user opens it."""
+    return option("127.0.0.1", f"address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+                  f"network{help})", shared="--host")
+
+
 def device_option(help: str = "cpu, cuda, cuda:1 ... (default: cuda if available; under a launcher each process "
                   "takes its own GPU)") -> Any:
     """`--device`: where the models run."""

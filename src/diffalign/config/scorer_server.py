@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import MISSING, batch_size_option, device_option, dtype_option, option, scorer_options_option
+from .options import (MISSING, batch_size_option, device_option, dtype_option, host_option, option,
+                      scorer_options_option)
 
 
 @dataclass
@@ -14,8 +15,7 @@ class ServeScorerOptions:
 
     name: str = option(MISSING, "a registered scorer, path/to/file.py:NAME or package.module:NAME", positional=True,
                        metavar="NAME")
-    host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens it to the "
-                       "network, without authentication)")
+    host: str = host_option(", without authentication")
     port: int = option(8765, "port (0: a free one)")
     device: str | None = device_option("cpu, cuda, cuda:1 ... (default: the scorer's own, usually cuda if "
                                        "available)")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from ..config.options import MISSING, option
+from ..config.options import MISSING, host_option, option
 from ..data.label_rounds import (
     PAIRS_FILE,
     actions_of,
@@ -52,8 +52,7 @@ class LabelOptions:
 
     round_dir: str = option(MISSING, "the round folder (holding round.json and the images)", positional=True,
                             metavar="ROUND_DIR")
-    host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0 opens it to the "
-                       "network)")
+    host: str = host_option()
     port: int = option(0, "port to listen on (0: a free one, printed at start)")
 
 
