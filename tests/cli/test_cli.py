@@ -34,12 +34,15 @@ def test_missing_config_file(capsys):
     assert "no/such.yaml" in capsys.readouterr().err
 
 
-def test_help_of_every_subcommand():
-    for command in ("train", "config", "generate", "eval", "grid"):
-        out = subprocess.run(
-            [sys.executable, "-m", "diffalign.cli.main", command, "--help"], capture_output=True, text=True, check=True
-        ).stdout
-        assert "usage: diffalign" in out
+def test_help_of_every_subcommand(capsys):
+    out = subprocess.run(  # the module entry point, once
+        [sys.executable, "-m", "diffalign.cli.main", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "usage: diffalign train" in out
+    for command in ("config", "generate", "eval", "grid"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0 and f"usage: diffalign {command}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
