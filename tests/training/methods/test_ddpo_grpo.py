@@ -122,13 +122,22 @@ def test_training_steps_on_every_model_family(tiny_models, tmp_path, family, nam
 
 
 # 2 prompts x 2 images = 4 images a round, 2 a micro-batch, 2 substeps, 2 passes: 8 micro-steps = 4 optimizer
-# steps a round; per-prompt statistics reach min_count 2 in round 0, so round 1 reads the restored buffers
+# steps a round; per-prompt statistics reach min_count 2 in round 0, and with only two training prompts round 1
+# draws the same two, so its advantages read the buffers a resume must restore
 KILLED_RUN = ("train.max_steps=8", "rollout.inner_epochs=2", "rollout.shuffle=true", "objective.min_count=2",
               "objective.buffer_size=4")
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_models, tmp_path_factory):
+def killed_run(tmp_path_factory) -> tuple[str, ...]:
+    """The KILLED_RUN overrides with a training prompt file of two prompts."""
+    prompts = tmp_path_factory.mktemp("ddpo-prompts") / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\na small green square on a white background\n")
+    return (*KILLED_RUN, f"rollout.prompts={prompts}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, tmp_path_factory, killed_run):
     """uninterrupted(): the result of the KILLED_RUN never stopped, trained at the first call (inside a test, under
     its thread settings) and shared by the crash cases, which only read it."""
     done: list = []
@@ -136,7 +145,7 @@ def uninterrupted(tiny_models, tmp_path_factory):
     def run():
         if not done:
             out = tmp_path_factory.mktemp("ddpo-whole") / "whole"
-            done.append(train(_cfg(tiny_models["sd15"], out, "ddpo", *KILLED_RUN)))
+            done.append(train(_cfg(tiny_models["sd15"], out, "ddpo", *killed_run)))
         return done[0]
 
     return run
@@ -144,8 +153,8 @@ def uninterrupted(tiny_models, tmp_path_factory):
 
 @pytest.mark.parametrize("crash_at,where", [(7, "inside the second pass of round 1"), (4, "at a round boundary")])
 def test_a_killed_run_resumes_to_the_same_weights_and_statistics(tiny_models, tmp_path, monkeypatch, crash_at, where,
-                                                                 uninterrupted):
-    extra = KILLED_RUN
+                                                                 uninterrupted, killed_run):
+    extra = killed_run
     model = tiny_models["sd15"]
     whole = uninterrupted()
     calls, real = {"n": 0}, DDPO.__call__
