@@ -22,7 +22,9 @@ class Stop(Exception):
     pass
 
 
-def test_train_out_is_train_output_dir(monkeypatch):
+@pytest.fixture
+def seen(monkeypatch) -> dict:
+    """What `diffalign train` hands the Python API's train (which stops there)."""
     seen = {}
 
     def fake_train(path, *overrides):
@@ -30,6 +32,10 @@ def test_train_out_is_train_output_dir(monkeypatch):
         raise Stop
 
     monkeypatch.setattr(diffalign.api, "train", fake_train)
+    return seen
+
+
+def test_train_out_is_train_output_dir(seen):
     with pytest.raises(Stop):
         cli.main(["train", "configs/demo/dpo.yaml", "train.max_steps=3", "--out", "runs/mine"])
     assert seen == {"path": "configs/demo/dpo.yaml", "overrides": ("train.max_steps=3", "train.output_dir=runs/mine")}
@@ -55,14 +61,7 @@ def test_out_and_a_different_key_are_refused_in_one_line(capsys):
             in capsys.readouterr().err)
 
 
-def test_overrides_may_follow_out(monkeypatch):
-    seen = {}
-
-    def fake_train(path, *overrides):
-        seen.update(path=path, overrides=overrides)
-        raise Stop
-
-    monkeypatch.setattr(diffalign.api, "train", fake_train)
+def test_overrides_may_follow_out(seen):
     with pytest.raises(Stop):
         cli.main(["train", "configs/demo/dpo.yaml", "--out", "runs/mine", "train.max_steps=3", "lora.rank=4"])
     assert seen["overrides"] == ("train.max_steps=3", "lora.rank=4", "train.output_dir=runs/mine")
