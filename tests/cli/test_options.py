@@ -88,3 +88,11 @@ def test_a_job_named_by_module_is_imported_only_when_its_command_is_used(tmp_pat
     assert top.parse_args(["other"]).command == "other" and "lazy_job_for_test" not in sys.modules
     assert top.parse_args(["lazy", "--steps", "5"]).steps == 5 and "lazy_job_for_test" in sys.modules
     sys.modules.pop("lazy_job_for_test")
+
+
+def test_a_job_built_in_python_is_checked_against_its_minimums():
+    from diffalign.config.options import check_minimums
+
+    check_minimums(Job(source="d", out=Path("o")))
+    with pytest.raises(ValueError, match="^--batch-size must be at least 1, got 0$"):
+        check_minimums(Job(source="d", out=Path("o"), batch_size=0))

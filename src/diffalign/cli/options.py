@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.core import field_default as default_of
+from ..config.options import flag_of
 
 DEPRECATION_NOTE = "the old spelling is accepted until the next release"
 
@@ -114,11 +115,6 @@ def resolve_job(job: type | str) -> type:
         module, _, name = job.partition(":")
         return getattr(importlib.import_module(module), name)
     return job
-
-
-def flag_of(field: dataclasses.Field) -> str:
-    """The option a field is spelled as: its `flag` metadata, else `--field-name`."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
 def is_option(field: dataclasses.Field) -> bool:

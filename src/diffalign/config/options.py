@@ -35,6 +35,20 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 OLD_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
+def flag_of(field: dataclasses.Field) -> str:
+    """The option a field is spelled as: its `flag` metadata, else `--field-name`."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def check_minimums(job: Any) -> None:
+    """Raise a ValueError naming the first option field of `job` below its declared `min` (a job built in Python
+    is not parsed, so the parser's check did not run), e.g. `--batch-size must be at least 1, got 0`."""
+    for field in dataclasses.fields(job):
+        minimum, value = field.metadata.get("min"), getattr(job, field.name)
+        if minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
+            raise ValueError(f"{flag_of(field)} must be at least {minimum}, got {value}")
+
+
 def option(default: Any, help: str, **metadata: Any) -> Any:
     """A job field that is also a command-line option: `default`, `help` and the metadata the module docstring
     lists (`MISSING` as default: a required option or positional)."""

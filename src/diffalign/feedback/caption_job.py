@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.options import (MISSING, batch_size_option, device_option, dtype_option, not_an_option, option,
-                              out_option, overwrite_option, progress_option, seed_option, shard_size_option)
+from ..config.options import (MISSING, batch_size_option, check_minimums, device_option, dtype_option, not_an_option,
+                              option, out_option, overwrite_option, progress_option, seed_option, shard_size_option)
 
 STRATEGIES = ("captioning", "perturbation", "hybrid")
 
@@ -55,9 +55,7 @@ class CaptionJob:
         if self.strategy in ("perturbation", "hybrid") and not self.perturber:
             raise ValueError(f"--strategy {self.strategy} needs --perturber (a hub id, a folder, or 'shapes')")
         diversity_value(self.diversity)
-        for name, value in (("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_minimums(self)
         if Path(self.out).resolve() == Path(self.source).resolve() or (
                 Path(self.source).is_file() and Path(self.out).resolve() == Path(self.source).resolve().parent):
             raise ValueError(f"--out {self.out} is the source's own folder: write the captioned dataset elsewhere")

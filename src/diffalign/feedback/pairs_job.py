@@ -8,10 +8,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..config.options import (DTYPES, MISSING, OLD_DTYPES, batch_size_option, device_option, dtype_option,
-                              max_prompts_option, not_an_option, option, out_option, overwrite_option, progress_option,
-                              prompts_option, scorer_options_option, scorers_option, seed_option, shard_size_option,
-                              weights_option)
+from ..config.options import (DTYPES, MISSING, OLD_DTYPES, batch_size_option, check_minimums, device_option,
+                              dtype_option, max_prompts_option, not_an_option, option, out_option, overwrite_option,
+                              progress_option, prompts_option, scorer_options_option, scorers_option, seed_option,
+                              shard_size_option, weights_option)
 
 STRATEGIES = ("best-worst", "margin")
 DEMO_GROUPS = 2400
@@ -35,7 +35,7 @@ class PairsJob:
     scorer_options: dict[str, dict[str, object]] = scorer_options_option()
     weights: list[float] | None = weights_option()
     k: int = option(4, "images per prompt")
-    steps: int = option(20, "sampling steps")
+    steps: int = option(20, "sampling steps", min=1)
     guidance: float = option(5.0, "classifier-free guidance scale")
     size: int | None = option(None, "image size (default: the model's native size)")
     seed: int = seed_option("seed of the image seeds, the winners' sides and the demo prompts")
@@ -90,9 +90,5 @@ class PairsJob:
             raise ValueError(f"no prompts in {self.prompts_source or 'the prompt list'}")
         if self.k < 2:
             raise ValueError(f"--k must be at least 2 (images per prompt to compare), got {self.k}")
-        for name, value in (("--steps", self.steps), ("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-        if self.max_prompts is not None and self.max_prompts < 1:
-            raise ValueError(f"--max-prompts must be at least 1, got {self.max_prompts}")
+        check_minimums(self)
         choose_pairs(np.zeros(0), self.strategy, self.min_margin)

@@ -31,9 +31,9 @@ from ..data.relabel import decide_labels, label_stats
 from ..data.resume import (merge_recorded_shards, quiet_unless_main, recorded_shards,
                            shard_records, sharded_job_state, write_shard_file)
 from ..data.image_inputs import pair_table_items
-from ..config.options import (MISSING, batch_size_option, device_option, dtype_option, not_an_option, option,
-                              out_option, overwrite_option, progress_option, scorer_options_option, scorers_option,
-                              shard_size_option, weights_option)
+from ..config.options import (MISSING, batch_size_option, check_minimums, device_option, dtype_option, not_an_option,
+                              option, out_option, overwrite_option, progress_option, scorer_options_option,
+                              scorers_option, shard_size_option, weights_option)
 from ..evaluation.scoring import build_scorers, scorer_choice, score_items
 from ..processes import Processes, current_processes, job_progress
 from .combine import COMBINED_SCORE_NOTE, SCORE_COLUMNS_DOC, combine_scores, preference_of_first, record_scorers
@@ -77,9 +77,7 @@ class RelabelJob:
             raise ValueError(f"unknown label mode {self.labels!r}; use one of {', '.join(LABEL_MODES)}")
         if self.tie_tolerance < 0:
             raise ValueError(f"--tie-tolerance must be >= 0, got {self.tie_tolerance}")
-        for name, value in (("--shard-size", self.shard_size), ("--batch-size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        check_minimums(self)
         sources = {Path(f).resolve().parent for f in _local_files(self.source)} | {Path(self.source).resolve()}
         if Path(self.out).resolve() in sources:
             raise ValueError(f"--out {self.out} is the source's own folder: write the relabelled dataset elsewhere")
