@@ -253,7 +253,7 @@ def eval_job(tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path]
     option raises a ValueError naming it."""
     from .evaluation.evaluate import EvalJob, EvalOptions
     from .evaluation.model_specs import parse_lora
-    from .evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
+    from .evaluation.scoring import scorer_choice
     from .files import check_output_folder
 
     if isinstance(tuned, EvalOptions):
@@ -265,19 +265,10 @@ def eval_job(tuned: str | Path | Sequence[str | Path] | Mapping[str, str | Path]
     sources = _named_sources(opts.tuned)
     base_model, tuned_models = eval_models(sources, None if opts.base is None else str(opts.base))
     prompt_set, seed_list, sampling = sampling_inputs(opts)
-    scorers = opts.scorers
-    names = split_scorer_names([scorers] if isinstance(scorers, str) else list(scorers)) or ["shapes"]
-    check_scorer_names(names)
+    names, scorer_options, _ = scorer_choice(opts.scorers, opts.scorer_options)
     first = Path(parse_lora(split_named(sources[0])[1])[0]).expanduser()
     out = opts.out
     folder = check_output_folder(Path(out) if out else (first / "eval" if first.is_dir() else Path("eval")), "--out")
-    if isinstance(opts.scorer_options, Mapping):
-        scorer_options = {name: dict(values) for name, values in opts.scorer_options.items()}
-        unknown = sorted(set(scorer_options) - set(names))
-        if unknown:
-            raise ValueError(f"scorer_options for {', '.join(unknown)}: not a chosen scorer ({', '.join(names)})")
-    else:
-        scorer_options = parse_scorer_options(list(opts.scorer_options), names)
     return EvalJob(
         base=base_model, tuned=tuned_models, prompts=prompt_set, seeds=seed_list, sampling=sampling, scorers=names,
         scorer_options=scorer_options, tie_tolerance=opts.tie_tolerance, resamples=opts.resamples,

@@ -11,7 +11,7 @@ always next to the scorer's `scale` so that reports never mix units.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -81,7 +81,7 @@ def parse_weights(text: str | Sequence[float] | None, names: Sequence[str]) -> l
     return weights
 
 
-def scorer_choice(scorers: str | Sequence[str], options: Sequence[str] | dict[str, dict[str, object]] | None = None,
+def scorer_choice(scorers: str | Sequence[str], options: Sequence[str] | Mapping[str, Mapping] | None = None,
                   weights: str | Sequence[float] | None = None, required: bool = True, check: bool = True
                   ) -> tuple[list[str], dict[str, dict[str, object]], list[float] | None]:
     """(names, constructor options per scorer, weights) from the options as typed (`--scorer a,b`,
@@ -93,8 +93,11 @@ def scorer_choice(scorers: str | Sequence[str], options: Sequence[str] | dict[st
         raise ValueError(f"choose the scorer(s) with --scorer NAME[,NAME...]; available: {', '.join(available_scorers())}")
     if check:
         check_scorer_names(names)
-    if isinstance(options, dict):
+    if isinstance(options, Mapping):
         parsed = {name: dict(values) for name, values in options.items()}
+        unknown = sorted(set(parsed) - set(names))
+        if unknown:
+            raise ValueError(f"scorer_options for {', '.join(unknown)}: not a chosen scorer ({', '.join(names)})")
     else:
         parsed = parse_scorer_options(list(options or []), names)
     return names, parsed, parse_weights(weights, names)
