@@ -50,11 +50,9 @@ def cmd_score(args: argparse.Namespace) -> int:
             f"choose the scorer(s) with --scorer NAME[,NAME...]; available: {', '.join(available_scorers())} "
             "(`shapes` is the rule-based reward of the embedded demo world, for its 32x32 shape images)"
         )
-    from ..evaluation.scoring import check_scorer_names, parse_scorer_options, split_scorer_names
+    from ..evaluation.scoring import scorer_choice
 
-    names = split_scorer_names(opts.scorers)
-    check_scorer_names(names)
-    options = parse_scorer_options(opts.scorer_options, names)
+    names, options, _ = scorer_choice(opts.scorers, opts.scorer_options)
     if opts.tie_tolerance is not None and opts.tie_tolerance < 0:
         raise ValueError(f"--tie-tolerance must be >= 0, got {opts.tie_tolerance}")
     if opts.pairs is not None:
